@@ -1,0 +1,35 @@
+"""The public API: capture → optimize → compile → save/load. See docs/architecture.md."""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from fxopt.backends.base import Compiled, compile_program, load as _load
+from fxopt.ir.capture import capture as _capture
+from fxopt.ir.program import Program
+from fxopt.passes.manager import optimize as _optimize
+
+
+def capture(model: Any, example_inputs: Any = None, *, dynamic_shapes: Any = None) -> Program:
+    """Capture ``model`` (nn.Module, ``.pt2`` path, ``file.py:Attr``, ``module:Attr`` or ``zoo:NAME``) with
+    torch.export into a flat core-ATen :class:`~fxopt.ir.Program`. ``example_inputs`` is a tuple of positional
+    inputs (default: the model's ``example_inputs()``); ``dynamic_shapes`` as for ``torch.export.export``."""
+    return _capture(model, example_inputs, dynamic_shapes=dynamic_shapes)
+
+
+def optimize(program: Program, passes: str | Iterable[Any], *, target: str = "reference", verify: bool = True,
+             bisect_limit: int | None = None) -> Program:
+    """Run a pass pipeline (``"dce,unroll{partition=25},dedupe"`` or a list) on a copy of ``program``;
+    returns the optimized Program with ``reports`` and ``trace``. ``verify`` lints and numerically checks
+    every pass that changed the graph; ``bisect_limit`` runs only the first N passes."""
+    return _optimize(program, passes, target=target, verify=verify, bisect_limit=bisect_limit)
+
+
+def compile(program: Program, backend: str = "reference") -> Compiled:  # noqa: A001 - public API name
+    """Compile ``program`` with ``backend``; returns a :class:`Compiled` callable like the model, with
+    ``.save(dir)``."""
+    return compile_program(program, backend)
+
+
+def load(directory: str) -> Compiled:
+    """Load an artifact directory saved by ``Compiled.save``; returns a callable :class:`Compiled`."""
+    return _load(directory)

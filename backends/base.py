@@ -1,0 +1,276 @@
+"""What every backend shares: the artifact directory, its manifest, input checking, and the registry.
+
+An artifact directory holds::
+
+    manifest.json      format, version, backend, program name, input/output specs, pytree specs,
+                       partitions (each with its files and which steps ran here / are left for the target)
+    <partition files>  per backend (the reference backend: graph.json + graph.safetensors)
+    trace.json         the pass trace (graphs after each pass), for `fxopt viz`
+
+Artifacts are written to a temporary directory and renamed into place, so a failure never leaves a
+half-written directory. Loading never unpickles: JSON, safetensors, and op names resolved against torch.ops.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import torch
+import torch.utils._pytree as pytree
+
+from fxopt.errors import InputError
+from fxopt.ir.program import Program
+from fxopt.ir.shapes import dim_expr
+
+ARTIFACT_FORMAT = "fxopt-artifact"
+ARTIFACT_VERSION = 1
+
+_BACKENDS: dict[str, str] = {
+    "reference": "fxopt.backends.reference:ReferenceBackend",
+}
+
+
+def register_backend(name: str, path_or_class: Any) -> None:
+    """Register a backend under ``name`` as ``"module:Class"`` (imported when used) or a class."""
+    _BACKENDS[name] = path_or_class
+
+
+def backend_names() -> list[str]:
+    """Names of the registered backends, sorted."""
+    return sorted(_BACKENDS)
+
+
+def get_backend(name: str):
+    """An instance of the backend registered as ``name``; unknown names raise InputError."""
+    entry = _BACKENDS.get(name)
+    if entry is None:
+        raise InputError(f"unknown backend '{name}' (available: {', '.join(backend_names())})")
+    if isinstance(entry, str):
+        module_name, _, attr = entry.partition(":")
+        entry = getattr(importlib.import_module(module_name), attr)
+    return entry()
+
+
+# ------------------------------------------------------------------------------------------ tensor specs
+def tensor_spec(name: str, val: Any) -> dict:
+    """``{"name", "shape": [4, "s0"], "dtype": "float32"}`` for a FakeTensor/tensor meta value."""
+    if not isinstance(val, torch.Tensor):
+        return {"name": name, "shape": None, "dtype": type(val).__name__ if val is not None else None}
+    shape = [int(d) if not isinstance(d, torch.SymInt) else str(dim_expr(d)) for d in val.shape]
+    return {"name": name, "shape": shape, "dtype": str(val.dtype).replace("torch.", "")}
+
+
+def io_specs(program: Program) -> tuple[list[dict], list[dict]]:
+    """Input and output tensor specs of the program's flat graph."""
+    inputs = [tensor_spec(n.name, n.meta.get("val")) for n in program.placeholders()]
+    out_node = program.output_node()
+    outs = out_node.args[0]
+    outs = outs if isinstance(outs, (tuple, list)) else (outs,)
+    outputs = [tensor_spec(getattr(o, "name", f"out{i}"), getattr(o, "meta", {}).get("val"))
+               for i, o in enumerate(outs)]
+    return inputs, outputs
+
+
+def _spec_text(spec: dict) -> str:
+    dims = ", ".join(str(d) for d in spec["shape"]) if spec["shape"] is not None else "?"
+    return f"{spec['dtype']}[{dims}]"
+
+
+def check_inputs(flat_inputs: list, specs: list[dict]) -> None:
+    """Raise InputError (one line) if ``flat_inputs`` do not match ``specs``: count, dtype, rank, static
+    dims, and symbolic dims that must agree with each other (the same symbol, the same size)."""
+    if len(flat_inputs) != len(specs):
+        raise InputError(f"expected {len(specs)} input tensors, got {len(flat_inputs)}")
+    bound: dict[str, tuple[int, str]] = {}
+    for i, (x, spec) in enumerate(zip(flat_inputs, specs)):
+        if spec["shape"] is None:
+            continue
+        label = f"input {i} ('{spec['name']}')"
+        if not isinstance(x, torch.Tensor):
+            raise InputError(f"{label}: expected a tensor {_spec_text(spec)}, got {type(x).__name__}")
+        got = f"{str(x.dtype).replace('torch.', '')}[{', '.join(str(d) for d in x.shape)}]"
+        if str(x.dtype).replace("torch.", "") != spec["dtype"] or x.dim() != len(spec["shape"]):
+            raise InputError(f"{label}: expected {_spec_text(spec)}, got {got}")
+        for d, (want, have) in enumerate(zip(spec["shape"], x.shape)):
+            if isinstance(want, int):
+                if want != have:
+                    raise InputError(f"{label}: expected {_spec_text(spec)}, got {got} (dim {d})")
+            elif want in bound and bound[want][0] != have:
+                first = bound[want][1]
+                raise InputError(f"{label}: dim {d} is {have} but {first} set {want}={bound[want][0]}; "
+                                 f"inputs sharing {want} must agree")
+            else:
+                bound.setdefault(want, (int(have), label))
+
+
+# ------------------------------------------------------------------------------------------ compiled
+class Compiled:
+    """A runnable artifact: call it like the original model; ``save(dir)`` writes it; ``fxopt.load`` reads it.
+
+    Subclasses implement ``run_flat(flat_inputs) -> tuple`` and ``write_partitions(dir) -> list[dict]``.
+    """
+
+    backend = "base"
+
+    def __init__(self, *, name: str, in_spec, out_spec, input_specs: list[dict], output_specs: list[dict],
+                 trace: dict | None = None, passes: list[str] | None = None, extra: dict | None = None):
+        """Common artifact metadata; see :func:`manifest` for what is saved."""
+        self.name = name
+        self.in_spec = in_spec
+        self.out_spec = out_spec
+        self.input_specs = input_specs
+        self.output_specs = output_specs
+        self.trace = trace
+        self.passes = passes or []
+        self.extra = extra or {}
+
+    def run_flat(self, flat_inputs: list) -> tuple:  # pragma: no cover - abstract
+        """Run on flat inputs; returns flat outputs."""
+        raise NotImplementedError
+
+    def write_partitions(self, directory: str) -> list[dict]:  # pragma: no cover - abstract
+        """Write partition files into ``directory``; returns the manifest's partition entries."""
+        raise NotImplementedError
+
+    def __call__(self, *args, **kwargs):
+        """Run like the original model: same argument structure, same result structure."""
+        flat, spec = pytree.tree_flatten((tuple(args), dict(kwargs)))
+        if self.in_spec is not None and spec != self.in_spec:
+            raise InputError(f"inputs to '{self.name}' have structure {spec}; expected {self.in_spec}")
+        check_inputs(flat, self.input_specs)
+        with torch.no_grad():
+            outs = self.run_flat(flat)
+        return pytree.tree_unflatten(list(outs), self.out_spec) if self.out_spec is not None else outs
+
+    def manifest(self, partitions: list[dict]) -> dict:
+        """The manifest dict written to ``manifest.json``."""
+        from fxopt import __version__
+
+        return {
+            "format": ARTIFACT_FORMAT,
+            "version": ARTIFACT_VERSION,
+            "fxopt_version": __version__,
+            "backend": self.backend,
+            "program": self.name,
+            "passes": self.passes,
+            "inputs": self.input_specs,
+            "outputs": self.output_specs,
+            "in_spec": _dump_spec(self.in_spec),
+            "out_spec": _dump_spec(self.out_spec),
+            "partitions": partitions,
+            **self.extra,
+        }
+
+    def save(self, directory: str) -> str:
+        """Write the artifact to ``directory`` atomically (temp dir + rename); returns the path.
+
+        An existing directory is replaced only if it is empty or an fxopt artifact."""
+        directory = os.path.abspath(directory)
+        _check_replaceable(directory)
+        parent = os.path.dirname(directory)
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".fxopt-tmp-", dir=parent)
+        try:
+            partitions = self.write_partitions(tmp)
+            _write_json(os.path.join(tmp, "manifest.json"), self.manifest(partitions))
+            if self.trace is not None:
+                _write_json(os.path.join(tmp, "trace.json"), self.trace)
+            if os.path.exists(directory):
+                shutil.rmtree(directory)
+            os.replace(tmp, directory)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return directory
+
+
+def _check_replaceable(directory: str) -> None:
+    if not os.path.exists(directory):
+        return
+    if not os.path.isdir(directory):
+        raise InputError(f"{directory}: exists and is not a directory; choose another output path")
+    entries = os.listdir(directory)
+    if entries and "manifest.json" not in entries:
+        raise InputError(f"{directory}: exists and is not an fxopt artifact; choose an empty or new directory")
+
+
+def _write_json(path: str, data: Any) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1, sort_keys=True, allow_nan=False, default=str)
+        f.write("\n")
+
+
+def _dump_spec(spec) -> str | None:
+    if spec is None:
+        return None
+    try:
+        return pytree.treespec_dumps(spec)
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"cannot save the model's input/output structure ({exc}); "
+                         "use tuples, lists and dicts of tensors") from exc
+
+
+def _load_spec(text: str | None):
+    return pytree.treespec_loads(text) if text is not None else None
+
+
+# ------------------------------------------------------------------------------------------ loading
+def read_manifest(directory: str) -> dict:
+    """Read and validate ``directory/manifest.json``; raises InputError (one line) when it is missing,
+    corrupt, of another format, or of a newer version than this fxopt reads."""
+    path = os.path.join(directory, "manifest.json")
+    if not os.path.isdir(directory):
+        raise InputError(f"{directory}: no such artifact directory")
+    if not os.path.isfile(path):
+        raise InputError(f"{directory}: not an fxopt artifact (no manifest.json); produce one with `fxopt run -o`")
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: corrupt manifest ({exc}); re-create the artifact with `fxopt run`") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != ARTIFACT_FORMAT:
+        raise InputError(f"{path}: not an fxopt artifact manifest")
+    version = manifest.get("version")
+    if not isinstance(version, int) or version > ARTIFACT_VERSION:
+        raise InputError(f"{path}: artifact format version {version} is newer than this fxopt reads "
+                         f"({ARTIFACT_VERSION}); upgrade fxopt")
+    for key in ("backend", "inputs", "outputs", "partitions"):
+        if key not in manifest:
+            raise InputError(f"{path}: manifest has no '{key}'; re-create the artifact with `fxopt run`")
+    return manifest
+
+
+def load(directory: str) -> Compiled:
+    """Load an artifact directory written by :meth:`Compiled.save`; returns a callable Compiled."""
+    directory = os.fspath(directory)
+    manifest = read_manifest(directory)
+    backend = get_backend(manifest["backend"])
+    compiled = backend.load(directory, manifest)
+    trace_path = os.path.join(directory, "trace.json")
+    if compiled.trace is None and os.path.isfile(trace_path):
+        try:
+            with open(trace_path, encoding="utf-8") as f:
+                compiled.trace = json.load(f)
+        except (OSError, ValueError):
+            compiled.trace = None
+    return compiled
+
+
+def common_kwargs(manifest: dict) -> dict:
+    """Constructor keyword arguments of :class:`Compiled` recovered from a manifest."""
+    try:
+        in_spec, out_spec = _load_spec(manifest.get("in_spec")), _load_spec(manifest.get("out_spec"))
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"manifest: unreadable input/output structure ({exc})") from exc
+    return dict(name=manifest.get("program", "model"), in_spec=in_spec, out_spec=out_spec,
+                input_specs=manifest["inputs"], output_specs=manifest["outputs"],
+                passes=manifest.get("passes", []))
+
+
+def compile_program(program: Program, backend: str = "reference") -> Compiled:
+    """Compile ``program`` with the named backend; returns a runnable :class:`Compiled`."""
+    return get_backend(backend).compile(program)

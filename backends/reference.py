@@ -1,0 +1,65 @@
+"""The reference backend: the optimized FX graph run by PyTorch eagerly on the CPU.
+
+Always available; the oracle other backends are checked against. Its artifact is one partition: the graph
+as JSON plus its weights as safetensors (see :mod:`fxopt.ir.serialize`), loadable without the model's code.
+"""
+from __future__ import annotations
+
+import torch
+
+from fxopt.backends.base import Compiled, common_kwargs, io_specs
+from fxopt.ir import serialize
+from fxopt.ir.program import Program
+
+
+class ReferenceCompiled(Compiled):
+    """A flat GraphModule run eagerly."""
+
+    backend = "reference"
+
+    def __init__(self, graph_module: torch.fx.GraphModule, **kwargs):
+        """``graph_module``: the flat graph; other keyword arguments as in :class:`Compiled`."""
+        super().__init__(**kwargs)
+        self.graph_module = graph_module
+
+    def run_flat(self, flat_inputs: list) -> tuple:
+        """Run the graph; returns its flat outputs."""
+        out = self.graph_module(*flat_inputs)
+        return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+    def write_partitions(self, directory: str) -> list[dict]:
+        """Write ``graph.json`` + ``graph.safetensors``; returns the single partition entry."""
+        files = serialize.save_graph_module(self.graph_module, directory, stem="graph")
+        return [{
+            "name": "main",
+            "device": "cpu",
+            "runtime": "pytorch-eager",
+            "files": sorted(files),
+            "steps": {
+                "done_here": ["graph serialized", "weights saved (safetensors)", "runs with PyTorch eager"],
+                "left_for_target": [],
+            },
+        }]
+
+
+class ReferenceBackend:
+    """Compiles a Program to a :class:`ReferenceCompiled` and loads saved ones."""
+
+    name = "reference"
+
+    def compile(self, program: Program) -> ReferenceCompiled:
+        """Take ``program`` (left unmodified) and return a runnable artifact sharing its weights."""
+        prog = program.copy()
+        prog.ensure_compiled()
+        inputs, outputs = io_specs(prog)
+        return ReferenceCompiled(
+            prog.graph_module, name=prog.name, in_spec=prog.in_spec, out_spec=prog.out_spec,
+            input_specs=inputs, output_specs=outputs, trace=prog.trace,
+            passes=[r.spec for r in prog.reports if r.status == "ran"],
+            extra={"dynamic_dims": prog.dynamic_dims, "source": prog.source},
+        )
+
+    def load(self, directory: str, manifest: dict) -> ReferenceCompiled:
+        """Rebuild the artifact in ``directory`` described by ``manifest``."""
+        gm = serialize.load_graph_module(directory, stem="graph")
+        return ReferenceCompiled(gm, **common_kwargs(manifest))

@@ -1,0 +1,351 @@
+"""Capture: turn what the user names (a module, a ``.pt2`` file, ``file.py:attr``, ``module:attr``,
+``zoo:NAME``) into a :class:`~fxopt.ir.program.Program` via ``torch.export`` (non-strict) and core-ATen
+decomposition, so every pass and backend sees one op set with ``meta["val"]`` shapes.
+
+The user's model is never modified: training flags are restored, and weights are cloned into the Program.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import logging
+import os
+import sys
+import traceback
+from typing import Any
+
+import torch
+import torch.fx
+import torch.utils._pytree as pytree
+
+from fxopt.errors import InputError
+from fxopt.ir import provenance
+from fxopt.ir.program import Program, fetch_attr
+
+_DATA_DEPENDENT_HINT = (
+    "the model branches on tensor values (data-dependent control flow); rewrite the branch with "
+    "torch.cond / torch.where, or, for a decode loop, follow the decode-loop protocol (docs/decode-loop.md)"
+)
+
+
+# ---------------------------------------------------------------------------------------------- resolving
+def resolve_model(spec: Any, example_inputs: Any = None) -> tuple[Any, Any, str]:
+    """Resolve a model spec to ``(model_or_exported_program, example_inputs, display_name)``.
+
+    ``spec`` is an nn.Module, an ExportedProgram, a path to a ``.pt2`` file, ``file.py:attr``,
+    ``package.module:attr`` or ``zoo:NAME``. ``attr`` may be a module class, a zero-argument factory or an
+    instance. Example inputs default to the model's ``example_inputs()`` method (or the zoo's inputs).
+    """
+    if isinstance(spec, torch.export.ExportedProgram):
+        return spec, example_inputs, "exported_program"
+    if isinstance(spec, torch.nn.Module):
+        return spec, _inputs_for(spec, example_inputs, type(spec).__name__), type(spec).__name__
+    if not isinstance(spec, (str, os.PathLike)):
+        raise InputError(f"cannot capture a {type(spec).__name__}: pass an nn.Module, a .pt2 path, "
+                         "'file.py:Attr', 'module:Attr' or 'zoo:NAME'")
+    text = os.fspath(spec)
+    if text.startswith("zoo:"):
+        from fxopt import zoo
+
+        model, inputs = zoo.get(text[4:])
+        return model, example_inputs if example_inputs is not None else inputs, text
+    if text.endswith(".pt2"):
+        return _load_pt2(text), example_inputs, os.path.basename(text)
+    if ":" in text:
+        where, _, attr = text.rpartition(":")
+        obj = _load_attr(where, attr, text)
+        model = _instantiate(obj, text)
+        return model, _inputs_for(model, example_inputs, text), attr
+    if os.path.exists(text):
+        raise InputError(f"{text}: not a .pt2 file; name a model as 'file.py:Attr' or pass a .pt2 "
+                         "saved with torch.export.save")
+    raise InputError(f"{text}: no such file or model spec; use a .pt2 path, 'file.py:Attr', "
+                     "'module:Attr' or 'zoo:NAME' (see `fxopt zoo`)")
+
+
+def _load_pt2(path: str) -> torch.export.ExportedProgram:
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: no such file")
+    try:
+        return torch.export.load(path)
+    except Exception as exc:  # noqa: BLE001 - any failure to read is the file's fault
+        raise InputError(f"{path}: not a readable torch.export .pt2 file ({_first_line(exc)}); "
+                         "re-save it with torch.export.save") from exc
+
+
+def _load_attr(where: str, attr: str, spec: str) -> Any:
+    if where.endswith(".py"):
+        if not os.path.isfile(where):
+            raise InputError(f"{where}: no such file (from model spec '{spec}')")
+        name = "_fxopt_user_" + os.path.splitext(os.path.basename(where))[0]
+        mod_spec = importlib.util.spec_from_file_location(name, os.path.abspath(where))
+        module = importlib.util.module_from_spec(mod_spec)
+        sys.modules[name] = module
+        try:
+            mod_spec.loader.exec_module(module)
+        except Exception as exc:  # noqa: BLE001
+            sys.modules.pop(name, None)
+            raise InputError(f"{where}: importing it failed: {_first_line(exc)} "
+                             f"({_user_location(exc) or where})") from exc
+    else:
+        try:
+            module = importlib.import_module(where)
+        except Exception as exc:  # noqa: BLE001
+            raise InputError(f"cannot import module '{where}' from model spec '{spec}': {_first_line(exc)}") from exc
+    if not hasattr(module, attr):
+        raise InputError(f"{where} has no attribute '{attr}' (model spec '{spec}')")
+    return getattr(module, attr)
+
+
+def _instantiate(obj: Any, spec: str) -> torch.nn.Module:
+    if isinstance(obj, torch.nn.Module):
+        return obj
+    if callable(obj):
+        try:
+            model = obj()
+        except Exception as exc:  # noqa: BLE001
+            raise InputError(f"{spec}: calling it with no arguments failed: {_first_line(exc)}; "
+                             "point at a zero-argument class or factory") from exc
+        if isinstance(model, torch.nn.Module):
+            return model
+        raise InputError(f"{spec}: returned a {type(model).__name__}, not a torch.nn.Module")
+    raise InputError(f"{spec}: is a {type(obj).__name__}, not a torch.nn.Module class, factory or instance")
+
+
+def _inputs_for(model: torch.nn.Module, example_inputs: Any, name: str) -> tuple:
+    if example_inputs is not None:
+        return example_inputs
+    method = getattr(model, "example_inputs", None)
+    if callable(method):
+        return method()
+    raise InputError(f"{name}: no example inputs; pass them, or give the model an example_inputs() method")
+
+
+# ---------------------------------------------------------------------------------------------- capture
+def capture(model: Any, example_inputs: Any = None, *, dynamic_shapes: Any = None) -> Program:
+    """Capture ``model`` as a flat, core-ATen :class:`Program`.
+
+    Takes an nn.Module (or spec string, see :func:`resolve_model`), its example inputs (a tuple of
+    positional args, or a single tensor) and optional ``torch.export`` ``dynamic_shapes``. Returns a Program
+    whose nodes carry ``val``, ``provenance`` and ``cost``. Raises :class:`InputError` with one line when the
+    model cannot be captured.
+    """
+    resolved, inputs, name = resolve_model(model, example_inputs)
+    source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else name
+    original = resolved if isinstance(resolved, torch.nn.Module) else None
+    if isinstance(resolved, torch.export.ExportedProgram):
+        ep = _decompose(resolved, source)
+        if inputs is None:
+            inputs = _inputs_from_signature(ep)
+    else:
+        inputs = _as_tuple(inputs)
+        ep = _export(resolved, inputs, dynamic_shapes, source)
+    return program_from_exported(ep, inputs, name=name, source=source, original=original)
+
+
+def _as_tuple(inputs: Any) -> tuple:
+    if isinstance(inputs, tuple):
+        return inputs
+    if isinstance(inputs, list):
+        return tuple(inputs)
+    return (inputs,)
+
+
+@contextlib.contextmanager
+def _quiet_torch_logs():
+    # torch.export logs warnings (and graph dumps) for failures we turn into one-line errors.
+    loggers = [logging.getLogger(n) for n in ("torch", "torch._dynamo", "torch.fx", "torch._export",
+                                              "torch.export", "torch.fx.experimental.symbolic_shapes")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module):
+    """Put every submodule in eval mode for export and restore each one's own flag afterwards."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def _export(model: torch.nn.Module, inputs: tuple, dynamic_shapes: Any, source: str):
+    try:
+        with _quiet_torch_logs(), _eval_mode(model), torch.no_grad():
+            ep = torch.export.export(model, inputs, dynamic_shapes=dynamic_shapes, strict=False)
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every export failure becomes one clear line
+        raise _export_error(exc, source) from exc
+    return _decompose(ep, source)
+
+
+def _decompose(ep: torch.export.ExportedProgram, source: str) -> torch.export.ExportedProgram:
+    try:
+        with _quiet_torch_logs():
+            return ep.run_decompositions()
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"{source}: decomposing to core ATen failed: {_first_line(exc)}") from exc
+
+
+def _export_error(exc: BaseException, source: str) -> InputError:
+    where = _user_location(exc)
+    at = f" at {where}" if where else ""
+    text = f"{type(exc).__name__}: {str(exc)}"
+    if "data-dependent" in text or "GuardOnDataDependent" in text:
+        return InputError(f"{source}: cannot capture{at}: {_DATA_DEPENDENT_HINT}")
+    if "Constraints violated" in text or "ConstraintViolation" in type(exc).__name__:
+        return InputError(f"{source}: a dynamic dim was specialized{at}: {_first_line(exc)}; "
+                          "check dynamic_shapes")
+    return InputError(f"{source}: the model raised while tracing{at}: {type(exc).__name__}: {_first_line(exc)}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _user_location(exc: BaseException) -> str | None:
+    """``file:line`` of the innermost traceback frame in the user's code (not torch, not fxopt's core)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    for frame in reversed(frames):
+        file = frame.filename
+        if file.startswith(os.path.dirname(torch.__file__)) or "<" in file:
+            continue
+        if provenance._is_fxopt_runtime(file):
+            continue
+        return f"{file}:{frame.lineno}"
+    return None
+
+
+def _inputs_from_signature(ep: torch.export.ExportedProgram) -> tuple:
+    """Example inputs for a loaded .pt2 with none given: zeros/random tensors of the recorded shapes."""
+    from fxopt.ir.program import concrete_int
+
+    gen = torch.Generator().manual_seed(0)
+    flat = []
+    for spec in ep.graph_signature.input_specs:
+        if spec.kind != torch.export.graph_signature.InputKind.USER_INPUT:
+            continue
+        node = next(n for n in ep.graph.nodes if n.name == spec.arg.name)
+        val = node.meta.get("val")
+        if not isinstance(val, torch.Tensor):
+            flat.append(val)
+            continue
+        shape = [concrete_int(d) for d in val.shape]
+        if val.dtype.is_floating_point:
+            flat.append(torch.randn(shape, generator=gen).to(val.dtype))
+        else:
+            flat.append(torch.zeros(shape, dtype=val.dtype))
+    args, kwargs = pytree.tree_unflatten(flat, ep.call_spec.in_spec)
+    if kwargs:
+        raise InputError("the .pt2 takes keyword inputs; pass example inputs explicitly")
+    return tuple(args)
+
+
+# ---------------------------------------------------------------------------------------------- flattening
+def program_from_exported(ep: torch.export.ExportedProgram, example_inputs: tuple, *, name: str = "model",
+                          source: str = "", original: Any = None) -> Program:
+    """Build a flat Program from a (decomposed) ExportedProgram: plain codegen, no guard call, cloned
+    weights, provenance and cost on every node, symbolic dims recorded."""
+    with _quiet_torch_logs():
+        gm = ep.module()
+    in_spec, out_spec = gm._in_spec, gm._out_spec
+    graph = gm.graph
+    for node in list(graph.nodes):
+        if node.op == "call_module" and node.target == "_guards_fn":
+            graph.erase_node(node)
+    if hasattr(gm, "_guards_fn"):
+        delattr(gm, "_guards_fn")
+    graph._codegen = torch.fx.graph.CodeGen()
+    # ep.module() installs hooks that check inputs against the pytree spec; Program does that itself.
+    gm._forward_pre_hooks.clear()
+    gm._forward_hooks.clear()
+    _clone_weights(gm)
+    for node in graph.nodes:
+        node.meta["provenance"] = provenance.from_export(node)
+    graph.eliminate_dead_code()
+    _remove_unused_attrs(gm)
+    gm.recompile()
+    program = Program(graph_module=gm, example_inputs=tuple(example_inputs), in_spec=in_spec,
+                      out_spec=out_spec, name=name, source=source, original=original)
+    program.dynamic_dims = _dynamic_dims(program)
+    annotate(program)
+    return program
+
+
+def _clone_weights(gm: torch.fx.GraphModule) -> None:
+    """Replace every get_attr'd tensor with a detached clone (tied weights stay tied), so passes and the
+    user's model never share storage."""
+    clones: dict[int, torch.Tensor] = {}
+    for node in gm.graph.nodes:
+        if node.op != "get_attr":
+            continue
+        value = fetch_attr(gm, node.target)
+        if not isinstance(value, torch.Tensor):
+            continue
+        key = id(value)
+        if key not in clones:
+            clones[key] = value.detach().clone()
+        set_attr(gm, node.target, clones[key])
+
+
+def set_attr(gm: torch.nn.Module, target: str, tensor: torch.Tensor) -> None:
+    """Bind ``tensor`` at dotted ``target`` as a plain (non-trainable) buffer-like attribute."""
+    *path, leaf = target.split(".")
+    owner = gm
+    for part in path:
+        if not hasattr(owner, part):
+            owner.add_module(part, torch.nn.Module())
+        owner = getattr(owner, part)
+    if leaf in owner._parameters:
+        del owner._parameters[leaf]
+    if leaf in owner._buffers:
+        del owner._buffers[leaf]
+    if hasattr(owner, leaf):
+        delattr(owner, leaf)
+    owner.register_buffer(leaf, tensor)
+
+
+def _remove_unused_attrs(gm: torch.fx.GraphModule) -> None:
+    used = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
+    for name, _ in list(gm.named_parameters()) + list(gm.named_buffers()):
+        if name not in used:
+            *path, leaf = name.split(".")
+            owner = gm.get_submodule(".".join(path)) if path else gm
+            if leaf in owner._parameters:
+                del owner._parameters[leaf]
+            elif leaf in owner._buffers:
+                del owner._buffers[leaf]
+
+
+def _dynamic_dims(program: Program) -> dict[str, list]:
+    """``{symbol: [[input_name, dim], ...]}`` for every symbolic dim of the inputs."""
+    dims: dict[str, list] = {}
+    for node in program.placeholders():
+        val = node.meta.get("val")
+        if not isinstance(val, torch.Tensor):
+            continue
+        for i, d in enumerate(val.shape):
+            if isinstance(d, torch.SymInt):
+                dims.setdefault(str(d.node.expr), []).append([node.name, i])
+    return dims
+
+
+def annotate(program: Program) -> None:
+    """(Re)compute per-node cost for the whole program (a no-op until the cost model is importable)."""
+    try:
+        from fxopt.ir import cost
+    except ImportError:  # pragma: no cover - the cost model is part of the package
+        return
+    cost.annotate_costs(program.graph_module)

@@ -1,0 +1,217 @@
+"""`Program`: the unit every pass and backend works on.
+
+A Program is a *flat* ATen-level FX GraphModule (placeholders are the flattened user inputs, the output node
+returns a tuple of tensors) plus what passes need around it:
+
+- ``example_inputs``: the user-level example inputs (positional tuple) used for verification;
+- ``in_spec`` / ``out_spec``: pytree specs mapping user-level args/results to the flat graph and back;
+- ``dynamic_dims``: for each symbolic dim, which input dim it came from (``{"s0": [("x", 0)]}``);
+- ``regions``: loop regions and other structure recorded by capture or passes (e.g. the decode loop);
+- ``reports`` / ``trace``: what the pass manager recorded.
+
+Per node, ``node.meta`` carries ``"val"`` (FakeTensor), ``"provenance"``, ``"cost"`` and, once split has run,
+``"placement"``. FX stays the source of truth; :meth:`Program.to_networkx` is a view for graph algorithms.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+import torch
+import torch.fx
+import torch.utils._pytree as pytree
+
+from fxopt.errors import InputError
+
+
+@dataclass
+class Program:
+    """A flat FX GraphModule plus the example inputs, pytree specs and metadata that passes need."""
+
+    graph_module: torch.fx.GraphModule
+    example_inputs: tuple
+    in_spec: Any = None
+    out_spec: Any = None
+    name: str = "model"
+    source: str = ""
+    dynamic_dims: dict = field(default_factory=dict)
+    target: str = "reference"
+    regions: list = field(default_factory=list)
+    reports: list = field(default_factory=list)
+    trace: dict | None = None
+    # The module the user handed us (never modified); kept for numeric checks against the original.
+    original: Any = field(default=None, repr=False)
+    # True when the graph changed since the last recompile (see ``ensure_compiled``).
+    dirty: bool = False
+
+    # ----------------------------------------------------------------- running
+    def flatten_inputs(self, args: tuple, kwargs: dict | None = None) -> list:
+        """Flatten user-level ``args``/``kwargs`` to the graph's placeholder order; checks the structure."""
+        flat, spec = pytree.tree_flatten((tuple(args), dict(kwargs or {})))
+        if self.in_spec is not None and spec != self.in_spec:
+            raise InputError(
+                f"inputs to '{self.name}' have structure {spec} but the program was captured with "
+                f"{self.in_spec}; pass inputs shaped like the example inputs"
+            )
+        return flat
+
+    def unflatten_outputs(self, flat_outputs) -> Any:
+        """Turn the graph's flat output tuple back into the model's output structure."""
+        if self.out_spec is None:
+            return flat_outputs
+        return pytree.tree_unflatten(list(flat_outputs), self.out_spec)
+
+    def ensure_compiled(self) -> None:
+        """Regenerate the GraphModule's Python code if a pass changed the graph (lazy recompile)."""
+        if self.dirty:
+            self.graph_module.recompile()
+            self.dirty = False
+
+    def run_flat(self, flat_inputs) -> tuple:
+        """Run the graph on flat inputs and return its flat outputs as a tuple."""
+        self.ensure_compiled()
+        with torch.no_grad():
+            out = self.graph_module(*flat_inputs)
+        return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+    def __call__(self, *args, **kwargs):
+        """Run the program like the original model: same argument and result structure."""
+        return self.unflatten_outputs(self.run_flat(self.flatten_inputs(args, kwargs)))
+
+    def flat_example_inputs(self) -> list:
+        """The example inputs, flattened to placeholder order."""
+        return self.flatten_inputs(self.example_inputs)
+
+    # ----------------------------------------------------------------- structure
+    @property
+    def graph(self) -> torch.fx.Graph:
+        """The FX graph (shorthand for ``graph_module.graph``)."""
+        return self.graph_module.graph
+
+    def placeholders(self) -> list[torch.fx.Node]:
+        """The graph's input nodes in order."""
+        return [n for n in self.graph.nodes if n.op == "placeholder"]
+
+    def output_node(self) -> torch.fx.Node:
+        """The graph's single output node."""
+        return next(n for n in reversed(self.graph.nodes) if n.op == "output")
+
+    def num_nodes(self) -> int:
+        """Number of nodes in the graph (all kinds)."""
+        return len(self.graph.nodes)
+
+    def op_histogram(self) -> dict[str, int]:
+        """Count of call_function nodes per target name, most frequent first."""
+        counts: dict[str, int] = {}
+        for n in self.graph.nodes:
+            if n.op == "call_function":
+                key = target_name(n.target)
+                counts[key] = counts.get(key, 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    def parameters(self) -> dict[str, torch.Tensor]:
+        """Every tensor reached by a get_attr node, by target name."""
+        out = {}
+        for n in self.graph.nodes:
+            if n.op == "get_attr":
+                value = fetch_attr(self.graph_module, n.target)
+                if isinstance(value, torch.Tensor):
+                    out[n.target] = value
+        return out
+
+    def parameter_bytes(self, unique: bool = True) -> int:
+        """Bytes of get_attr'd tensors; with ``unique`` a tensor shared by several names counts once."""
+        seen: set = set()
+        total = 0
+        for t in self.parameters().values():
+            key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+            if unique and key in seen:
+                continue
+            seen.add(key)
+            total += t.numel() * t.element_size()
+        return total
+
+    def to_networkx(self) -> nx.DiGraph:
+        """A networkx DiGraph view: one vertex per FX node (by name), an edge per data dependency.
+
+        Vertex attributes: ``op``, ``target`` (string), ``placement``; edge attribute ``bytes`` (size of the
+        producer's value when known). FX stays the source of truth: edit the graph, not this view.
+        """
+        g = nx.DiGraph()
+        for n in self.graph.nodes:
+            g.add_node(n.name, op=n.op, target=target_name(n.target), placement=n.meta.get("placement"))
+        for n in self.graph.nodes:
+            nbytes = value_bytes(n.meta.get("val"))
+            for user in n.users:
+                g.add_edge(n.name, user.name, bytes=nbytes)
+        return g
+
+    def copy(self) -> "Program":
+        """A copy whose graph can be rewritten freely; weight tensors are shared, not copied.
+
+        Passes never modify tensors in place (they bind new tensors instead), so sharing the weights is safe
+        and keeps copies cheap for large models.
+        """
+        gm = self.graph_module
+        new_graph = copy.deepcopy(gm.graph)
+        new_gm = torch.fx.GraphModule(gm, new_graph, class_name=type(gm).__name__)
+        new_gm.graph._codegen = copy.deepcopy(gm.graph._codegen)
+        new_gm.meta.update(getattr(gm, "meta", {}))
+        new_gm.recompile()
+        dup = copy.copy(self)
+        dup.graph_module = new_gm
+        dup.regions = copy.deepcopy(self.regions)
+        dup.reports = list(self.reports)
+        dup.dynamic_dims = dict(self.dynamic_dims)
+        dup.dirty = False
+        return dup
+
+
+def fetch_attr(module: torch.nn.Module, target: str) -> Any:
+    """Resolve a dotted get_attr target (``"layers.0.weight"``) on ``module``."""
+    obj: Any = module
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def target_name(target: Any) -> str:
+    """A stable, readable name for a node target: ``aten.addmm.default``, ``getitem``, ``layers.0``."""
+    if isinstance(target, str):
+        return target
+    if isinstance(target, torch._ops.OpOverload):
+        return f"{target.namespace}.{target._opname}.{target._overloadname}"
+    if isinstance(target, torch._ops.HigherOrderOperator):
+        return f"higher_order.{target.name()}"
+    name = getattr(target, "__name__", None) or repr(target)
+    return name
+
+
+def value_bytes(val: Any) -> int:
+    """Bytes of a meta value (FakeTensor or nested tuple of them) with concrete sizes, hints for symbols."""
+    if isinstance(val, torch.Tensor):
+        numel = 1
+        for d in val.shape:
+            numel *= concrete_int(d)
+        return numel * val.element_size()
+    if isinstance(val, (tuple, list)):
+        return sum(value_bytes(v) for v in val)
+    return 0
+
+
+def concrete_int(d: Any) -> int:
+    """An int for a dim: ints as they are, a SymInt by its example value (hint)."""
+    if isinstance(d, int):
+        return d
+    if isinstance(d, torch.SymInt):
+        node = d.node
+        hint = getattr(node, "hint", None)
+        if hint is not None:
+            return int(hint)
+        try:
+            return int(node.shape_env.size_hint(node.expr))
+        except Exception:  # noqa: BLE001 - an unbacked symbol has no hint; count it as 1
+            return 1
+    return int(d)

@@ -1,0 +1,87 @@
+"""Provenance: where each node came from — the model's source line and module, the node it was derived
+from, and the pass that made it.
+
+``node.meta["provenance"]`` is a plain JSON-able dict::
+
+    {"source": "models/ocr.py:88", "module": "decoder.layers.0.attn", "origin": None, "pass": "capture"}
+
+Capture fills it from torch.export's ``stack_trace`` and ``nn_module_stack``. A pass that creates a node
+calls :func:`derive` (or the pass manager marks any node left without provenance with the pass's name).
+"""
+from __future__ import annotations
+
+import os
+import re
+
+import torch
+import torch.fx
+
+_FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)')
+_TORCH_DIR = os.path.dirname(torch.__file__)
+_FXOPT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def user_frame(stack_trace: str | None) -> str | None:
+    """The innermost ``file:line`` of ``stack_trace`` that is the model's own code (not torch's, not fxopt's
+    own runtime), falling back to the innermost frame; None when there is no trace."""
+    if not stack_trace:
+        return None
+    frames = [(m["file"], m["line"]) for m in _FRAME.finditer(stack_trace)]
+    if not frames:
+        return None
+    for file, line in reversed(frames):
+        if not file.startswith(_TORCH_DIR) and not _is_fxopt_runtime(file):
+            return f"{file}:{line}"
+    file, line = frames[-1]
+    return f"{file}:{line}"
+
+
+def _is_fxopt_runtime(file: str) -> bool:
+    # fxopt's zoo models are user-level code; the rest of fxopt (capture, passes) is not.
+    return file.startswith(_FXOPT_DIR) and os.sep + "zoo" + os.sep not in file
+
+
+def module_path(node: torch.fx.Node) -> str:
+    """The dotted path of the innermost nn.Module that produced ``node`` ('' for the top level)."""
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return ""
+    path, _type = list(stack.values())[-1]
+    path = str(path)
+    # export's placeholder for nodes it creates itself (e.g. sym_size), not a module of the model
+    return "" if path.startswith("_empty_nn_module_stack") else path
+
+
+def from_export(node: torch.fx.Node) -> dict:
+    """Provenance for a node straight out of torch.export."""
+    return {
+        "source": user_frame(node.meta.get("stack_trace")),
+        "module": module_path(node) if node.op != "get_attr" else str(node.target).rpartition(".")[0],
+        "origin": None,
+        "pass": "capture",
+    }
+
+
+def derive(new: torch.fx.Node, origin: torch.fx.Node | None, pass_name: str) -> None:
+    """Record that ``new`` was made by ``pass_name`` from ``origin`` (source line and module inherited)."""
+    base = dict(origin.meta.get("provenance") or {}) if origin is not None else {}
+    new.meta["provenance"] = {
+        "source": base.get("source"),
+        "module": base.get("module", ""),
+        "origin": origin.name if origin is not None else None,
+        "pass": pass_name,
+    }
+    if origin is not None:
+        for key in ("nn_module_stack", "stack_trace"):
+            if key in origin.meta and key not in new.meta:
+                new.meta[key] = origin.meta[key]
+
+
+def mark_unowned(graph: torch.fx.Graph, pass_name: str) -> int:
+    """Give every node without provenance one saying ``pass_name`` created it; returns how many."""
+    count = 0
+    for node in graph.nodes:
+        if "provenance" not in node.meta:
+            node.meta["provenance"] = {"source": None, "module": "", "origin": None, "pass": pass_name}
+            count += 1
+    return count
