@@ -156,10 +156,11 @@ def _as_tuple(inputs: Any) -> tuple:
 def _quiet_torch_logs():
     # torch.export logs warnings (and graph dumps) for failures we turn into one-line errors.
     loggers = [logging.getLogger(n) for n in ("torch", "torch._dynamo", "torch.fx", "torch._export",
-                                              "torch.export", "torch.fx.experimental.symbolic_shapes")]
+                                              "torch.export", "torch.fx.experimental.symbolic_shapes",
+                                              "torch._subclasses.fake_tensor")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
-        lg.setLevel(logging.ERROR)
+        lg.setLevel(logging.CRITICAL)
     try:
         yield
     finally:

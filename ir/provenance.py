@@ -36,9 +36,13 @@ def user_frame(stack_trace: str | None) -> str | None:
     return f"{file}:{line}"
 
 
+_RUNTIME_DIRS = tuple(os.path.join(_FXOPT_DIR, d) + os.sep for d in ("ir", "passes", "backends", "tools"))
+_RUNTIME_FILES = tuple(os.path.join(_FXOPT_DIR, f) for f in ("api.py", "errors.py", "__init__.py"))
+
+
 def _is_fxopt_runtime(file: str) -> bool:
-    # fxopt's zoo models are user-level code; the rest of fxopt (capture, passes) is not.
-    return file.startswith(_FXOPT_DIR) and os.sep + "zoo" + os.sep not in file
+    """True for fxopt's own compiler code; the zoo models (and anything else) count as the user's code."""
+    return file.startswith(_RUNTIME_DIRS) or file in _RUNTIME_FILES
 
 
 def module_path(node: torch.fx.Node) -> str:

@@ -72,20 +72,19 @@ class FoldConstants(Pass):
                 with torch.no_grad():
                     values[node] = node.target(*args, **kwargs)
 
+        # Walk users before producers. A constant node is folded when something that will still run at
+        # run time uses it: a non-constant node, the output, or a constant node that was not folded.
         folded = 0
         new_bytes = 0
-        for node in list(gm.graph.nodes):
+        runs_at_runtime: set[torch.fx.Node] = set()
+        for node in reversed(list(gm.graph.nodes)):
             if node not in values or node.op == "get_attr":
                 continue
-            if all(user in values for user in node.users):
-                continue  # interior of a constant chain; its frontier is folded instead
+            if all(user in values and user not in runs_at_runtime for user in node.users):
+                continue  # interior of a constant chain that is folded further down
             value = values[node]
-            if not isinstance(value, torch.Tensor):
-                continue
-            if _packet(node.target) in LAYOUT_OPS:
-                continue
-            limit = _nbytes([values[a] for a in node.all_input_nodes]) or _SMALL_CREATION_BYTES
-            if _nbytes(value) > limit:
+            if not self._worth_folding(node, value, values):
+                runs_at_runtime.add(node)
                 continue
             attr = _fresh_attr(gm, f"_folded_{node.name}")
             set_attr(gm, attr, value.detach().clone().contiguous())
@@ -105,6 +104,13 @@ class FoldConstants(Pass):
             "new_weight_bytes": new_bytes,
             "weight_bytes_freed": cleanup.details.get("weight_bytes_freed", 0),
         })
+
+    @staticmethod
+    def _worth_folding(node: torch.fx.Node, value, values) -> bool:
+        if not isinstance(value, torch.Tensor) or _packet(node.target) in LAYOUT_OPS:
+            return False
+        limit = _nbytes([values[a] for a in node.all_input_nodes]) or _SMALL_CREATION_BYTES
+        return _nbytes(value) <= limit
 
 
 def _fresh_attr(gm: torch.fx.GraphModule, base: str) -> str:
