@@ -5,6 +5,8 @@ as JSON plus its weights as safetensors (see :mod:`fxopt.ir.serialize`), loadabl
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from fxopt.backends.base import Compiled, common_kwargs, io_specs
@@ -34,7 +36,7 @@ class ReferenceCompiled(Compiled):
             "name": "main",
             "device": "cpu",
             "runtime": "pytorch-eager",
-            "files": sorted(files),
+            "files": sorted(os.path.basename(f) for f in files),
             "steps": {
                 "done_here": ["graph serialized", "weights saved (safetensors)", "runs with PyTorch eager"],
                 "left_for_target": [],
