@@ -20,7 +20,7 @@ import torch.fx
 import torch.utils._pytree as pytree
 
 from fxopt.errors import InputError
-from fxopt.ir import provenance
+from fxopt.ir import cost, provenance
 from fxopt.ir.program import Program, fetch_attr
 
 _DATA_DEPENDENT_HINT = (
@@ -344,9 +344,5 @@ def _dynamic_dims(program: Program) -> dict[str, list]:
 
 
 def annotate(program: Program) -> None:
-    """(Re)compute per-node cost for the whole program (a no-op until the cost model is importable)."""
-    try:
-        from fxopt.ir import cost
-    except ImportError:  # pragma: no cover - the cost model is part of the package
-        return
+    """(Re)compute ``meta["cost"]`` for every node of the program."""
     cost.annotate_costs(program.graph_module)

@@ -22,6 +22,7 @@ import networkx as nx
 import torch
 import torch.fx
 import torch.utils._pytree as pytree
+from torch.fx.graph_module import _WrappedCall
 
 from fxopt.errors import InputError
 
@@ -152,21 +153,57 @@ class Program:
         """A copy whose graph can be rewritten freely; weight tensors are shared, not copied.
 
         Passes never modify tensors in place (they bind new tensors instead), so sharing the weights is safe
-        and keeps copies cheap for large models.
+        and keeps copies cheap for large models. The module tree is copied (so rebinding an attribute in the
+        copy leaves this program alone) and the generated code is reused until the copy's graph changes,
+        so copying costs no recompile.
         """
-        gm = self.graph_module
-        new_graph = copy.deepcopy(gm.graph)
-        new_gm = torch.fx.GraphModule(gm, new_graph, class_name=type(gm).__name__)
-        new_gm.graph._codegen = copy.deepcopy(gm.graph._codegen)
-        new_gm.meta.update(getattr(gm, "meta", {}))
-        new_gm.recompile()
         dup = copy.copy(self)
-        dup.graph_module = new_gm
+        dup.graph_module = copy_graph_module(self.graph_module)
         dup.regions = copy.deepcopy(self.regions)
         dup.reports = list(self.reports)
         dup.dynamic_dims = dict(self.dynamic_dims)
-        dup.dirty = False
         return dup
+
+
+def _copy_module_tree(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``module`` and its submodules that shares their tensors (graph modules get own graphs)."""
+    if isinstance(module, torch.fx.GraphModule):
+        return copy_graph_module(module)
+    new = module.__class__.__new__(module.__class__)
+    new.__dict__ = module.__dict__.copy()
+    new._parameters = module._parameters.copy()
+    new._buffers = module._buffers.copy()
+    new._modules = type(module._modules)((k, _copy_module_tree(v) if v is not None else None)
+                                         for k, v in module._modules.items())
+    return new
+
+
+def copy_graph_module(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Copy a GraphModule without regenerating its code: a deep copy of the graph, a copied module tree
+    sharing the tensors, and the original's compiled ``forward`` (valid while the graphs are equal; the
+    copy recompiles once its graph changes). Returns the new GraphModule."""
+    # GraphModule.__new__ makes a fresh subclass per instance, so a later recompile of the copy (which sets
+    # `forward` on its class) cannot change the original.
+    new = torch.fx.GraphModule.__new__(torch.fx.GraphModule)
+    new.__dict__ = gm.__dict__.copy()
+    new._parameters = gm._parameters.copy()
+    new._buffers = gm._buffers.copy()
+    new._modules = type(gm._modules)((k, _copy_module_tree(v) if v is not None else None)
+                                     for k, v in gm._modules.items())
+    new.meta = dict(getattr(gm, "meta", {}))
+    graph = copy.deepcopy(gm.graph)
+    graph.owning_module = new
+    new.__dict__["_graph"] = graph
+    cls = type(new)
+    cls.forward = type(gm).forward
+    # What GraphModule.recompile() installs besides `forward`, bound to the copy's own class.
+    cls._wrapped_call = _WrappedCall(cls, None)
+    cls.__call__ = _call_wrapped
+    return new
+
+
+def _call_wrapped(self, *args, **kwargs):
+    return self._wrapped_call(self, *args, **kwargs)
 
 
 def fetch_attr(module: torch.nn.Module, target: str) -> Any:

@@ -13,13 +13,17 @@ import torch
 import torch.fx
 import torch.utils._pytree as pytree
 from torch._guards import detect_fake_mode
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
 from fxopt.ir.program import fetch_attr
 
 
 def fake_mode_of(gm: torch.fx.GraphModule) -> FakeTensorMode | None:
     """The FakeTensorMode the graph's ``meta["val"]`` tensors belong to (None if the graph has none)."""
+    for node in gm.graph.nodes:
+        val = node.meta.get("val")
+        if isinstance(val, FakeTensor):
+            return val.fake_mode
     vals = [n.meta["val"] for n in gm.graph.nodes if isinstance(n.meta.get("val"), torch.Tensor)]
     return detect_fake_mode(vals) if vals else None
 

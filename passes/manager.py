@@ -13,7 +13,7 @@ import time
 from typing import Any, Callable, Iterable
 
 from fxopt.errors import FxoptError, VerificationError
-from fxopt.ir import provenance, shapes
+from fxopt.ir import cost, provenance, shapes
 from fxopt.ir.program import Program
 from fxopt.ir.trace import Trace
 from fxopt.passes import verify as verify_mod
@@ -36,8 +36,6 @@ def _totals(program: Program) -> tuple[int, int]:
 
 
 def _annotate_costs(program: Program) -> None:
-    from fxopt.ir import cost
-
     cost.annotate_costs(program.graph_module)
 
 
