@@ -17,11 +17,12 @@ def capture(model: Any, example_inputs: Any = None, *, dynamic_shapes: Any = Non
 
 
 def optimize(program: Program, passes: str | Iterable[Any], *, target: str = "reference", verify: bool = True,
-             bisect_limit: int | None = None) -> Program:
+             bisect_limit: int | None = None, inplace: bool = False) -> Program:
     """Run a pass pipeline (``"dce,unroll{partition=25},dedupe"`` or a list) on a copy of ``program``;
     returns the optimized Program with ``reports`` and ``trace``. ``verify`` lints and numerically checks
-    every pass that changed the graph; ``bisect_limit`` runs only the first N passes."""
-    return _optimize(program, passes, target=target, verify=verify, bisect_limit=bisect_limit)
+    every pass that changed the graph; ``bisect_limit`` runs only the first N passes; ``inplace`` rewrites
+    ``program`` itself instead of a copy (saves the graph copy on huge graphs)."""
+    return _optimize(program, passes, target=target, verify=verify, bisect_limit=bisect_limit, inplace=inplace)
 
 
 def compile(program: Program, backend: str = "reference") -> Compiled:  # noqa: A001 - public API name

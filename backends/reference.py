@@ -56,7 +56,7 @@ class ReferenceBackend:
         inputs, outputs = io_specs(prog)
         return ReferenceCompiled(
             prog.graph_module, name=prog.name, in_spec=prog.in_spec, out_spec=prog.out_spec,
-            input_specs=inputs, output_specs=outputs, trace=prog.trace,
+            input_specs=inputs, output_specs=outputs, trace=prog.trace_json(),
             passes=[r.spec for r in prog.reports if r.status == "ran"],
             extra={"dynamic_dims": prog.dynamic_dims, "source": prog.source},
         )

@@ -41,7 +41,7 @@ class Program:
     target: str = "reference"
     regions: list = field(default_factory=list)
     reports: list = field(default_factory=list)
-    trace: dict | None = None
+    trace: Any = None  # a fxopt.ir.trace.Trace after optimize; see trace_json()
     # The module the user handed us (never modified); kept for numeric checks against the original.
     original: Any = field(default=None, repr=False)
     # True when the graph changed since the last recompile (see ``ensure_compiled``).
@@ -84,6 +84,12 @@ class Program:
     def flat_example_inputs(self) -> list:
         """The example inputs, flattened to placeholder order."""
         return self.flatten_inputs(self.example_inputs)
+
+    def trace_json(self) -> dict | None:
+        """The pass trace as a JSON-able dict (None before any pipeline ran)."""
+        if self.trace is None or isinstance(self.trace, dict):
+            return self.trace
+        return self.trace.to_json()
 
     # ----------------------------------------------------------------- structure
     @property

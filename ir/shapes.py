@@ -87,7 +87,7 @@ def dim_expr(d: Any) -> sympy.Expr:
 def describe(val: Any) -> str:
     """A short, stable text form of a meta value: ``f32[s0, 128]``, ``(f32[4], i64[4])``, ``Sym(s0)``."""
     if isinstance(val, torch.Tensor):
-        dims = ", ".join(str(dim_expr(d)) for d in val.shape)
+        dims = ", ".join(str(d) if type(d) is int else str(dim_expr(d)) for d in val.shape)
         return f"{dtype_abbrev(val.dtype)}[{dims}]"
     if isinstance(val, (tuple, list)):
         return "(" + ", ".join(describe(v) for v in val) + ")"

@@ -42,21 +42,47 @@ def _arg_text(a: Any) -> str:
 
 
 def node_record(node: torch.fx.Node) -> dict:
-    """The JSON record of one node (see the module docstring)."""
-    val = node.meta.get("val")
-    cost = node.meta.get("cost")
-    args = ", ".join([_arg_text(a) for a in node.args] + [f"{k}={_arg_text(v)}" for k, v in node.kwargs.items()])
+    """The JSON record of one node as it is now (see the module docstring)."""
+    m = node.meta
+    return _record(node.name, node.op, node.target, node.args, node.kwargs,
+                   tuple(x.name for x in node.all_input_nodes), m.get("val"), m.get("placement"),
+                   m.get("provenance"), m.get("cost"))
+
+
+class _Snapshot:
+    """The graph as it was after a pass, kept as references and rendered to JSON only when asked.
+
+    Node names, ops, targets, args tuples and meta values are not mutated by passes (they replace them),
+    so holding references is as good as a copy and makes a snapshot O(nodes) with a tiny constant.
+    """
+
+    __slots__ = ("rows",)
+
+    def __init__(self, graph: torch.fx.Graph):
+        self.rows = [(n, n.name, n.op, n.target, n.args, n.kwargs, tuple(x.name for x in n.all_input_nodes),
+                      n.meta.get("val"), n.meta.get("placement"), n.meta.get("provenance"), n.meta.get("cost"))
+                     for n in graph.nodes]
+
+    def render(self) -> list[dict]:
+        out = []
+        for _node, name, op, target, args, kwargs, inputs, val, placement, prov, cost in self.rows:
+            out.append(_record(name, op, target, args, kwargs, inputs, val, placement, prov, cost))
+        return out
+
+
+def _record(name, op, target, args, kwargs, inputs, val, placement, prov, cost) -> dict:
+    text = ", ".join([_arg_text(a) for a in args] + [f"{k}={_arg_text(v)}" for k, v in kwargs.items()])
     record = {
-        "name": node.name,
-        "op": node.op,
-        "target": target_name(node.target),
-        "inputs": [n.name for n in node.all_input_nodes],
-        "args": args if len(args) <= 200 else args[:197] + "...",
+        "name": name,
+        "op": op,
+        "target": target_name(target),
+        "inputs": list(inputs),
+        "args": text if len(text) <= 200 else text[:197] + "...",
         "shape": describe(val),
         "bytes": value_bytes(val),
-        "placement": node.meta.get("placement"),
-        "module": (node.meta.get("provenance") or {}).get("module", ""),
-        "provenance": node.meta.get("provenance"),
+        "placement": placement,
+        "module": (prov or {}).get("module", ""),
+        "provenance": prov,
     }
     if cost is not None and hasattr(cost, "to_json"):
         record["cost"] = cost.to_json()
@@ -75,8 +101,8 @@ class Trace:
 
     def snapshot(self, program: Program, pass_name: str) -> None:
         """Record the full graph as it is after ``pass_name``."""
-        nodes = [node_record(n) for n in program.graph.nodes]
-        self.snapshots.append({"index": len(self.snapshots), "pass": pass_name, "nodes": nodes})
+        self.snapshots.append({"index": len(self.snapshots), "pass": pass_name,
+                               "nodes": _Snapshot(program.graph)})
 
     def unchanged(self, pass_name: str) -> None:
         """Record that ``pass_name`` left the graph as the previous snapshot."""
@@ -85,11 +111,17 @@ class Trace:
         self.snapshots.append({"index": len(self.snapshots), "pass": pass_name, "same_as": base})
 
     def to_json(self) -> dict:
-        """The trace as a JSON-able dict."""
+        """The trace as a JSON-able dict (snapshots rendered now)."""
+        snapshots = []
+        for snap in self.snapshots:
+            snap = dict(snap)
+            if isinstance(snap.get("nodes"), _Snapshot):
+                snap["nodes"] = snap["nodes"].render()
+            snapshots.append(snap)
         return {
             "format": TRACE_FORMAT,
             "version": TRACE_VERSION,
             "program": self.program_name,
-            "snapshots": self.snapshots,
+            "snapshots": snapshots,
             "reports": self.reports,
         }

@@ -67,7 +67,8 @@ class FoldConstants(Pass):
                 value = fetch_attr(gm, node.target)
                 if isinstance(value, torch.Tensor):
                     values[node] = value
-            elif _is_foldable_op(node) and all(a in values for a in node.all_input_nodes):
+            elif node.op == "call_function" and all(a in values for a in node.all_input_nodes) \
+                    and _is_foldable_op(node):
                 args, kwargs = pytree.tree_map_only(torch.fx.Node, lambda a: values[a], (node.args, node.kwargs))
                 with torch.no_grad():
                     values[node] = node.target(*args, **kwargs)

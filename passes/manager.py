@@ -63,10 +63,11 @@ class PassManager:
         self.bisect_limit = bisect_limit
         self.on_event = on_event or (lambda kind, report: None)
 
-    def run(self, program: Program) -> Program:
-        """Run the pipeline on a copy of ``program`` (the argument is left untouched); returns the result,
-        with ``reports`` (one :class:`PassReport` per pass) and ``trace`` (JSON dict) filled in."""
-        prog = program.copy()
+    def run(self, program: Program, *, inplace: bool = False) -> Program:
+        """Run the pipeline on a copy of ``program`` (or on ``program`` itself with ``inplace``, which saves
+        the O(nodes) graph copy on huge graphs); returns the result with ``reports`` (one
+        :class:`PassReport` per pass) and ``trace`` filled in."""
+        prog = program if inplace else program.copy()
         prog.reports = []
         trace = Trace(prog)
         expected = None
@@ -113,7 +114,7 @@ class PassManager:
             self.on_event("end", report)
         prog.ensure_compiled()
         trace.reports = [r.to_json() for r in prog.reports]
-        prog.trace = trace.to_json()
+        prog.trace = trace  # rendered to JSON on demand (Program.trace_json): snapshots are references
         return prog
 
     def _verify(self, p: Pass, prog: Program, flat_inputs, expected, report: PassReport):
@@ -137,13 +138,13 @@ class PassManager:
 
 
 def optimize(program: Program, passes: str | Iterable[Any], *, target: str = "reference", verify: bool = True,
-             bisect_limit: int | None = None, on_event=None) -> Program:
-    """Run ``passes`` (pipeline text or list) over ``program`` and return the optimized copy.
+             bisect_limit: int | None = None, on_event=None, inplace: bool = False) -> Program:
+    """Run ``passes`` (pipeline text or list) over ``program`` and return the optimized copy (or
+    ``program`` itself, rewritten, with ``inplace``).
 
-    ``target`` names the backend the result is meant for; it is recorded on the program for passes and
-    backends that care (e.g. split's op-support tables)."""
+    ``target`` names the backend the result is meant for; it is set on the program before the passes
+    run, for passes and backends that care (e.g. split's op-support tables)."""
     manager = PassManager(passes, verify=verify, bisect_limit=bisect_limit, on_event=on_event)
-    prog = program
-    result = manager.run(prog)
-    result.target = target
-    return result
+    prog = program if inplace else program.copy()
+    prog.target = target
+    return manager.run(prog, inplace=True)

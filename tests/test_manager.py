@@ -105,7 +105,7 @@ def test_unchanged_pass_reports_and_traces_by_reference(program):
     result = fxopt.optimize(program, "test-nothing,test-nothing")
     assert [r.verified for r in result.reports] == ["unchanged", "unchanged"]
     assert result.reports[0].notes == ["nothing to do"]
-    snapshots = result.trace["snapshots"]
+    snapshots = result.trace_json()["snapshots"]
     assert [s.get("same_as") for s in snapshots] == [None, 0, 0]
     assert len(snapshots[0]["nodes"]) == program.num_nodes()
 
@@ -146,10 +146,10 @@ def test_new_nodes_get_shapes_provenance_and_cost(program):
 
 def test_trace_snapshots_changed_graphs(program):
     result = fxopt.optimize(program, "test-scale-output", verify=False)
-    after = result.trace["snapshots"][1]
+    after = result.trace_json()["snapshots"][1]
     assert after["pass"] == "test-scale-output"
     assert len(after["nodes"]) == result.num_nodes()
-    assert result.trace["reports"][0]["name"] == "test-scale-output"
+    assert result.trace_json()["reports"][0]["name"] == "test-scale-output"
 
 
 def test_pass_requiring_placement_explains_what_to_run(program):
