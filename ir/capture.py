@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import traceback
+import warnings
 from typing import Any
 
 import torch
@@ -154,7 +155,8 @@ def _as_tuple(inputs: Any) -> tuple:
 
 @contextlib.contextmanager
 def _quiet_torch_logs():
-    # torch.export logs warnings (and graph dumps) for failures we turn into one-line errors.
+    # torch.export logs warnings (and graph dumps) for failures we turn into one-line errors, and warns
+    # about its own deprecations (pytree LeafSpec) that users can do nothing about.
     loggers = [logging.getLogger(n) for n in ("torch", "torch._dynamo", "torch.fx", "torch._export",
                                               "torch.export", "torch.fx.experimental.symbolic_shapes",
                                               "torch._subclasses.fake_tensor")]
@@ -162,7 +164,10 @@ def _quiet_torch_logs():
     for lg in loggers:
         lg.setLevel(logging.CRITICAL)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            yield
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
