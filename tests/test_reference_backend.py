@@ -13,10 +13,14 @@ from safetensors.torch import load_file, save_file
 import fxopt
 from fxopt.errors import InputError
 
+from conftest import TinyEncoder
 
-@pytest.fixture
-def optimized(encoder):
-    model, inputs = encoder
+
+@pytest.fixture(scope="module")
+def optimized():
+    torch.manual_seed(0)
+    model = TinyEncoder().eval()
+    inputs = model.example_inputs()
     program = fxopt.capture(model, inputs, dynamic_shapes=({0: torch.export.Dim("batch", max=64)},))
     return model, inputs, fxopt.optimize(program, "canonicalize,fold-constants,dce")
 
