@@ -15,10 +15,9 @@ def test_every_package_folder_is_listed():
     found = {"fxopt"}
     for dirpath, dirnames, filenames in os.walk(ROOT):
         rel = os.path.relpath(dirpath, ROOT)
-        top = rel.split(os.sep)[0]
-        if top in NOT_PACKAGED or top.startswith("."):
-            dirnames[:] = []
+        if rel == ".":
+            dirnames[:] = [d for d in dirnames if d not in NOT_PACKAGED and not d.startswith((".", "__"))]
             continue
-        if rel != "." and "__init__.py" in filenames:
+        if "__init__.py" in filenames:
             found.add("fxopt." + rel.replace(os.sep, "."))
     assert found == listed
