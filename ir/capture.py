@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import io
 import importlib.util
 import logging
 import os
@@ -187,7 +188,9 @@ def _eval_mode(model: torch.nn.Module):
 
 def _export(model: torch.nn.Module, inputs: tuple, dynamic_shapes: Any, source: str):
     try:
-        with _quiet_torch_logs(), _eval_mode(model), torch.no_grad():
+        # On failure torch.export prints the partial graph to stderr; the one-line error replaces it.
+        with _quiet_torch_logs(), _eval_mode(model), torch.no_grad(), \
+                contextlib.redirect_stderr(io.StringIO()):
             ep = torch.export.export(model, inputs, dynamic_shapes=dynamic_shapes, strict=False)
     except InputError:
         raise

@@ -1,0 +1,608 @@
+"""The ``fxopt`` command line: ``run``, ``passes``, ``inspect``, ``zoo``.
+
+``main(argv)`` parses the arguments, runs one subcommand and returns the exit code:
+
+- 0 on success;
+- 1 when a check failed (:class:`~fxopt.errors.VerificationError`: a pass changed the numerics, or the
+  compiled artifact does not reproduce the captured model);
+- 2 for bad input (:class:`~fxopt.errors.InputError`, other :class:`~fxopt.errors.FxoptError` subclasses
+  with their own ``exit_code``, and argparse usage errors);
+- 3 for an internal error (any other exception: a bug in fxopt or in a pass);
+- 130 when interrupted.
+
+Errors are printed as ONE line on stderr (``fxopt: error: ...``); ``--debug`` (before or after the
+subcommand) prints the traceback as well and lets torch's own warnings through.
+
+Verification in ``fxopt run``: by default the pass manager checks every pass that changed the graph (lint +
+a differential run against the graph before it). ``--no-verify`` turns those per-pass checks off, but the
+final artifact check always runs: the compiled artifact is run on the example inputs and compared with the
+program as captured, before anything is saved. So a wrong pass still fails the run with ``--no-verify`` (exit
+1, no output directory written); it is only no longer named.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import logging
+import os
+import re
+import sys
+import time
+import traceback
+import warnings
+from typing import Any, Sequence
+
+EXIT_OK = 0
+EXIT_INTERNAL = 3
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a process killed by a closed pipe
+
+
+
+# ------------------------------------------------------------------------------------------ arguments
+class _NonNegativeInt:
+    """argparse ``type=``: an integer >= 0."""
+
+    __name__ = "non-negative integer"
+
+    def __call__(self, text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+        return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for ``fxopt`` and its subcommands (``args.command`` names the subcommand)."""
+    from fxopt import __version__
+    from fxopt.backends.base import backend_names
+
+    parser = argparse.ArgumentParser(
+        prog="fxopt",
+        description="fxopt: a graph-rewriting compiler for PyTorch inference models.",
+        epilog="Models are named as zoo:NAME, a .pt2 file, file.py:Attr or package.module:Attr. "
+               "Run `fxopt COMMAND -h` for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"fxopt {__version__}")
+    parser.add_argument("--debug", action="store_true", default=False,
+                        help="print tracebacks for errors and show torch's own warnings")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, help_text: str, description: str | None = None) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=description or help_text)
+        # SUPPRESS: `fxopt --debug run` and `fxopt run --debug` both work; the subcommand never resets it.
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="print tracebacks for errors and show torch's own warnings")
+        return p
+
+    run = add("run", "capture, optimize, compile, check and save a model",
+              "Capture MODEL, run a pass pipeline over it, compile it with a backend, check the compiled "
+              "artifact against the captured model on its example inputs, and save the artifact.")
+    run.add_argument("model", metavar="MODEL", help="zoo:NAME, a .pt2 file, file.py:Attr or module:Attr")
+    run.add_argument("--passes", metavar="SPEC",
+                     help="pass pipeline, e.g. 'canonicalize,dce' or 'unroll{partition=25},dce' "
+                          "(default: the target's default pipeline; see `fxopt passes`)")
+    run.add_argument("--backend", metavar="NAME", default="reference",
+                     help=f"backend that compiles the result: {', '.join(backend_names())} (default: reference)")
+    run.add_argument("--target", metavar="NAME",
+                     help="target the passes optimize for (default: the backend name)")
+    run.add_argument("-o", "--output", metavar="OUT",
+                     help="artifact directory to write (default: out/<model name>); an existing one is "
+                          "replaced only if it is empty or an fxopt artifact")
+    run.add_argument("--no-verify", action="store_true",
+                     help="skip the per-pass checks (lint + numeric comparison after every changing pass); "
+                          "the final check of the compiled artifact against the captured model still runs")
+    run.add_argument("--bisect-limit", metavar="N", type=_NonNegativeInt(),
+                     help="run only the first N passes of the pipeline (to find a pass that breaks a model)")
+    run.set_defaults(handler=cmd_run)
+
+    passes = add("passes", "list the registered passes and their options")
+    passes.set_defaults(handler=cmd_passes)
+
+    insp = add("inspect", "show a model's ops, parameters, cost and I/O, or an artifact's manifest",
+               "Capture MODEL and show its op histogram, node count, parameters, FLOPs and bytes moved, "
+               "dynamic dims and inputs/outputs. Given an artifact directory (with manifest.json), show "
+               "its manifest instead.")
+    insp.add_argument("model", metavar="MODEL", help="a model spec (as for `fxopt run`) or an artifact directory")
+    insp.add_argument("--top", metavar="N", type=_NonNegativeInt(), default=15,
+                      help="how many ops of the histogram to show (default: 15)")
+    insp.set_defaults(handler=cmd_inspect)
+
+    zoo = add("zoo", "list the built-in models (use them as zoo:NAME)")
+    zoo.set_defaults(handler=cmd_zoo)
+    return parser
+
+
+# ------------------------------------------------------------------------------------------ main
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``fxopt`` command line on ``argv`` (default ``sys.argv[1:]``); returns the exit code (see
+    the module docstring). It does not raise: argparse's own exits (usage errors, ``--help``, ``--version``)
+    become return codes too."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # usage error (2), --help / --version (0)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    debug = bool(getattr(args, "debug", False))
+    args.debug = debug
+    try:
+        with _quiet(not debug):
+            code = int(args.handler(args) or EXIT_OK)
+            sys.stdout.flush()  # a closed pipe shows up here, inside the handling below
+            return code
+    except KeyboardInterrupt:
+        _error_line("interrupted")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `fxopt passes | head`: the reader left; stop quietly
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+    except BaseException as exc:  # noqa: BLE001 - the CLI's one place that turns exceptions into codes
+        return report_exception(exc, debug)
+
+
+def report_exception(exc: BaseException, debug: bool) -> int:
+    """Print ``exc`` as the CLI does (one line, or the traceback and the line with ``debug``); returns the
+    exit code: ``exc.exit_code`` for an FxoptError, 3 for anything else."""
+    from fxopt.errors import FxoptError
+
+    if isinstance(exc, SystemExit):  # a handler called sys.exit: keep its code
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    if debug:
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    if isinstance(exc, FxoptError):
+        _error_line(_one_line(str(exc)) or type(exc).__name__)
+        return int(getattr(exc, "exit_code", 2))
+    text = _first_line(str(exc))
+    message = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    if debug:
+        print(f"fxopt: internal error: {message}", file=sys.stderr)
+    else:
+        print(f"fxopt: internal error: {message} (rerun with --debug for the traceback)", file=sys.stderr)
+    sys.stderr.flush()
+    return EXIT_INTERNAL
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail on a closed pipe again."""
+    with contextlib.suppress(Exception):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def _error_line(message: str) -> None:
+    print(f"fxopt: error: {message}", file=sys.stderr)
+    sys.stderr.flush()
+
+
+def _one_line(text: str) -> str:
+    """FxoptError messages are one line by contract; collapse any stray newlines so the CLI's stays so."""
+    return " ".join(line.strip() for line in text.strip().splitlines() if line.strip())
+
+
+def _first_line(text: str) -> str:
+    for line in text.strip().splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+@contextlib.contextmanager
+def _quiet(enabled: bool):
+    """When ``enabled``: silence Python warnings and every log record up to ERROR (torch logs export
+    failures at ERROR before raising them; the CLI prints its own one-line error instead). Everything is
+    restored afterwards, since the CLI also runs in-process (e.g. in tests)."""
+    if not enabled:
+        yield
+        return
+    previous = logging.root.manager.disable
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.disable(logging.ERROR)
+        try:
+            yield
+        finally:
+            logging.disable(previous)
+
+
+@contextlib.contextmanager
+def _swallow_stderr(enabled: bool):
+    """When ``enabled``, discard what is written to ``sys.stderr`` inside the block (torch.export prints a
+    partial graph there before raising on a model it cannot trace). The progress display is unaffected:
+    its console holds the real stream."""
+    if not enabled:
+        yield
+        return
+    with contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
+def capture_model(spec: str, debug: bool = False):
+    """``fxopt.ir.capture.capture(spec)`` with torch's stderr chatter discarded unless ``debug``; returns
+    the captured Program (raises InputError when the model cannot be captured)."""
+    from fxopt.ir.capture import capture
+
+    with _swallow_stderr(not debug):
+        return capture(spec)
+
+
+def _stdout_console():
+    """A rich Console on the current ``sys.stdout``; wide when it is not a terminal, so logged tables do
+    not wrap at 80 columns."""
+    from rich.console import Console
+
+    tty = False
+    with contextlib.suppress(AttributeError, ValueError):
+        tty = sys.stdout.isatty()
+    width = None if tty else max(120, _env_columns())
+
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:  # rich would raise SystemExit(1); main() handles it instead
+            self.quiet = True
+            raise BrokenPipeError
+
+    return _Console(file=sys.stdout, width=width, highlight=False, soft_wrap=False)
+
+
+def _env_columns() -> int:
+    try:
+        return int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        return 0
+
+
+# ------------------------------------------------------------------------------------------ fxopt run
+def default_output_dir(program_name: str) -> str:
+    """``out/<name>`` for a program name, made safe as a directory name (``zoo:ranking`` → ``out/ranking``,
+    ``model.pt2`` → ``out/model``)."""
+    name = program_name.rsplit(":", 1)[-1]
+    name = os.path.basename(name.rstrip("/\\"))
+    if name.endswith(".pt2"):
+        name = name[:-4]
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "model"
+    return os.path.join("out", name)
+
+
+def check_output_dir(directory: str) -> None:
+    """Fail early (InputError) when ``directory`` cannot take an artifact: it exists and is a file, or is a
+    non-empty directory that is not an fxopt artifact. Creates nothing."""
+    from fxopt.errors import InputError
+
+    if not os.path.exists(directory):
+        return
+    if not os.path.isdir(directory):
+        raise InputError(f"{directory}: exists and is not a directory; choose another output path (-o)")
+    entries = os.listdir(directory)
+    if entries and "manifest.json" not in entries:
+        raise InputError(f"{directory}: exists and is not an fxopt artifact; choose an empty or new "
+                         "directory (-o)")
+
+
+def flat_leaves(value: Any) -> list:
+    """The leaves of a (nested) model output, in pytree order."""
+    import torch.utils._pytree as pytree
+
+    return pytree.tree_flatten(value)[0]
+
+
+def max_abs_error(expected: Sequence[Any], actual: Sequence[Any]) -> float:
+    """The largest absolute difference over the floating-point tensors of two flat output lists (0.0 when
+    there are none; inf when a tensor holds NaN on one side only or the shapes differ)."""
+    import torch
+
+    worst = 0.0
+    for e, a in zip(expected, actual):
+        if not (isinstance(e, torch.Tensor) and isinstance(a, torch.Tensor)):
+            continue
+        if e.shape != a.shape:
+            return float("inf")
+        if e.numel() == 0:
+            continue
+        if e.dtype.is_floating_point or e.dtype.is_complex or a.dtype.is_floating_point:
+            diff = (a.detach().double() - e.detach().double()).abs()
+            both_nan = torch.isnan(e.double()) & torch.isnan(a.double())
+            diff = torch.where(both_nan, torch.zeros_like(diff), diff)
+            diff = torch.nan_to_num(diff, nan=float("inf"))
+            worst = max(worst, float(diff.max()))
+        elif not torch.equal(e, a):
+            worst = max(worst, float((a.long() - e.long()).abs().max()))
+    return worst
+
+
+def check_artifact(compiled: Any, program: Any, expected: Sequence[Any], hint: str = "") -> float:
+    """Run ``compiled`` on ``program``'s example inputs and compare its flattened outputs with ``expected``
+    (the captured program's flat outputs) using the pass verifier's tolerances. Returns the max abs error;
+    raises VerificationError (its message ends with ``hint`` in parentheses, when given) when they differ
+    or the artifact fails to run."""
+    from fxopt.errors import FxoptError, VerificationError
+    from fxopt.passes.verify import first_difference
+
+    try:
+        actual = flat_leaves(compiled(*program.example_inputs))
+    except FxoptError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a compiled artifact that cannot run is a failed check
+        raise VerificationError(
+            f"the compiled artifact ({compiled.backend}) fails to run on the example inputs: "
+            f"{type(exc).__name__}: {_first_line(str(exc)) or '?'}" + (f" ({hint})" if hint else "")) from exc
+    problem = first_difference(tuple(expected), tuple(actual))
+    if problem:
+        raise VerificationError(
+            f"the compiled artifact ({compiled.backend}) does not reproduce the captured model: {problem}"
+            + (f" ({hint})" if hint else ""))
+    return max_abs_error(expected, actual)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``fxopt run``: capture → optimize → compile → check against the captured program → save; prints a
+    per-pass table and the artifact line on stdout. Returns 0 (errors are raised as FxoptErrors)."""
+    from rich.text import Text
+
+    from fxopt.backends.base import compile_program, get_backend, read_manifest
+    from fxopt.passes.manager import optimize
+    from fxopt.passes.registry import build_pipeline, default_pipeline
+    from fxopt.tools import report
+    from fxopt.tools.progress import Progress
+
+    # Validate everything cheap before the (slow) capture.
+    backend = args.backend
+    get_backend(backend)
+    target = args.target or backend
+    spec = args.passes if args.passes is not None else default_pipeline(target)
+    pipeline = build_pipeline(spec)
+    if args.output:
+        check_output_dir(args.output)
+
+    timings: dict[str, float] = {}
+    start_all = time.perf_counter()
+    with Progress() as progress:
+        with progress.stage(f"capturing {args.model}") as st:
+            program = capture_model(args.model, args.debug)
+            expected = program.run_flat(program.flat_example_inputs())
+            st["done"] = f"captured {program.name}: {program.num_nodes()} nodes"
+        timings["capture"] = st["seconds"]
+        out_dir = args.output or default_output_dir(program.name)
+        check_output_dir(out_dir)
+
+        count = len(pipeline)
+
+        def on_event(kind: str, rep: Any) -> None:
+            if kind == "start":
+                progress.update(f"pass {rep.index + 1}/{count}: {rep.spec}")
+            elif kind == "end":
+                if rep.status == "skipped":
+                    progress.done(f"pass {rep.index + 1}/{count}: {rep.spec} skipped (--bisect-limit)")
+                else:
+                    what = (f"{rep.nodes_before} → {rep.nodes_after} nodes" if rep.modified
+                            else "no change")
+                    progress.done(f"pass {rep.index + 1}/{count}: {rep.spec}: {what} "
+                                  f"({report.human_seconds(rep.seconds)})")
+                progress.update(f"optimizing for {target}")
+
+        t0 = time.perf_counter()
+        progress.update(f"optimizing for {target} ({count} passes)")
+        optimized = optimize(program, pipeline, target=target, verify=not args.no_verify,
+                             bisect_limit=args.bisect_limit, on_event=on_event)
+        timings["optimize"] = time.perf_counter() - t0
+
+        with progress.stage(f"compiling with {backend}", f"compiled with {backend}") as st:
+            compiled = compile_program(optimized, backend)
+        timings["compile"] = st["seconds"]
+        with progress.stage("checking the artifact against the captured model") as st:
+            if args.no_verify:
+                hint = "rerun without --no-verify to find the pass, or bisect with --bisect-limit N"
+            else:
+                hint = (f"every pass passed its own check, so suspect the {backend} backend, or errors "
+                        "that add up over the pipeline; bisect with --bisect-limit N")
+            error = check_artifact(compiled, program, expected, hint)
+            st["done"] = f"artifact matches the captured model (max abs error {error:.3g})"
+        timings["check"] = st["seconds"]
+        with progress.stage(f"saving to {out_dir}", f"saved {out_dir}") as st:
+            path = compiled.save(out_dir)
+        timings["save"] = st["seconds"]
+    manifest = read_manifest(path)
+    total = time.perf_counter() - start_all
+
+    console = _stdout_console()
+    reports = optimized.reports
+    title = f"fxopt run {program.name}: {len(reports)} passes for target '{target}'"
+    if reports:
+        console.print(report.pass_table(reports, title=title))
+    else:
+        console.print(Text(f"{title} (empty pipeline)"))
+    if args.bisect_limit is not None:
+        ran = min(args.bisect_limit, len(reports))
+        console.print(Text(f"bisect: ran the first {ran} of {len(reports)} passes (--bisect-limit "
+                           f"{args.bisect_limit})"))
+    if args.no_verify:
+        console.print(Text("per-pass verification: off (--no-verify)"))
+    console.print(Text(f"check: the {backend} artifact reproduces the captured model on the example inputs "
+                       f"(max abs error {error:.3g})"))
+    console.print(Text("time: " + ", ".join(f"{k} {report.human_seconds(v)}" for k, v in timings.items())
+                       + f"; total {report.human_seconds(total)}"))
+    done, left = report.steps_summary(manifest)
+    console.print(Text(
+        f"artifact: {_display_path(path)} (backend {manifest.get('backend', backend)}); "
+        f"compiled here: {', '.join(done) or 'nothing'}; "
+        f"left for the target host: {', '.join(left) or 'nothing'}"), soft_wrap=True)
+    return EXIT_OK
+
+
+def _display_path(path: str) -> str:
+    """``path`` relative to the working directory when it is inside it, else absolute."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:  # another drive (Windows)
+        return path
+    return path if rel.startswith("..") else rel
+
+
+# ------------------------------------------------------------------------------------------ fxopt passes
+def cmd_passes(args: argparse.Namespace) -> int:
+    """``fxopt passes``: a table of registered passes (first docstring line, options with type and
+    default) and the default pipelines. Returns 0."""
+    from rich.text import Text
+
+    from fxopt.passes.registry import DEFAULT_PIPELINES, get_pass_class, pass_names
+    from fxopt.tools import report
+
+    console = _stdout_console()
+    entries = [(name, get_pass_class(name)) for name in pass_names()]
+    console.print(report.passes_table(entries))
+    for target, text in sorted(DEFAULT_PIPELINES.items()):
+        console.print(Text(f"default pipeline for target '{target}': {text}"))
+    console.print(Text("usage: fxopt run --passes 'name{option=value,...},name,...' MODEL"))
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------ fxopt inspect
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """``fxopt inspect``: describe a model (captured) or an artifact directory (its manifest). Returns 0."""
+    if os.path.isdir(args.model):
+        return _inspect_artifact(args.model)
+    return _inspect_model(args.model, args.top, args.debug)
+
+
+def _cost_rows(program: Any) -> list[tuple[str, str]]:
+    """Rows for total FLOPs and bytes moved (``fxopt.ir.cost.graph_cost``): the symbolic expression when
+    shapes are dynamic, and the value at the example sizes."""
+    from fxopt.ir.cost import graph_cost
+    from fxopt.tools.report import human_bytes, human_flops
+
+    total = graph_cost(program.graph_module)
+    concrete = total.evaluate()
+    rows = []
+    for label, expr, value, fmt in (
+        ("FLOPs", total.flops, int(concrete.flops), human_flops),
+        ("bytes moved", total.total_bytes, int(concrete.total_bytes), human_bytes),
+    ):
+        text = f"{fmt(value)} ({value:,})"
+        if _is_symbolic(expr):
+            text = f"{expr}  = {text} at the example sizes"
+        rows.append((label, text))
+    rows.append(("bytes read / written",
+                 f"{human_bytes(int(concrete.bytes_read))} / {human_bytes(int(concrete.bytes_written))}"
+                 + ("" if total.exact else "  (estimated: some ops have no cost formula)")))
+    return rows
+
+
+def _is_symbolic(expr: Any) -> bool:
+    return bool(getattr(expr, "free_symbols", None))
+
+
+def _inspect_model(spec: str, top: int, debug: bool) -> int:
+    from fxopt.backends.base import io_specs
+    from fxopt.tools import report
+    from fxopt.tools.progress import Progress
+
+    with Progress() as progress:
+        with progress.stage(f"capturing {spec}") as st:
+            program = capture_model(spec, debug)
+            st["done"] = f"captured {program.name}"
+    params = program.parameters()
+    unique_numel = _unique_numel(params)
+    rows = [
+        ("model", program.name),
+        ("source", program.source),
+        ("nodes", f"{program.num_nodes()} ({sum(program.op_histogram().values())} op calls, "
+                  f"{len(program.placeholders())} inputs)"),
+        ("parameters", f"{len(params)} tensors, {report.human_count(unique_numel)} elements "
+                       f"({unique_numel:,})"),
+        ("parameter bytes", f"{report.human_bytes(program.parameter_bytes(unique=True))} unique, "
+                            f"{report.human_bytes(program.parameter_bytes(unique=False))} total "
+                            f"({program.parameter_bytes(unique=True):,} / "
+                            f"{program.parameter_bytes(unique=False):,} bytes)"),
+        *_cost_rows(program),
+        ("dynamic dims", report.dynamic_dims_text(program.dynamic_dims)),
+    ]
+    console = _stdout_console()
+    console.print(report.key_value_table(rows, title=f"fxopt inspect {spec}"))
+    console.print()
+    console.print(report.histogram_table(program.op_histogram(), top))
+    console.print()
+    inputs, outputs = io_specs(program)
+    console.print(report.io_table(inputs, outputs))
+    return EXIT_OK
+
+
+def _unique_numel(params: dict) -> int:
+    seen: set = set()
+    total = 0
+    for t in params.values():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+        if key in seen:
+            continue
+        seen.add(key)
+        total += t.numel()
+    return total
+
+
+def _inspect_artifact(directory: str) -> int:
+    from fxopt.backends.base import read_manifest
+    from fxopt.tools import report
+
+    manifest = read_manifest(directory)
+    trace = os.path.join(directory, "trace.json")
+    rows = [
+        ("artifact", _display_path(os.path.abspath(directory))),
+        ("program", manifest.get("program", "?")),
+        ("source", manifest.get("source", "") or "-"),
+        ("backend", manifest.get("backend")),
+        ("format", f"{manifest.get('format')} v{manifest.get('version')} "
+                   f"(written by fxopt {manifest.get('fxopt_version', '?')})"),
+        ("passes", ", ".join(manifest.get("passes") or []) or "none"),
+        ("dynamic dims", report.dynamic_dims_text(manifest.get("dynamic_dims") or {})),
+        ("trace", "trace.json" if os.path.isfile(trace) else "none"),
+    ]
+    console = _stdout_console()
+    console.print(report.key_value_table(rows, title=f"fxopt inspect {directory}"))
+    console.print()
+    console.print(report.io_table(manifest.get("inputs") or [], manifest.get("outputs") or []))
+    console.print()
+    console.print(report.partitions_table(directory, manifest))
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------ fxopt zoo
+def zoo_entries() -> list[tuple[str, str]]:
+    """``[(name, first line of its docstring), ...]`` for every built-in model in ``fxopt.zoo.names()``."""
+    from fxopt import zoo
+
+    entries = []
+    for name in zoo.names():
+        entries.append((name, _zoo_description(zoo, name)))
+    return entries
+
+
+def _zoo_description(zoo: Any, name: str) -> str:
+    """The summary line of a zoo model's module docstring (``fxopt.zoo.<name>``); ``""`` when it has none."""
+    import importlib
+
+    from fxopt.tools.report import first_line
+
+    try:
+        module = importlib.import_module(f"{zoo.__name__}.{name}")
+    except ImportError:
+        return ""
+    return first_line(module.__doc__)
+
+
+def cmd_zoo(args: argparse.Namespace) -> int:
+    """``fxopt zoo``: list the built-in models with their one-line description. Returns 0."""
+    from rich.text import Text
+
+    from fxopt.tools import report
+
+    console = _stdout_console()
+    console.print(report.zoo_table(zoo_entries()))
+    console.print(Text("usage: fxopt run zoo:NAME  |  fxopt inspect zoo:NAME"))
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
