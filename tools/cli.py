@@ -387,7 +387,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         progress.update(f"optimizing for {target} ({count} passes)")
         optimized = optimize(program, pipeline, target=target, verify=not args.no_verify,
-                             bisect_limit=args.bisect_limit, on_event=on_event)
+                             bisect_limit=args.bisect_limit, on_event=on_event,
+                             inplace=True)  # the captured program is ours, and its outputs are kept above
         timings["optimize"] = time.perf_counter() - t0
 
         with progress.stage(f"compiling with {backend}", f"compiled with {backend}") as st:
