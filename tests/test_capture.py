@@ -188,3 +188,12 @@ def test_networkx_view_mirrors_the_graph(block):
     import networkx as nx
 
     assert nx.is_directed_acyclic_graph(g)
+
+
+@pytest.mark.parametrize("name", fxopt.zoo.names())
+def test_capture_every_zoo_model(name):
+    model, inputs = fxopt.zoo.get(name, small=True)
+    program = fxopt.capture(model, inputs)
+    expected, got = model(*inputs), program(*inputs)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)  # integer outputs (ocr tokens): exact
+    assert all("cost" in n.meta and "provenance" in n.meta for n in program.graph.nodes)
