@@ -170,7 +170,7 @@ class Compiled:
 
         An existing directory is replaced only if it is empty or an fxopt artifact."""
         directory = os.path.abspath(directory)
-        _check_replaceable(directory)
+        check_replaceable(directory)
         parent = os.path.dirname(directory)
         os.makedirs(parent, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=".fxopt-tmp-", dir=parent)
@@ -188,14 +188,17 @@ class Compiled:
         return directory
 
 
-def _check_replaceable(directory: str) -> None:
+def check_replaceable(directory: str) -> None:
+    """Raise InputError (one line) unless ``directory`` can take an artifact: it does not exist, or is an
+    empty directory, or an fxopt artifact (which is replaced). Creates nothing."""
     if not os.path.exists(directory):
         return
     if not os.path.isdir(directory):
-        raise InputError(f"{directory}: exists and is not a directory; choose another output path")
+        raise InputError(f"{directory}: exists and is not a directory; choose another output path (-o)")
     entries = os.listdir(directory)
     if entries and "manifest.json" not in entries:
-        raise InputError(f"{directory}: exists and is not an fxopt artifact; choose an empty or new directory")
+        raise InputError(f"{directory}: exists and is not an fxopt artifact; choose an empty or new "
+                         "directory (-o)")
 
 
 def _write_json(path: str, data: Any) -> None:

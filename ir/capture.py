@@ -23,7 +23,7 @@ import torch.utils._pytree as pytree
 
 from fxopt.errors import InputError
 from fxopt.ir import cost, provenance
-from fxopt.ir.program import Program, fetch_attr
+from fxopt.ir.program import Program, delete_attr, fetch_attr, set_attr  # noqa: F401 - set_attr re-exported
 
 _DATA_DEPENDENT_HINT = (
     "the model branches on tensor values (data-dependent control flow); rewrite the branch with "
@@ -309,33 +309,11 @@ def _clone_weights(gm: torch.fx.GraphModule) -> None:
         set_attr(gm, node.target, clones[key])
 
 
-def set_attr(gm: torch.nn.Module, target: str, tensor: torch.Tensor) -> None:
-    """Bind ``tensor`` at dotted ``target`` as a plain (non-trainable) buffer-like attribute."""
-    *path, leaf = target.split(".")
-    owner = gm
-    for part in path:
-        if not hasattr(owner, part):
-            owner.add_module(part, torch.nn.Module())
-        owner = getattr(owner, part)
-    if leaf in owner._parameters:
-        del owner._parameters[leaf]
-    if leaf in owner._buffers:
-        del owner._buffers[leaf]
-    if hasattr(owner, leaf):
-        delattr(owner, leaf)
-    owner.register_buffer(leaf, tensor)
-
-
 def _remove_unused_attrs(gm: torch.fx.GraphModule) -> None:
     used = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
     for name, _ in list(gm.named_parameters()) + list(gm.named_buffers()):
         if name not in used:
-            *path, leaf = name.split(".")
-            owner = gm.get_submodule(".".join(path)) if path else gm
-            if leaf in owner._parameters:
-                del owner._parameters[leaf]
-            elif leaf in owner._buffers:
-                del owner._buffers[leaf]
+            delete_attr(gm, name)
 
 
 def _dynamic_dims(program: Program) -> dict[str, list]:

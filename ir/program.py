@@ -220,6 +220,32 @@ def fetch_attr(module: torch.nn.Module, target: str) -> Any:
     return obj
 
 
+def delete_attr(module: torch.nn.Module, target: str) -> None:
+    """Unbind the dotted attribute ``target`` (parameter, buffer or plain attribute) from ``module``."""
+    *path, leaf = target.split(".")
+    owner = module.get_submodule(".".join(path)) if path else module
+    if leaf in owner._parameters:
+        del owner._parameters[leaf]
+    elif leaf in owner._buffers:
+        del owner._buffers[leaf]
+    elif hasattr(owner, leaf):
+        delattr(owner, leaf)
+
+
+def set_attr(module: torch.nn.Module, target: str, tensor: torch.Tensor) -> None:
+    """Bind ``tensor`` at dotted ``target`` of ``module`` as a plain (non-trainable) buffer, creating empty
+    intermediate modules as needed and replacing whatever was bound there."""
+    *path, leaf = target.split(".")
+    owner = module
+    for part in path:
+        if not hasattr(owner, part):
+            owner.add_module(part, torch.nn.Module())
+        owner = getattr(owner, part)
+    if hasattr(owner, leaf):
+        delete_attr(owner, leaf)
+    owner.register_buffer(leaf, tensor)
+
+
 def target_name(target: Any) -> str:
     """A stable, readable name for a node target: ``aten.addmm.default``, ``getitem``, ``layers.0``."""
     if isinstance(target, str):

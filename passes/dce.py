@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 import torch.fx
 
-from fxopt.ir.program import Program, fetch_attr
+from fxopt.ir.program import Program, delete_attr, fetch_attr
 from fxopt.passes.base import Pass, PassResult
 
 
@@ -17,18 +17,6 @@ def is_pure(node: torch.fx.Node) -> bool:
     if node.op == "get_attr":
         return True
     return not node.is_impure()
-
-
-def delete_attr(gm: torch.fx.GraphModule, target: str) -> None:
-    """Unbind the dotted attribute ``target`` from ``gm`` (parameter, buffer or plain attribute)."""
-    *path, leaf = target.split(".")
-    owner = gm.get_submodule(".".join(path)) if path else gm
-    if leaf in owner._parameters:
-        del owner._parameters[leaf]
-    elif leaf in owner._buffers:
-        del owner._buffers[leaf]
-    elif hasattr(owner, leaf):
-        delattr(owner, leaf)
 
 
 def _storage(value) -> int | None:

@@ -19,7 +19,7 @@ import torch.utils._pytree as pytree
 
 from fxopt.ir import provenance
 from fxopt.ir.program import Program, fetch_attr
-from fxopt.ir.capture import set_attr
+from fxopt.ir.program import set_attr
 from fxopt.passes.base import Pass, PassResult
 from fxopt.passes.dce import DeadCodeElimination
 

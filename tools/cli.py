@@ -269,18 +269,11 @@ def default_output_dir(program_name: str) -> str:
 
 
 def check_output_dir(directory: str) -> None:
-    """Fail early (InputError) when ``directory`` cannot take an artifact: it exists and is a file, or is a
-    non-empty directory that is not an fxopt artifact. Creates nothing."""
-    from fxopt.errors import InputError
+    """Fail early (InputError) when ``directory`` cannot take an artifact (see
+    :func:`fxopt.backends.base.check_replaceable`). Creates nothing."""
+    from fxopt.backends.base import check_replaceable
 
-    if not os.path.exists(directory):
-        return
-    if not os.path.isdir(directory):
-        raise InputError(f"{directory}: exists and is not a directory; choose another output path (-o)")
-    entries = os.listdir(directory)
-    if entries and "manifest.json" not in entries:
-        raise InputError(f"{directory}: exists and is not an fxopt artifact; choose an empty or new "
-                         "directory (-o)")
+    check_replaceable(directory)
 
 
 def flat_leaves(value: Any) -> list:
