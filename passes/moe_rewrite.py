@@ -1,0 +1,146 @@
+"""Rewriting for the `moe` pass: stacked weights, the batched expert chain, dense groups and horizontal fusion.
+
+Weights are stacked once, at compile time, into new get_attr tensors (never modified in place):
+linear step ``i`` of E experts becomes ``W [E, in, out]`` (the transposed weights, contiguous, so ``bmm``
+reads them directly) and ``b [E, 1, out]``. Matching lives in :mod:`fxopt.passes.moe_match`.
+"""
+from __future__ import annotations
+
+import torch
+import torch.fx
+
+from fxopt.ir import provenance, shapes
+from fxopt.ir.capture import set_attr
+from fxopt.ir.program import fetch_attr
+from fxopt.passes.moe_match import Chain, Linear, packet, val
+
+aten = torch.ops.aten
+
+
+class Builder:
+    """Adds nodes before a fixed point of the graph, each with provenance and an inferred ``val``."""
+
+    def __init__(self, gm: torch.fx.GraphModule, anchor: torch.fx.Node, origin: torch.fx.Node, pass_name: str):
+        """``anchor``: new nodes go right before it; ``origin``: the node they derive provenance from."""
+        self.gm, self.anchor, self.origin, self.pass_name = gm, anchor, origin, pass_name
+        self.created: list[torch.fx.Node] = []
+
+    def op(self, target, *args, **kwargs) -> torch.fx.Node:
+        """Insert ``target(*args, **kwargs)``; returns the new node (shape inferred at once)."""
+        with self.gm.graph.inserting_before(self.anchor):
+            node = self.gm.graph.call_function(target, args, kwargs)
+        provenance.derive(node, self.origin, self.pass_name)
+        shapes.infer(self.gm, node)
+        self.created.append(node)
+        return node
+
+    def attr(self, stem: str, tensor: torch.Tensor) -> torch.fx.Node:
+        """Bind ``tensor`` under a fresh name starting with ``stem``; returns its get_attr node."""
+        name = unique_attr(self.gm, stem)
+        set_attr(self.gm, name, tensor)
+        with self.gm.graph.inserting_before(self.anchor):
+            node = self.gm.graph.get_attr(name)
+        provenance.derive(node, self.origin, self.pass_name)
+        shapes.infer(self.gm, node)
+        self.created.append(node)
+        return node
+
+
+def unique_attr(gm: torch.nn.Module, stem: str) -> str:
+    """A top-level attribute name ``stem``, ``stem_1``, ... not yet bound on ``gm``."""
+    name, i = stem, 0
+    while hasattr(gm, name):
+        i += 1
+        name = f"{stem}_{i}"
+    return name
+
+
+def stacked_weights(gm: torch.fx.GraphModule, chains: list[Chain], step: int) -> tuple:
+    """``(W [E, in, out], b [E, 1, out] or None)`` for linear step ``step`` of ``chains``: the experts'
+    weights transposed and stacked (new tensors; the experts' own tensors are untouched)."""
+    lins = [c.steps[step] for c in chains]
+    w = torch.stack([fetch_attr(gm, lin.weight.target).detach().t() for lin in lins]).contiguous()
+    if lins[0].bias is None:
+        return w, None
+    b = torch.stack([fetch_attr(gm, lin.bias.target).detach() for lin in lins]).unsqueeze(1).contiguous()
+    return w, b
+
+
+def batched_chain(b: Builder, chains: list[Chain], x3: torch.fx.Node, tag: str) -> torch.fx.Node:
+    """Emit the experts' chain once over ``x3`` [E, rows, in]: ``bmm`` + bias per linear, the elementwise
+    ops as they are. Returns the [E, rows, out] result."""
+    h = x3
+    lead = chains[0]
+    for i, step in enumerate(lead.steps):
+        if isinstance(step, Linear):
+            w, bias = stacked_weights(b.gm, chains, i)
+            w_node = b.attr(f"{tag}_w{i}", w)
+            h = b.op(aten.bmm.default, h, w_node)
+            if bias is not None:
+                h = b.op(aten.add.Tensor, h, b.attr(f"{tag}_b{i}", bias))
+        else:
+            h = b.op(step.target, h, *step.args[1:], **step.kwargs)
+    return h
+
+
+def fuse_dense(gm: torch.fx.GraphModule, chains: list[Chain], tag: str, pass_name: str) -> int:
+    """Replace E chains that read the same 2-D source with one batched chain over the source expanded to
+    [E, B, in]; each expert's result becomes ``select(Y, 0, e)``. Returns the number of matmuls removed."""
+    source = chains[0].source
+    anchor = _first_use_after_all(chains)
+    b = Builder(gm, anchor, chains[0].steps[0].node, pass_name)
+    e = len(chains)
+    x3 = b.op(aten.expand.default, b.op(aten.unsqueeze.default, source, 0), [e, -1, -1])
+    y = batched_chain(b, chains, x3, tag)
+    for i, chain in enumerate(chains):
+        out = b.op(aten.select.int, y, 0, i)
+        chain.output.replace_all_uses_with(out)
+    removed = sum(len(c.linears) for c in chains) - len(chains[0].linears)
+    return removed
+
+
+def _first_use_after_all(chains: list[Chain]) -> torch.fx.Node:
+    """The node before which the fused chain can go: the earliest user of any chain output (every chain
+    node precedes it, and the chains read only the source and weights, which come earlier still)."""
+    order = {n: i for i, n in enumerate(chains[0].source.graph.nodes)}
+    users = [u for c in chains for u in c.output.users]
+    return min(users, key=order.__getitem__)
+
+
+def fuse_horizontal(gm: torch.fx.GraphModule, lins: list[Linear], tag: str, pass_name: str) -> int:
+    """Replace parallel linears reading the same 2-D input with one wider linear over the concatenated
+    weights plus a column slice per linear. Returns the number of matmuls removed."""
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    first = min(lins, key=lambda lin: order[lin.node])
+    anchor = first.node
+    b = Builder(gm, anchor, anchor, pass_name)
+    weights = [fetch_attr(gm, lin.weight.target).detach() for lin in lins]
+    w = torch.cat(weights, 0).t().contiguous()          # [in, sum(out)]
+    w_node = b.attr(f"{tag}_w", w)
+    if lins[0].bias is not None:
+        bias = torch.cat([fetch_attr(gm, lin.bias.target).detach() for lin in lins], 0)
+        wide = b.op(aten.addmm.default, b.attr(f"{tag}_b", bias), first.x, w_node)
+    else:
+        wide = b.op(aten.mm.default, first.x, w_node)
+    start = 0
+    for lin, weight in zip(lins, weights):
+        end = start + weight.shape[0]
+        part = b.op(aten.slice.Tensor, wide, 1, start, end)
+        if _needs_contiguous(gm, lin.node, part):
+            part = b.op(aten.clone.default, part, memory_format=torch.contiguous_format)
+        lin.node.replace_all_uses_with(part)
+        start = end
+    return len(lins) - 1
+
+
+def _needs_contiguous(gm, old: torch.fx.Node, part: torch.fx.Node) -> bool:
+    """True when a user of ``old`` is a view that cannot view the strided slice ``part``."""
+    for user in old.users:
+        if packet(user.target) not in (aten.view, aten._unsafe_view):
+            continue
+        try:
+            with shapes.fake_mode_of(gm) or torch._subclasses.fake_tensor.FakeTensorMode():
+                val(part).view(user.args[1])
+        except Exception:  # noqa: BLE001 - any failure means the strides do not allow a view
+            return True
+    return False

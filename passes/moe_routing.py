@@ -1,0 +1,273 @@
+"""Top-k routed experts for the `moe` pass: matching the ModuleList loop and rewriting it as one grouped
+(padded) batched matmul chain.
+
+The loop ``for e, expert in enumerate(experts): tok, slot = torch.where(idx == e); out = out.index_add(0,
+tok, expert(x[tok]) * w[tok, slot, None])`` captures (torch.export, unbacked sizes) as, per expert::
+
+    nz = nonzero(eq(idx, e)); tok = squeeze(slice(nz, 1, 0, 1), [1]); slot = squeeze(slice(nz, 1, 1, 2), [1])
+    y = chain(index(x, [tok])); acc = index_put(acc, [tok], mul(y, G(tok, slot)), True)
+
+where ``G`` is any expression of ``tok``/``slot`` and expert-independent nodes (the gate weight). The
+rewrite sorts the (token, slot) pairs by expert once (stable, so each expert sees its tokens in the loop's
+order), scatters them into a padded ``[E, C, in]`` buffer (C = the largest expert load, known at run time),
+runs the chain as ``bmm``s, gathers the rows back, applies ``G`` to all pairs at once and accumulates with
+one ``index_put``: the same sums in the same order as the loop. Ids outside the group (tokens routed to no
+expert) are skipped, and experts that receive no token simply own padding rows.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import operator
+
+import torch
+import torch.fx
+
+from fxopt.passes.moe_match import Chain, packet, val
+from fxopt.passes.moe_rewrite import Builder, batched_chain
+
+aten = torch.ops.aten
+
+
+@dataclass
+class Routed:
+    """One routed expert: its chain, the shared token matrix ``x``, the expert-id tensor ``idx``, its id,
+    the token/slot index nodes, its ``index_put`` into the accumulator and the gate multiplier (or None)."""
+
+    chain: Chain
+    x: torch.fx.Node
+    idx: torch.fx.Node
+    expert_id: int
+    tok: torch.fx.Node
+    slot: torch.fx.Node | None
+    put: torch.fx.Node
+    gate: torch.fx.Node | None = None
+    gate_first: bool = False
+    mul: torch.fx.Node | None = None
+
+
+def _column_of(node: torch.fx.Node):
+    """``(nonzero node, column)`` when ``node`` is column j of a nonzero result, else None."""
+    if node.op != "call_function":
+        return None
+    if packet(node.target) is aten.squeeze and len(node.args) == 2 and list(node.args[1]) in ([1], [-1]):
+        inner = node.args[0]
+        if (isinstance(inner, torch.fx.Node) and packet(inner.target) is aten.slice and len(inner.args) == 4
+                and inner.args[1] == 1 and isinstance(inner.args[2], int) and inner.args[3] == inner.args[2] + 1):
+            return inner.args[0], inner.args[2]
+    if packet(node.target) is aten.select and node.args[1] == 1 and isinstance(node.args[2], int):
+        return node.args[0], node.args[2]
+    return None
+
+
+def _routing_of(tok: torch.fx.Node):
+    """``(nonzero node, idx node, expert id)`` when ``tok`` is column 0 of ``nonzero(eq(idx, id))``."""
+    col = _column_of(tok)
+    if col is None or col[1] != 0:
+        return None
+    nz = col[0]
+    if not (isinstance(nz, torch.fx.Node) and nz.op == "call_function" and packet(nz.target) is aten.nonzero):
+        return None
+    cond = nz.args[0]
+    if not (isinstance(cond, torch.fx.Node) and cond.target is aten.eq.Scalar and isinstance(cond.args[1], int)
+            and not isinstance(cond.args[1], bool)):
+        return None
+    idx = cond.args[0]
+    v = val(idx)
+    if v is None or v.dim() not in (1, 2) or v.dtype not in (torch.int64, torch.int32):
+        return None
+    return nz, idx, cond.args[1]
+
+
+def match_routed(chain: Chain) -> Routed | None:
+    """The :class:`Routed` view of ``chain`` when it is one expert of a routed loop, else None."""
+    src = chain.source
+    if not (src.op == "call_function" and src.target is aten.index.Tensor and len(src.args[1]) == 1
+            and isinstance(src.args[1][0], torch.fx.Node) and len(src.users) == 1):
+        return None
+    tok = src.args[1][0]
+    routing = _routing_of(tok)
+    if routing is None:
+        return None
+    nz, idx, expert_id = routing
+    slot = None
+    if val(idx).dim() == 2:
+        for user in nz.users:
+            for u2 in user.users if packet(user.target) is aten.slice else [user]:
+                col = _column_of(u2)
+                if col is not None and col == (nz, 1):
+                    slot = u2
+    out = chain.output
+    if len(out.users) != 1:
+        return None
+    user = next(iter(out.users))
+    r = Routed(chain, src.args[0], idx, expert_id, tok, slot, put=user)
+    if user.target is aten.mul.Tensor and len(user.users) == 1:
+        other = user.args[1] if user.args[0] is out else user.args[0]
+        if other is out or not isinstance(other, torch.fx.Node):
+            return None
+        r.gate, r.gate_first, r.mul = other, user.args[0] is other, user
+        r.put = next(iter(user.users))
+    put = r.put
+    added = r.mul if r.mul is not None else out
+    if not (put.target is aten.index_put.default and len(put.args) == 4 and put.args[3] is True
+            and list(put.args[1]) == [tok] and put.args[2] is added):
+        return None
+    return r
+
+
+class _Template:
+    """Structural form of an expression of ``tok``/``slot``: expert-independent parts compared by value
+    numbering (same op on the same inputs), so each expert's copy of ``w.unsqueeze(1)`` matches."""
+
+    def __init__(self):
+        self.memo: dict = {}
+
+    def key(self, node, variables: dict):
+        """A hashable key of ``node`` with the nodes in ``variables`` replaced by their names."""
+        if not isinstance(node, torch.fx.Node):
+            if isinstance(node, (list, tuple)):
+                return ("seq", tuple(self.key(a, variables) for a in node))
+            return ("const", repr(node))
+        if node in variables:
+            return ("var", variables[node])
+        if node.op != "call_function" or node.is_impure():
+            return ("node", node)
+        cache_key = (node, tuple(sorted((n.name, v) for n, v in variables.items())))
+        if cache_key not in self.memo:
+            self.memo[cache_key] = ("op", str(node.target), self.key(list(node.args), variables),
+                                    self.key(sorted(node.kwargs.items()), variables))
+        return self.memo[cache_key]
+
+
+def _depends(node, variables: set, memo: dict) -> bool:
+    if not isinstance(node, torch.fx.Node):
+        return False
+    if node in variables:
+        return True
+    if node not in memo:
+        memo[node] = node.op == "call_function" and any(
+            _depends(a, variables, memo) for a in node.all_input_nodes)
+    return memo[node]
+
+
+def _instantiate(b: Builder, node, mapping: dict, variables: set, memo: dict, made: dict):
+    """Copy the part of ``node``'s expression that depends on ``variables``, with ``mapping`` applied."""
+    if not isinstance(node, torch.fx.Node):
+        if isinstance(node, (list, tuple)):
+            return type(node)(_instantiate(b, a, mapping, variables, memo, made) for a in node)
+        return node
+    if node in mapping:
+        return mapping[node]
+    if not _depends(node, variables, memo):
+        return node
+    if node not in made:
+        args = _instantiate(b, list(node.args), mapping, variables, memo, made)
+        kwargs = {k: _instantiate(b, v, mapping, variables, memo, made) for k, v in node.kwargs.items()}
+        made[node] = b.op(node.target, *args, **kwargs)
+    return made[node]
+
+
+def check_group(members: list[Routed]) -> str | None:
+    """Why ``members`` (one structural key) cannot be fused as one routed group, or None when they can:
+    same ``x`` and ``idx``, ids contiguous, same gate expression, index_puts forming one accumulator chain."""
+    first = members[0]
+    if any(m.x is not first.x or m.idx is not first.idx for m in members):
+        return "experts read different inputs or routing tensors"
+    ids = sorted(m.expert_id for m in members)
+    if ids != list(range(ids[0], ids[0] + len(ids))):
+        return f"expert ids {ids} are not contiguous"
+    if any((m.gate is None) != (first.gate is None) or m.gate_first != first.gate_first for m in members):
+        return "experts combine their outputs differently"
+    if first.gate is not None:
+        tmpl = _Template()
+        keys = {tmpl.key(m.gate, {m.tok: "tok", **({m.slot: "slot"} if m.slot is not None else {})})
+                for m in members}
+        if len(keys) != 1:
+            return "experts weight their outputs with different gate expressions"
+    puts = {m.put for m in members}
+    order = {n: i for i, n in enumerate(first.x.graph.nodes)}
+    chain = sorted(puts, key=order.__getitem__)
+    for a, b in zip(chain, chain[1:]):
+        if b.args[0] is not a or len(a.users) != 1:
+            return "the experts' index_add results do not form one accumulation chain"
+    return None
+
+
+def fuse_routed(gm: torch.fx.GraphModule, members: list[Routed], tag: str, pass_name: str) -> int:
+    """Rewrite a checked routed group (see module docstring); returns the number of matmuls removed."""
+    members = sorted(members, key=lambda m: m.expert_id)
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    puts = sorted({m.put for m in members}, key=order.__getitem__)
+    first_put, last_put = puts[0], puts[-1]
+    e, c0, lead = len(members), members[0].expert_id, members[0]
+    idx, x = lead.idx, lead.x
+    v_idx, v_x = val(idx), val(x)
+    k = v_idx.shape[1] if v_idx.dim() == 2 else 1
+    b = Builder(gm, last_put, lead.chain.steps[0].node, pass_name)
+    flat = b.op(aten.view.default, b.op(aten.clone.default, idx, memory_format=torch.contiguous_format), [-1]) \
+        if v_idx.dim() == 2 else idx
+    if v_idx.dtype != torch.int64:
+        flat = b.op(aten._to_copy.default, flat, dtype=torch.int64)
+    rel = b.op(aten.sub.Tensor, flat, c0) if c0 else flat
+    valid = b.op(aten.logical_and.default, b.op(aten.ge.Scalar, rel, 0), b.op(aten.lt.Scalar, rel, e))
+    vpos = b.op(aten.squeeze.dims, b.op(aten.nonzero.default, valid), [1])        # valid pair positions
+    relv = b.op(aten.index.Tensor, rel, [vpos])
+    srt = b.op(aten.sort.stable, relv, stable=True, dim=0)
+    skey = b.op(operator.getitem, srt, 0)
+    order_v = b.op(aten.index.Tensor, vpos, [b.op(operator.getitem, srt, 1)])             # flat positions by expert
+    experts = b.op(aten.arange.start_step, 0, e, dtype=torch.int64, device=v_x.device)
+    counts = b.op(aten.sum.dim_IntList, b.op(aten.eq.Tensor, b.op(aten.unsqueeze.default, relv, 1), experts), [0])
+    offsets = b.op(aten.sub.Tensor, b.op(aten.cumsum.default, counts, 0), counts)
+    nv = b.op(aten.sym_size.int, vpos, 0)
+    pos = b.op(aten.sub.Tensor, b.op(aten.arange.start_step, 0, nv, dtype=torch.int64, device=v_x.device),
+               b.op(aten.index.Tensor, offsets, [skey]))
+    cap = b.op(aten._local_scalar_dense.default, b.op(aten.max.default, counts))
+    b.op(aten.sym_constrain_range_for_size.default, cap)
+    dest = b.op(aten.add.Tensor, b.op(aten.mul.Tensor, skey, cap), pos)
+    if v_idx.dim() == 2:
+        tok = b.op(aten.div.Scalar_mode, order_v, k, rounding_mode="floor")
+        slot = b.op(aten.remainder.Scalar, order_v, k)
+    else:
+        tok, slot = order_v, None
+    rows = b.op(operator.mul, cap, e)
+    width = int(v_x.shape[1])
+    buf = b.op(aten.full.default, [rows, width], 0, dtype=v_x.dtype, device=v_x.device)
+    buf = b.op(aten.index_put.default, buf, [dest], b.op(aten.index.Tensor, x, [tok]))
+    x3 = b.op(aten.view.default, buf, [e, cap, width])
+    y3 = batched_chain(b, [m.chain for m in members], x3, tag)
+    out_width = int(val(y3).shape[2])
+    ys = b.op(aten.index.Tensor, b.op(aten.view.default, y3, [rows, out_width]), [dest])
+    added = ys
+    if lead.gate is not None:
+        variables = {lead.tok} | ({lead.slot} if lead.slot is not None else set())
+        mapping = {lead.tok: tok, **({lead.slot: slot} if lead.slot is not None else {})}
+        g = _instantiate(b, lead.gate, mapping, variables, {}, {})
+        added = b.op(aten.mul.Tensor, *((g, ys) if lead.gate_first else (ys, g)))
+    acc = b.op(aten.index_put.default, first_put.args[0], [tok], added, True)
+    last_put.replace_all_uses_with(acc)
+    for m in members:
+        _drop_size_asserts(gm, m.tok)
+    return sum(len(m.chain.linears) for m in members) - len(lead.chain.linears)
+
+
+
+def _drop_size_asserts(gm: torch.fx.GraphModule, tok: torch.fx.Node) -> None:
+    """Erase export's runtime asserts on the size of the replaced ``nonzero`` (``0 <= u <= N``, always
+    true) once nothing else reads it, so dead-code elimination can drop the per-expert routing."""
+    col = _column_of(tok)
+    if col is None:
+        return
+    nz = col[0]
+    doomed: list = []
+    for user in nz.users:
+        if user.target is aten.sym_size.int:
+            for cmp in user.users:
+                if cmp.op != "call_function" or not all(a.target is aten._assert_scalar.default for a in cmp.users):
+                    return
+                doomed.extend(cmp.users)
+                doomed.append(cmp)
+            doomed.append(user)
+    for node in doomed:
+        if not node.users:
+            gm.graph.erase_node(node)
