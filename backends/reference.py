@@ -50,7 +50,12 @@ class ReferenceBackend:
     name = "reference"
 
     def compile(self, program: Program) -> ReferenceCompiled:
-        """Take ``program`` (left unmodified) and return a runnable artifact sharing its weights."""
+        """Take ``program`` (left unmodified) and return a runnable artifact sharing its weights. Programs
+        with a decode loop get the decode runtime (encoder, then steps or partitions with early stop)."""
+        from fxopt.backends import decode
+
+        if decode.uses_runtime(program):
+            return decode.compile(program)
         prog = program.copy()
         prog.ensure_compiled()
         inputs, outputs = io_specs(prog)
@@ -63,5 +68,9 @@ class ReferenceBackend:
 
     def load(self, directory: str, manifest: dict) -> ReferenceCompiled:
         """Rebuild the artifact in ``directory`` described by ``manifest``."""
+        if manifest.get("runtime") == "decode-partitions":
+            from fxopt.backends import decode
+
+            return decode.load(directory, manifest)
         gm = serialize.load_graph_module(directory, stem="graph")
         return ReferenceCompiled(gm, **common_kwargs(manifest))

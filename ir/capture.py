@@ -136,6 +136,13 @@ def capture(model: Any, example_inputs: Any = None, *, dynamic_shapes: Any = Non
     resolved, inputs, name = resolve_model(model, example_inputs)
     source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else name
     original = resolved if isinstance(resolved, torch.nn.Module) else None
+    if original is not None and dynamic_shapes is None:
+        from fxopt.ir import loops  # decode-loop protocol modules: encode/init_state/step captured apart
+
+        if loops.is_decode_loop(original):
+            program = loops.capture_decoder(original, _as_tuple(inputs), name=name, source=source)
+            provenance.mark_unowned(program.graph, "capture")
+            return program
     if isinstance(resolved, torch.export.ExportedProgram):
         ep = _decompose(resolved, source)
         if inputs is None:

@@ -1,0 +1,153 @@
+"""The decode runtime: drives a decode-loop program's pieces with early stop, and saves/loads them.
+
+A program captured from a decode-loop module (:func:`fxopt.ir.loops.capture_decoder`) or rewritten by the
+``unroll`` pass has a graph that calls its pieces as submodules (``decode_encode``, ``decode_init``, and
+``decode_step`` or ``decode_part{k}``) and a ``plan`` in its decode-loop region. Run as a plain graph it
+computes every step. :class:`DecodeCompiled` instead runs the encoder once, then
+
+- ``loop`` plan: the generic step graph once per step, checking on the host after every step;
+- ``partitioned`` plan: each partition graph in turn (state passed from one to the next as tensors, the
+  encoder output reused), checking on the host only between partitions;
+
+and stops as soon as every row has emitted EOS. The result is always tokens ``[batch, max_len]``, ``eos_id``
+after a row's first EOS and for the steps not run (the output convention of :mod:`fxopt.ir.loops`), identical
+to running every step. ``last_calls`` counts the graph calls of the latest run (encoder + init + steps or
+partitions), ``last_steps`` the decode steps computed.
+
+Artifact: the whole graph (with its submodules) as ``graph.json`` + ``graph.safetensors`` (as the reference
+backend writes it, so the reference backend can also load it and run every step), and in the manifest
+``"runtime": "decode-partitions"`` and ``"decode"``: the plan plus ``batch``, ``bos_id``, ``eos_id``.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from fxopt.backends.base import Compiled, common_kwargs, io_specs
+from fxopt.errors import InputError
+from fxopt.ir import loops, serialize
+from fxopt.ir.program import Program
+
+from fxopt.passes.unroll_graphs import ENCODE, INIT, STEP, part_name
+
+RUNTIME = "decode-partitions"
+
+
+def uses_runtime(program: Program) -> bool:
+    """True when ``program`` has a decode-loop region whose current plan needs this runtime (``loop`` or
+    ``partitioned``; a ``full`` unroll is one plain graph)."""
+    region = loops.decode_region(program)
+    return region is not None and region.get("plan", {}).get("variant") in ("loop", "partitioned")
+
+
+def plan_of(program: Program) -> dict:
+    """The runtime plan of ``program``: its region's plan plus ``batch``, ``bos_id``, ``eos_id``,
+    ``n_state``. Raises InputError when the program has no decode-loop region."""
+    region = loops.decode_region(program)
+    if region is None:
+        raise InputError(f"'{program.name}' has no decode loop; compile it with the reference backend")
+    return {**region["plan"], "batch": region["batch"], "bos_id": region["bos_id"],
+            "eos_id": region["eos_id"], "n_state": len(region["state"])}
+
+
+class DecodeCompiled(Compiled):
+    """A decode-loop artifact run with early stop (see the module docstring)."""
+
+    backend = "reference"
+
+    def __init__(self, graph_module: torch.fx.GraphModule, plan: dict, **kwargs):
+        """``graph_module``: the program's graph (holding the pieces as submodules); ``plan``: see
+        :func:`plan_of`; other keyword arguments as in :class:`Compiled`."""
+        super().__init__(**kwargs)
+        self.graph_module = graph_module
+        self.plan = dict(plan)
+        self.extra = {**self.extra, "runtime": RUNTIME, "decode": self.plan}
+        self.last_calls = 0
+        self.last_steps = 0
+        names = [ENCODE, INIT] + ([STEP] if plan["variant"] == "loop"
+                                  else [part_name(k) for k in range(len(plan["parts"] or []))])
+        missing = [n for n in names if not hasattr(graph_module, n)]
+        if missing or plan["variant"] not in ("loop", "partitioned"):
+            raise InputError(f"decode artifact '{self.name}': plan {plan['variant']!r} needs submodule "
+                             f"{missing[0] if missing else '?'}; re-create it with `fxopt run`")
+        self._encode = getattr(graph_module, ENCODE)
+        self._init = getattr(graph_module, INIT)
+        self._step = getattr(graph_module, STEP, None)
+        self._parts = [getattr(graph_module, part_name(k)) for k in range(len(plan["parts"] or []))]
+
+    def run_flat(self, flat_inputs: list) -> tuple:
+        """Decode with early stop; returns ``(tokens [batch, max_len],)``."""
+        p = self.plan
+        memory = list(_as_tuple(self._encode(*flat_inputs)))
+        state = list(_as_tuple(self._init(*memory)))
+        batch = memory[0].shape[0] if memory else p["batch"]
+        token = torch.full((batch,), p["bos_id"], dtype=torch.long)
+        finished = torch.zeros(batch, dtype=torch.bool)
+        calls, steps, chunks = 2, 0, []
+        if p["variant"] == "loop":
+            eos = torch.full_like(token, p["eos_id"])
+            for _ in range(p["max_len"]):
+                out = _as_tuple(self._step(token, *state, *memory))
+                token = torch.where(finished, eos, out[0].argmax(-1))
+                finished = finished | (token == p["eos_id"])
+                state = list(out[1:])
+                chunks.append(token.unsqueeze(1))
+                calls, steps = calls + 1, steps + 1
+                if bool(finished.all()):
+                    break
+        else:
+            for (start, stop), part in zip(p["parts"], self._parts):
+                out = _as_tuple(part(token, finished, *state, *memory))
+                chunks.append(out[0])
+                token, finished, state = out[1], out[2], list(out[3:])
+                calls, steps = calls + 1, steps + (stop - start)
+                if bool(finished.all()):
+                    break
+        self.last_calls, self.last_steps = calls, steps
+        return (loops.pad(torch.cat(chunks, 1), p["max_len"], p["eos_id"]),)
+
+    def write_partitions(self, directory: str) -> list[dict]:
+        """Write ``graph.json`` + ``graph.safetensors``; returns one manifest entry per piece."""
+        files = sorted(os.path.basename(f) for f in serialize.save_graph_module(self.graph_module, directory,
+                                                                                stem="graph"))
+        names = [ENCODE, INIT] + ([STEP] if self.plan["variant"] == "loop"
+                                  else [part_name(k) for k in range(len(self._parts))])
+        return [{
+            "name": n, "device": "cpu", "runtime": "pytorch-eager", "files": files, "submodule": n,
+            "steps": {"done_here": ["graph serialized", "weights saved (safetensors)",
+                                    f"driven by the {RUNTIME} runtime (early stop on the host)"],
+                      "left_for_target": []},
+        } for n in names]
+
+
+def _as_tuple(out) -> tuple:
+    return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+
+def compile(program: Program) -> DecodeCompiled:  # noqa: A001 - mirrors fxopt.compile
+    """Compile a decode-loop ``program`` (left unmodified) to a :class:`DecodeCompiled` sharing its weights."""
+    prog = program.copy()
+    prog.ensure_compiled()
+    inputs, outputs = io_specs(prog)
+    return DecodeCompiled(
+        prog.graph_module, plan_of(prog), name=prog.name, in_spec=prog.in_spec, out_spec=prog.out_spec,
+        input_specs=inputs, output_specs=outputs, trace=prog.trace_json(),
+        passes=[r.spec for r in prog.reports if r.status == "ran"],
+        extra={"dynamic_dims": prog.dynamic_dims, "source": prog.source},
+    )
+
+
+def load(directory: str, manifest: dict | None = None) -> DecodeCompiled:
+    """Load a decode artifact written by :meth:`DecodeCompiled.save` from ``directory``."""
+    from fxopt.backends.base import read_manifest
+
+    directory = os.fspath(directory)
+    manifest = manifest if manifest is not None else read_manifest(directory)
+    if manifest.get("runtime") != RUNTIME or not isinstance(manifest.get("decode"), dict):
+        raise InputError(f"{directory}: not a decode artifact (manifest runtime is "
+                         f"{manifest.get('runtime')!r}); load it with fxopt.load")
+    gm = serialize.load_graph_module(directory, stem="graph")
+    kwargs = common_kwargs(manifest)
+    kwargs["extra"] = {k: manifest[k] for k in ("dynamic_dims", "source") if k in manifest}
+    return DecodeCompiled(gm, manifest["decode"], **kwargs)

@@ -1,0 +1,112 @@
+"""Decode-loop variants on the reference backend: the step loop vs partitions of 25 vs a full unroll.
+
+For zoo:ocr (small always; the default size unless ``--quick``): capture time of the decode loop, then per
+variant the compile time (``optimize`` + ``compile``), the time per sequence (batch latency / batch, median
+of interleaved runs, so machine noise hits every variant alike), graph calls per sequence (host round
+trips: encoder + init + steps or partitions run), and whether the tokens equal the plain Python loop's.
+The plain Python loop on the eager model (``loops.greedy``) is the baseline row.
+
+Headline: step-loop time / variant time (>1 means the variant is faster than the compiled step loop).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+
+import torch
+
+import fxopt
+from fxopt.backends import decode
+from fxopt.ir import loops
+from fxopt.zoo import ocr
+
+
+def _interleaved(fns: list, repeat: int) -> list[float]:
+    """Median seconds per fn, run round-robin after one warm-up each."""
+    samples: list[list[float]] = [[] for _ in fns]
+    with torch.no_grad():
+        for fn in fns:
+            fn()
+        for _ in range(repeat):
+            for i, fn in enumerate(fns):
+                start = time.perf_counter()
+                fn()
+                samples[i].append(time.perf_counter() - start)
+    return [statistics.median(s) for s in samples]
+
+
+def _compile(program, spec: str | None):
+    start = time.perf_counter()
+    prog = fxopt.optimize(program, spec, verify=False) if spec else program
+    compiled = decode.compile(prog) if decode.uses_runtime(prog) else fxopt.compile(prog)
+    return compiled, time.perf_counter() - start
+
+
+def run(small: bool, repeat: int, partition: int = 25) -> dict:
+    """Benchmark one OCR size; returns ``{"size", "capture_s", "rows": [...]}``."""
+    model = ocr.build(small=small, seed=3 if small else 0)
+    inputs = model.example_inputs()
+    batch = inputs[0].shape[0]
+    start = time.perf_counter()
+    program = loops.capture_decoder(model, inputs)
+    capture_s = time.perf_counter() - start
+    reference = loops.greedy(model, *inputs)
+    variants = [("python loop (eager model)", None), ("step loop", ""),
+                (f"partitions of {partition}", f"unroll{{partition={partition}}}"),
+                ("full unroll", "unroll{mode=full}")]
+    built = []
+    for label, spec in variants:
+        if spec is None:
+            built.append((label, lambda: loops.greedy(model, *inputs), 0.0, None))
+            continue
+        compiled, seconds = _compile(program, spec or None)
+        built.append((label, lambda c=compiled: c(*inputs), seconds, compiled))
+    times = _interleaved([fn for _, fn, _, _ in built], repeat)
+    rows = []
+    for (label, fn, compile_s, compiled), t in zip(built, times):
+        tokens = fn()
+        calls = getattr(compiled, "last_calls", 1) if compiled is not None else None
+        rows.append({"variant": label, "compile_s": compile_s, "ms_per_seq": 1e3 * t / batch,
+                     "calls_per_seq": None if calls is None else calls / batch,
+                     "calls_per_batch": calls, "same_tokens": bool(torch.equal(tokens, reference))})
+    loop_ms = next(r["ms_per_seq"] for r in rows if r["variant"] == "step loop")
+    for r in rows:
+        r["speedup_vs_step_loop"] = loop_ms / r["ms_per_seq"]
+    steps = int(loops.trim(reference, model.eos_id).shape[1])
+    return {"size": "small" if small else "default", "batch": batch, "max_len": model.max_len,
+            "steps_run": steps, "capture_s": capture_s, "rows": rows,
+            "flops": loops.decoder_flops(loops.decode_region(program))}
+
+
+def main(argv=None) -> list[dict]:
+    """Print a table per OCR size; returns the results."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small OCR only, few repetitions")
+    parser.add_argument("--repeat", type=int, default=None)
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a shared 2-core machine: one intra-op thread keeps every variant comparable
+    repeat = args.repeat or (5 if args.quick else 10)
+    results = []
+    for small in ((True,) if args.quick else (True, False)):
+        res = run(small, repeat)
+        results.append(res)
+        f = res["flops"]
+        print(f"zoo:ocr {res['size']} (batch {res['batch']}, max_len {res['max_len']}, all rows finished after "
+              f"{res['steps_run']} steps; capture {res['capture_s']:.1f} s; decoder FLOPs exact "
+              f"{f['exact']:.3g} vs padded {f['padded']:.3g} = {f['ratio']:.2f}x), reference backend, "
+              f"median of {repeat}:")
+        print(f"  {'variant':<27}{'compile s':>10}{'ms/seq':>9}{'calls/seq':>11}{'vs step loop':>14}  same tokens")
+        for r in res["rows"]:
+            calls = "-" if r["calls_per_seq"] is None else f"{r['calls_per_seq']:.2f}"
+            print(f"  {r['variant']:<27}{r['compile_s']:>10.2f}{r['ms_per_seq']:>9.3f}{calls:>11}"
+                  f"{r['speedup_vs_step_loop']:>13.2f}x  {r['same_tokens']}")
+    torch.set_num_threads(threads)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,354 @@
+"""Decode loops: recognising decode-loop protocol modules and capturing their pieces as Programs.
+
+A module follows the protocol (docs/decode-loop.md) when it has ``encode(*inputs) -> memory``,
+``init_state(memory) -> state`` (a tuple of tensors), ``step(token, state, memory) -> (logits, state)`` and
+int attributes ``max_len``, ``bos_id``, ``eos_id``. :func:`capture_decoder` probes the loop eagerly for a
+few steps (checking that the state chains: each state tensor keeps its dtype, rank and shape except for
+one dim that grows by the same amount every step), then captures ``encode``, ``init_state`` and ``step``
+as separate Programs (``step`` with one symbolic dim per growing cache), and returns a Program whose graph
+is the *step loop*: encoder, init_state and the generic step graph called ``max_len`` times as
+``call_module`` submodules. Its ``regions`` holds one :class:`DecodeLoopRegion`.
+
+Output convention (every variant, the reference loop and the decode runtime agree): tokens
+``LongTensor [batch, max_len]``, BOS excluded, ``eos_id`` in every position after a row's first EOS —
+padded to ``max_len`` even when decoding stopped early. :func:`trim` gives the ``[batch, steps]`` form that
+stops at the first step where every row has finished.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.utils._pytree as pytree
+
+from fxopt.errors import InputError
+from fxopt.ir.program import Program
+
+REGION_KIND = "decode_loop"
+PROTOCOL_METHODS = ("encode", "init_state", "step")
+PROTOCOL_ATTRS = ("max_len", "bos_id", "eos_id")
+PROBE_STEPS = 3
+
+
+# ------------------------------------------------------------------------------------------ recognising
+def is_decode_loop(model: Any) -> bool:
+    """True when ``model`` is an nn.Module with callable ``encode``/``init_state``/``step`` and int
+    ``max_len``/``bos_id``/``eos_id`` (the decode-loop protocol)."""
+    if not isinstance(model, torch.nn.Module):
+        return False
+    if not all(callable(getattr(model, m, None)) for m in PROTOCOL_METHODS):
+        return False
+    return all(isinstance(getattr(model, a, None), int) and not isinstance(getattr(model, a), bool)
+               for a in PROTOCOL_ATTRS)
+
+
+def decode_region(program: Program) -> "DecodeLoopRegion | None":
+    """The program's decode-loop region, or None when it has none."""
+    for region in program.regions:
+        if isinstance(region, dict) and region.get("kind") == REGION_KIND:
+            return region
+    return None
+
+
+class DecodeLoopRegion(dict):
+    """The ``regions`` entry of a decode loop: a dict whose ``encode``/``init_state``/``step`` values are
+    Programs and whose other values are JSON-able.
+
+    Keys: ``kind`` ("decode_loop"), ``max_len``, ``bos_id``, ``eos_id``, ``batch``, ``memory`` and ``state``
+    (per flat tensor: ``shape`` (before step 0), ``dtype``, and for state ``growth`` per dim per step),
+    ``cache_symbols`` (step-graph symbol -> ``[state index, dim]``), ``encode``, ``init_state``, ``step``
+    (Programs) and ``plan`` (what the current graph of the program is; see :mod:`fxopt.backends.decode`).
+    ``copy.deepcopy`` (which ``Program.copy`` applies to regions) copies the Programs with
+    ``Program.copy()`` — weights shared, graphs copied — and everything else deeply.
+    """
+
+    def __deepcopy__(self, memo: dict) -> "DecodeLoopRegion":
+        out = DecodeLoopRegion()
+        memo[id(self)] = out
+        for key, value in self.items():
+            out[key] = value.copy() if isinstance(value, Program) else copy.deepcopy(value, memo)
+        return out
+
+    def to_json(self) -> dict:
+        """The JSON-able part (the pieces named by their node counts)."""
+        out = {k: v for k, v in self.items() if not isinstance(v, Program)}
+        out.update({k: {"nodes": v.num_nodes()} for k, v in self.items() if isinstance(v, Program)})
+        return out
+
+
+# ------------------------------------------------------------------------------------------ reference loop
+def greedy(model: Any, *inputs: Any, max_len: int | None = None) -> torch.Tensor:
+    """The reference greedy loop of the protocol, in plain Python with early stop.
+
+    Takes a protocol module and ``encode``'s inputs; returns tokens ``LongTensor [batch, max_len]`` (BOS
+    excluded; ``eos_id`` after a row's first EOS, and for every step not run once all rows finished).
+    """
+    steps = model.max_len if max_len is None else max_len
+    with torch.no_grad():
+        memory = model.encode(*inputs)
+        state = model.init_state(memory)
+        batch = _batch_of(memory)
+        token = torch.full((batch,), model.bos_id, dtype=torch.long)
+        finished = torch.zeros(batch, dtype=torch.bool)
+        eos = torch.full_like(token, model.eos_id)
+        out = []
+        for _ in range(steps):
+            logits, state = model.step(token, state, memory)
+            token = torch.where(finished, eos, logits.argmax(-1))
+            finished = finished | (token == model.eos_id)
+            out.append(token)
+            if bool(finished.all()):
+                break
+    return pad(torch.stack(out, 1), steps, model.eos_id)
+
+
+def pad(tokens: torch.Tensor, max_len: int, eos_id: int) -> torch.Tensor:
+    """Extend ``tokens [B, steps]`` to ``[B, max_len]`` with ``eos_id``."""
+    missing = max_len - tokens.shape[1]
+    if missing <= 0:
+        return tokens
+    return torch.cat([tokens, tokens.new_full((tokens.shape[0], missing), eos_id)], 1)
+
+
+def trim(tokens: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """Cut ``tokens [B, max_len]`` after the first step at which every row has emitted ``eos_id``
+    (the ``[batch, steps]`` form of docs/decode-loop.md); returns a view."""
+    done = (tokens == eos_id).all(0).nonzero()
+    return tokens if done.numel() == 0 else tokens[:, : int(done[0]) + 1]
+
+
+def _batch_of(memory: Any) -> int:
+    leaves = [x for x in pytree.tree_leaves(memory) if isinstance(x, torch.Tensor)]
+    if not leaves or leaves[0].dim() == 0:
+        raise InputError("decode loop: encode must return a tensor or a tuple of tensors with a batch dim")
+    return int(leaves[0].shape[0])
+
+
+# ------------------------------------------------------------------------------------------ probing
+def _text(x: torch.Tensor) -> str:
+    return f"{str(x.dtype).replace('torch.', '')}{list(x.shape)}"
+
+
+def _tensors(value: Any, what: str, name: str) -> tuple[list, Any]:
+    flat, spec = pytree.tree_flatten(value)
+    for i, x in enumerate(flat):
+        if not isinstance(x, torch.Tensor):
+            raise InputError(f"{name}: {what}[{i}] is a {type(x).__name__}; {what} must hold only tensors")
+    return flat, spec
+
+
+def probe(model: Any, inputs: tuple, name: str = "model") -> dict:
+    """Run the loop eagerly for a few steps and check that the state chains.
+
+    Returns ``{"memory": flat memory, "batch", "states": [flat state before step 0, 1, ...], "tokens":
+    [token fed at step 0, 1, ...], "growth": per state tensor the per-step growth of each dim}``. Raises
+    :class:`InputError` naming the state tensor whose shape or dtype does not chain.
+    """
+    with torch.no_grad():
+        memory = model.encode(*inputs)
+        flat_mem, _ = _tensors(memory, "memory", name)
+        batch = _batch_of(memory)
+        state = model.init_state(memory)
+        if not isinstance(state, tuple):
+            raise InputError(f"{name}: init_state returned a {type(state).__name__}; the decode-loop protocol "
+                             "needs a tuple of tensors")
+        flat_state, _ = _tensors(state, "state", name)
+        token = torch.full((batch,), model.bos_id, dtype=torch.long)
+        states, tokens, growth = [flat_state], [token], None
+        for t in range(min(PROBE_STEPS, model.max_len)):
+            try:
+                logits, state = model.step(token, state, memory)
+            except Exception as exc:  # noqa: BLE001
+                shapes = ", ".join(f"state[{i}] {_text(x)}" for i, x in enumerate(states[-1]))
+                raise InputError(f"{name}: step {t} raised {type(exc).__name__}: {str(exc).splitlines()[0]} "
+                                 f"(state going in: {shapes}); the state returned by step must chain into "
+                                 "the next step") from exc
+            if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != batch:
+                got = _text(logits) if isinstance(logits, torch.Tensor) else type(logits).__name__
+                raise InputError(f"{name}: step must return logits [batch={batch}, vocab], got {got}")
+            if not isinstance(state, tuple):
+                raise InputError(f"{name}: step returned a {type(state).__name__} state; return a tuple of "
+                                 "tensors like init_state")
+            new, _ = _tensors(state, "state", name)
+            growth = _check_chain(states[-1], new, growth, t, name)
+            states.append(new)
+            token = logits.argmax(-1)
+            tokens.append(token)
+    return {"memory": flat_mem, "batch": batch, "states": states, "tokens": tokens,
+            "growth": growth or [[0] * x.dim() for x in flat_state]}
+
+
+def _check_chain(old: list, new: list, growth: list | None, t: int, name: str) -> list:
+    if len(new) != len(old):
+        raise InputError(f"{name}: step {t} returned {len(new)} state tensors but took {len(old)}; "
+                         "step must return the state it takes")
+    seen = []
+    for i, (a, b) in enumerate(zip(old, new)):
+        bad = a.dtype != b.dtype or a.dim() != b.dim()
+        delta = [] if bad else [int(y) - int(x) for x, y in zip(a.shape, b.shape)]
+        bad = bad or sum(1 for d in delta if d) > 1 or any(d < 0 for d in delta)
+        if not bad and growth is not None and delta != growth[i]:
+            raise InputError(f"{name}: step does not chain: state[{i}] grew by {growth[i]} at step {t - 1} "
+                             f"but by {delta} at step {t} ({_text(a)} -> {_text(b)}); a cache must grow by "
+                             "the same amount every step")
+        if bad:
+            raise InputError(f"{name}: step does not chain: state[{i}] goes in as {_text(a)} and comes out "
+                             f"as {_text(b)} at step {t}; step must return each state tensor with the dtype "
+                             "and shape it took (a cache may grow along one dim)")
+        seen.append(delta)
+    return seen
+
+
+# ------------------------------------------------------------------------------------------ capturing
+class _Method(torch.nn.Module):
+    """Exports one method of a protocol module: ``forward(*args)`` calls ``model.<method>(*args)``."""
+
+    def __init__(self, model: torch.nn.Module, method: str) -> None:
+        super().__init__()
+        self.m = model
+        self.method = method
+
+    def forward(self, *args: Any) -> Any:
+        """Calls the wrapped method."""
+        return getattr(self.m, self.method)(*args)
+
+
+class _Step(torch.nn.Module):
+    """Exports ``model.step``: ``forward(token, state, memory)`` (named arguments, for dynamic_shapes)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.m = model
+
+    def forward(self, token: torch.Tensor, state: tuple, memory: Any) -> Any:
+        """Calls ``model.step(token, state, memory)``."""
+        return self.m.step(token, state, memory)
+
+
+def capture_decoder(model: torch.nn.Module, example_inputs: Any = None, *, name: str | None = None,
+                    source: str | None = None) -> Program:
+    """Capture a decode-loop protocol module as a step-loop :class:`Program` with a decode-loop region.
+
+    Takes the module and ``encode``'s example inputs (a tuple, a tensor, or None for the model's
+    ``example_inputs()``). Returns a Program whose graph takes ``encode``'s inputs and returns tokens
+    ``[batch, max_len]`` (running every step), and whose ``regions`` is ``[DecodeLoopRegion]`` holding the
+    ``encode``/``init_state``/``step`` Programs. Raises :class:`InputError` (one line) when the module does
+    not follow the protocol, its state does not chain, or a piece cannot be exported.
+    """
+    from fxopt.ir.capture import capture as capture_program
+    from fxopt.passes import unroll_graphs
+
+    name = name or type(model).__name__
+    source = source or name
+    if not is_decode_loop(model):
+        raise InputError(f"{name}: not a decode-loop module; it needs encode, init_state, step and int "
+                         "max_len, bos_id, eos_id (docs/decode-loop.md)")
+    if model.max_len < 1:
+        raise InputError(f"{name}: max_len must be >= 1, got {model.max_len}")
+    if example_inputs is None:
+        method = getattr(model, "example_inputs", None)
+        if not callable(method):
+            raise InputError(f"{name}: no example inputs; pass them, or give the model an example_inputs() method")
+        example_inputs = method()
+    inputs = example_inputs if isinstance(example_inputs, tuple) else (
+        tuple(example_inputs) if isinstance(example_inputs, list) else (example_inputs,))
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        info = probe(model, inputs, name)
+        memory = model.encode(*inputs)
+        encode = capture_program(_Method(model, "encode"), inputs)
+        init = capture_program(_Method(model, "init_state"), (memory,))
+        step = _capture_step(model, info, memory, capture_program, name)
+    finally:
+        for m, flag in flags:
+            m.training = flag
+    for piece, label in ((encode, "encode"), (init, "init_state"), (step, "step")):
+        piece.name, piece.source, piece.original = f"{name}.{label}", f"{source}.{label}", None
+    region = DecodeLoopRegion(
+        kind=REGION_KIND, max_len=int(model.max_len), bos_id=int(model.bos_id), eos_id=int(model.eos_id),
+        batch=info["batch"],
+        memory=[{"shape": list(x.shape), "dtype": str(x.dtype).replace("torch.", "")} for x in info["memory"]],
+        state=[{"shape": list(x.shape), "dtype": str(x.dtype).replace("torch.", ""), "growth": g}
+               for x, g in zip(info["states"][0], info["growth"])],
+        cache_symbols=_cache_symbols(step, len(info["states"][0])),
+        encode=encode, init_state=init, step=step,
+        plan=plan_for("loop", None, int(model.max_len)),
+    )
+    gm = unroll_graphs.build_top(region, None, region["max_len"], pass_name="capture")
+    _, out_spec = pytree.tree_flatten(torch.zeros(1))
+    return Program(graph_module=gm, example_inputs=inputs, in_spec=encode.in_spec, out_spec=out_spec,
+                   name=name, source=source, original=model, regions=[region])
+
+
+def _capture_step(model, info: dict, memory: Any, capture_program, name: str) -> Program:
+    """Export ``step`` at the state before step ``min(2, max_len - 1)`` with one Dim per growing cache."""
+    from torch.export import Dim
+
+    t = min(2, model.max_len - 1, len(info["states"]) - 1)
+    state = tuple(info["states"][t])
+    token = info["tokens"][t]
+    dims: dict[tuple, Any] = {}
+    state_shapes = []
+    for i, (x, g) in enumerate(zip(info["states"][0], info["growth"])):
+        spec = {}
+        for d, grow in enumerate(g):
+            if grow:
+                lo, hi = int(x.shape[d]), int(x.shape[d]) + grow * (model.max_len - 1)
+                key = (lo, grow)
+                if key not in dims:
+                    dims[key] = Dim(f"cache{len(dims)}", min=lo, max=max(hi, lo + 1))
+                spec[d] = dims[key]
+        state_shapes.append(spec or None)
+    dynamic = (None, tuple(state_shapes), pytree.tree_map(lambda _: None, memory)) if dims else None
+    try:
+        return capture_program(_Step(model), (token, state, memory), dynamic_shapes=dynamic)
+    except InputError as exc:
+        raise InputError(f"{name}: capturing step with a symbolic cache length failed: {exc}; step must "
+                         "not specialise on the cache length (no Python branches on state shapes)") from exc
+
+
+def _cache_symbols(step: Program, n_state: int) -> dict:
+    """``{symbol name: [state index, dim]}`` for the symbolic dims of the step graph's state inputs."""
+    out: dict = {}
+    for i, node in enumerate(step.placeholders()[1:1 + n_state]):
+        val = node.meta.get("val")
+        for d, size in enumerate(getattr(val, "shape", ())):
+            if isinstance(size, torch.SymInt):
+                out.setdefault(str(size.node.expr), [i, d])
+    return out
+
+
+def plan_for(variant: str, parts: list | None, max_len: int) -> dict:
+    """The JSON-able plan of a variant: ``{"variant", "max_len", "parts": [[start, stop], ...] | None}``."""
+    return {"variant": variant, "max_len": int(max_len), "parts": [list(p) for p in parts] if parts else None}
+
+
+# ------------------------------------------------------------------------------------------ costs
+def step_cost(region: dict, t: int):
+    """The cost model's :class:`~fxopt.ir.cost.OpCost` of one step with the caches at their length before
+    step ``t`` (concrete)."""
+    from fxopt.ir import cost
+
+    total = cost.graph_cost(region["step"].graph_module)
+    if not total.is_symbolic:
+        return total
+    subs = {}
+    for sym, (i, d) in region["cache_symbols"].items():
+        layout = region["state"][i]
+        subs[sym] = layout["shape"][d] + layout["growth"][d] * t
+    return total.evaluate(subs)
+
+
+def decoder_flops(region: dict, max_len: int | None = None) -> dict:
+    """Decoder FLOPs over ``max_len`` steps: ``{"exact": sum of step t at its own cache length,
+    "padded": max_len steps at the longest cache (a fixed-shape loop padded to max_len), "ratio"}``."""
+    n = region["max_len"] if max_len is None else max_len
+    exact = sum(int(step_cost(region, t).flops) for t in range(n))
+    padded = n * int(step_cost(region, n - 1).flops)
+    return {"exact": exact, "padded": padded, "ratio": exact / padded if padded else 1.0}
+
+
+__all__ = ["REGION_KIND", "DecodeLoopRegion", "is_decode_loop", "decode_region", "capture_decoder", "greedy",
+           "pad", "trim", "probe", "step_cost", "decoder_flops", "plan_for"]

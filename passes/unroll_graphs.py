@@ -1,0 +1,338 @@
+"""Graph builders for decode loops: the step loop, the fully unrolled graph and the partition graphs.
+
+Everything here is graph-level rewriting of the captured pieces of a decode-loop region (see
+:mod:`fxopt.ir.loops`): the ``step`` graph (exported once, with a symbolic cache length) is copied node by node
+into a new FX graph as many times as there are steps, with an environment mapping the step's placeholders to
+the current token/state/memory nodes. While copying, every node's ``meta["val"]`` is re-inferred in one static
+FakeTensorMode, so step t gets its exact shapes (a cache of t positions); size arithmetic that becomes a plain
+int (``sym_size``, ``operator.add`` on sizes) is folded into the users' arguments and shape asserts are dropped,
+so the result is a static-shape graph with no symbolic dims.
+
+Three layouts, all returning tokens ``[B, max_len]`` (``eos_id`` after a row's first EOS):
+
+- :func:`build_full`: one flat graph, encoder + init_state + every step inlined;
+- :func:`build_partition`: one flat graph of steps ``[start, stop)``: ``(token, finished, *state, *memory) ->
+  (tokens [B, stop-start], token, finished, *state)``;
+- :func:`build_top`: the orchestrating graph of the ``loop`` and ``partitioned`` variants, which calls the
+  encoder, init_state and either the generic step graph (once per step) or the partition graphs as
+  ``call_module`` submodules. It runs every step (no early stop); the decode runtime
+  (:mod:`fxopt.backends.decode`) runs the same submodules with early stop.
+"""
+from __future__ import annotations
+
+import operator
+from typing import Any, Sequence
+
+import torch
+import torch.fx
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.node import map_arg
+
+from fxopt.errors import InputError
+from fxopt.ir import cost, provenance
+from fxopt.ir.capture import set_attr
+from fxopt.ir.program import fetch_attr
+
+aten = torch.ops.aten
+
+# Nodes that only check sizes; once every size is a concrete int they are dropped.
+_ASSERTS = {t for t in (
+    getattr(aten, "_assert_scalar", None), getattr(aten, "sym_constrain_range_for_size", None),
+    getattr(aten, "sym_constrain_range", None), getattr(aten, "_assert_tensor_metadata", None),
+) if t is not None}
+_ASSERTS = {getattr(t, "default", t) for t in _ASSERTS} | {torch._assert}
+
+ENCODE, INIT, STEP = "decode_encode", "decode_init", "decode_step"
+
+
+def part_name(index: int) -> str:
+    """The submodule name of partition ``index`` in the partitioned top graph."""
+    return f"decode_part{index}"
+
+
+class GraphBuilder:
+    """Builds one FX graph while propagating fake values in a single static FakeTensorMode.
+
+    ``root`` collects the weights (bound with ``set_attr``) and submodules; :meth:`module` returns the
+    finished GraphModule with costs annotated. New nodes get provenance from the node they copy, with
+    ``pass_name`` as the pass that made them.
+    """
+
+    def __init__(self, pass_name: str = "unroll", share: "GraphBuilder | None" = None) -> None:
+        """``pass_name``: recorded in every new node's provenance; ``share``: a builder whose fake mode and
+        value memo to reuse (graphs built together, e.g. the partitions of one program)."""
+        self.pass_name = pass_name
+        self.root = torch.nn.Module()
+        self.graph = torch.fx.Graph()
+        self.mode = share.mode if share else FakeTensorMode(allow_non_fake_inputs=True)
+        self._attrs: dict[str, torch.fx.Node] = {}
+        # (source node, metadata of its inputs) -> value: steps inlined again reuse the values of earlier
+        # steps whose inputs had the same shapes (only cache-dependent nodes are re-inferred).
+        self._memo: dict[tuple, Any] = share._memo if share else {}
+
+    # ------------------------------------------------------------------------------------------ values
+    def fake(self, like: Any) -> Any:
+        """A FakeTensor of this builder's mode with the shape/dtype of tensor ``like`` (fake or real)."""
+        if isinstance(like, torch.Tensor):
+            shape = [int(d) for d in like.shape]
+            with self.mode:
+                return torch.empty(shape, dtype=like.dtype)
+        return like
+
+    def fake_of_shape(self, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+        """A FakeTensor of ``shape`` and ``dtype`` in this builder's mode."""
+        with self.mode:
+            return torch.empty([int(d) for d in shape], dtype=dtype)
+
+    def _val(self, a: Any) -> Any:
+        return map_arg(a, lambda n: n.meta["val"])
+
+    def _eval(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        with self.mode:
+            return target(*self._val(args), **self._val(kwargs))
+
+    # ------------------------------------------------------------------------------------------ nodes
+    def placeholder(self, name: str, like: Any) -> torch.fx.Node:
+        """A new input node called ``name`` whose value has the shape/dtype of ``like``."""
+        node = self.graph.placeholder(name)
+        node.meta["val"] = self.fake(like)
+        node.meta["provenance"] = {"source": None, "module": "", "origin": None, "pass": self.pass_name}
+        return node
+
+    def attr(self, target: str, tensor: torch.Tensor) -> torch.fx.Node:
+        """The get_attr node for ``tensor`` bound at ``target`` (created once per target)."""
+        node = self._attrs.get(target)
+        if node is None:
+            set_attr(self.root, target, tensor)
+            node = self.graph.get_attr(target)
+            node.meta["val"] = self.fake(tensor)
+            node.meta["provenance"] = {"source": None, "module": target.rpartition(".")[0], "origin": None,
+                                       "pass": self.pass_name}
+            self._attrs[target] = node
+        return node
+
+    def call(self, target: Any, args: tuple, kwargs: dict | None = None,
+             origin: torch.fx.Node | None = None) -> torch.fx.Node:
+        """A call_function node with its fake value computed; provenance derived from ``origin``."""
+        kwargs = kwargs or {}
+        val = self._eval(target, args, kwargs)
+        node = self.graph.call_function(target, args, kwargs)
+        node.meta["val"] = val
+        provenance.derive(node, origin, self.pass_name)
+        return node
+
+    def call_module(self, name: str, module: torch.fx.GraphModule, args: Sequence[torch.fx.Node]) -> list:
+        """Call submodule ``module`` (bound as ``name``) on ``args``; returns one getitem node per output."""
+        if not hasattr(self.root, name):
+            self.root.add_module(name, module)
+        with self.mode:
+            out = module(*[a.meta["val"] for a in args])
+        out = tuple(out) if isinstance(out, (tuple, list)) else (out,)
+        node = self.graph.call_module(name, tuple(args))
+        node.meta["val"] = tuple(self.fake(o) for o in out)
+        node.meta["provenance"] = {"source": None, "module": name, "origin": None, "pass": self.pass_name}
+        items = []
+        for i in range(len(out)):
+            item = self.graph.call_function(operator.getitem, (node, i))
+            item.meta["val"] = node.meta["val"][i]
+            item.meta["provenance"] = dict(node.meta["provenance"])
+            items.append(item)
+        return items
+
+    def inline(self, gm: torch.fx.GraphModule, inputs: Sequence[Any], prefix: str) -> list:
+        """Copy ``gm``'s graph into this graph with its placeholders bound to ``inputs``; returns its outputs.
+
+        Weights are bound once under ``prefix`` + their target (so inlining the same graph again shares
+        them). Values are re-inferred for the current input shapes; size arithmetic that becomes a plain int
+        is folded and size asserts are dropped. Outputs are nodes (or folded constants), flattened.
+        """
+        env: dict[torch.fx.Node, Any] = {}
+        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        if len(placeholders) != len(inputs):
+            raise InputError(f"unroll: graph takes {len(placeholders)} inputs, got {len(inputs)}")
+        env.update(zip(placeholders, inputs))
+        for node in gm.graph.nodes:
+            if node.op == "placeholder":
+                continue
+            if node.op == "get_attr":
+                value = fetch_attr(gm, node.target)
+                if not isinstance(value, torch.Tensor):
+                    raise InputError(f"unroll: '{node.target}' is a {type(value).__name__}; only graphs of "
+                                     "tensors and ATen ops can be unrolled")
+                env[node] = self.attr(prefix + node.target, value)
+            elif node.op == "output":
+                outs = node.args[0]
+                outs = outs if isinstance(outs, (tuple, list)) else (outs,)
+                return [env[o] if isinstance(o, torch.fx.Node) else o for o in outs]
+            elif node.op == "call_function":
+                if node.target in _ASSERTS:
+                    continue
+                args = map_arg(node.args, lambda n: env[n])
+                kwargs = map_arg(node.kwargs, lambda n: env[n])
+                key = _memo_key(node, args, kwargs)
+                val = self._memo.get(key) if key is not None else None
+                if val is None:
+                    val = self._eval(node.target, args, kwargs)
+                    if key is not None:
+                        self._memo[key] = val
+                if isinstance(val, (int, float, bool)) and not isinstance(val, torch.Tensor):
+                    env[node] = val          # a size that is now a concrete number: fold it
+                    continue
+                new = self.graph.call_function(node.target, args, kwargs)
+                new.meta["val"] = val
+                provenance.derive(new, node, self.pass_name)
+                env[node] = new
+            else:
+                raise InputError(f"unroll: cannot inline a {node.op} node ('{node.name}'); the captured "
+                                 "pieces must be flat ATen graphs")
+        raise InputError("unroll: graph has no output node")
+
+    def output(self, values: Sequence[Any]) -> None:
+        """Finish the graph returning the tuple ``values``."""
+        self.graph.output(tuple(values))
+
+    def module(self) -> torch.fx.GraphModule:
+        """The finished GraphModule (plain flat codegen, costs annotated)."""
+        gm = torch.fx.GraphModule(self.root, self.graph)
+        cost.annotate_costs(gm)
+        return gm
+
+    # ------------------------------------------------------------------------------------------ greedy
+    def full(self, batch: int, value: Any, dtype: torch.dtype) -> torch.fx.Node:
+        """A ``[batch]`` tensor filled with ``value``."""
+        return self.call(aten.full.default, ([batch], value), {"dtype": dtype})
+
+    def greedy_update(self, logits: torch.fx.Node, finished: torch.fx.Node, eos_full: torch.fx.Node,
+                      eos_id: int) -> tuple[torch.fx.Node, torch.fx.Node]:
+        """``token = where(finished, eos, argmax(logits))``, ``finished |= token == eos``; returns both."""
+        top = self.call(aten.argmax.default, (logits, -1))
+        token = self.call(aten.where.self, (finished, eos_full, top))
+        is_eos = self.call(aten.eq.Scalar, (token, eos_id))
+        finished = self.call(aten.bitwise_or.Tensor, (finished, is_eos))
+        return token, finished
+
+
+def _meta_key(a: Any) -> Any:
+    if isinstance(a, torch.fx.Node):
+        v = a.meta.get("val")
+        if isinstance(v, torch.Tensor):
+            return (tuple(v.shape), tuple(v.stride()), v.dtype, v.storage_offset())
+        return ("node", type(v).__name__, v if isinstance(v, (int, float, bool)) else id(a))
+    if isinstance(a, (tuple, list)):
+        return tuple(_meta_key(x) for x in a)
+    if isinstance(a, dict):
+        return tuple((k, _meta_key(v)) for k, v in a.items())
+    if isinstance(a, (int, float, bool, str, type(None), torch.dtype, torch.device, torch.layout,
+                      torch.memory_format)):
+        return a
+    raise _Undescribable
+
+
+class _Undescribable(Exception):
+    """An argument the memo cannot key on."""
+
+
+def _memo_key(node: torch.fx.Node, args: tuple, kwargs: dict) -> tuple | None:
+    """A key under which ``node``'s value can be reused: the source node and its inputs' metadata
+    (shape, stride, dtype, offset) or scalar values; None when an argument is not describable."""
+    try:
+        return (id(node), _meta_key((args, kwargs)))
+    except _Undescribable:
+        return None
+
+
+def _steps(b: GraphBuilder, region: dict, step_gm: torch.fx.GraphModule, token, finished, state: list,
+           memory: list, start: int, stop: int, eos_full) -> tuple[list, Any, Any, list]:
+    """Inline steps ``[start, stop)``; returns (token columns [B, 1], token, finished, state)."""
+    cols = []
+    for _ in range(start, stop):
+        out = b.inline(step_gm, [token, *state, *memory], "step.")
+        logits, state = out[0], list(out[1:])
+        token, finished = b.greedy_update(logits, finished, eos_full, region["eos_id"])
+        cols.append(b.call(aten.unsqueeze.default, (token, 1)))
+    return cols, token, finished, state
+
+
+def build_full(region: dict, max_len: int) -> torch.fx.GraphModule:
+    """One flat graph: encoder, init_state and ``max_len`` steps with exact per-step shapes.
+
+    Takes the decode-loop region (its ``encode``/``init_state``/``step`` Programs) and the step count;
+    returns a GraphModule taking the encoder's flat inputs and returning ``(tokens [B, max_len],)``.
+    """
+    b = GraphBuilder()
+    enc = region["encode"]
+    inputs = [b.placeholder(p.name, x) for p, x in zip(enc.placeholders(), enc.flat_example_inputs())]
+    memory = b.inline(enc.graph_module, inputs, "encode.")
+    state = b.inline(region["init_state"].graph_module, memory, "init_state.")
+    batch = region["batch"]
+    token = b.full(batch, region["bos_id"], torch.long)
+    finished = b.full(batch, False, torch.bool)
+    eos_full = b.full(batch, region["eos_id"], torch.long)
+    cols, *_ = _steps(b, region, region["step"].graph_module, token, finished, state, memory, 0, max_len,
+                      eos_full)
+    b.output([b.call(aten.cat.default, (cols, 1))])
+    return b.module()
+
+
+def state_shape(region: dict, index: int, t: int) -> list[int]:
+    """Shape of state tensor ``index`` before step ``t`` (initial shape plus ``t`` times its growth)."""
+    layout = region["state"][index]
+    return [d + g * t for d, g in zip(layout["shape"], layout["growth"])]
+
+
+def build_partition(region: dict, start: int, stop: int,
+                    share: GraphBuilder | None = None) -> torch.fx.GraphModule:
+    """Flat graph of steps ``[start, stop)`` with exact shapes.
+
+    Returns a GraphModule ``(token [B], finished [B], *state, *memory) -> (tokens [B, stop-start], token,
+    finished, *state)``; the state comes in with the shapes it has before step ``start``. ``share``: a
+    builder whose fake mode and memo to reuse.
+    """
+    b = GraphBuilder(share=share)
+    batch = region["batch"]
+    token = b.placeholder("token", b.fake_of_shape([batch], torch.long))
+    finished = b.placeholder("finished", b.fake_of_shape([batch], torch.bool))
+    state = [b.placeholder(f"state_{i}", b.fake_of_shape(state_shape(region, i, start), getattr(torch, s["dtype"])))
+             for i, s in enumerate(region["state"])]
+    memory = [b.placeholder(f"memory_{i}", b.fake_of_shape(m["shape"], getattr(torch, m["dtype"])))
+              for i, m in enumerate(region["memory"])]
+    eos_full = b.full(batch, region["eos_id"], torch.long)
+    cols, token, finished, state = _steps(b, region, region["step"].graph_module, token, finished, state,
+                                          memory, start, stop, eos_full)
+    tokens = b.call(aten.cat.default, (cols, 1))
+    b.output([tokens, token, finished, *state])
+    return b.module()
+
+
+def build_top(region: dict, parts: Sequence[tuple[int, int]] | None, max_len: int,
+              pass_name: str = "unroll") -> torch.fx.GraphModule:
+    """The orchestrating graph: encoder, init_state, then either the generic step graph called once per
+    step (``parts=None``: the ``loop`` variant) or one partition graph per ``(start, stop)`` in ``parts``.
+
+    Submodules are named ``decode_encode``, ``decode_init``, ``decode_step`` / ``decode_part{k}``. Returns a
+    GraphModule taking the encoder's flat inputs and returning ``(tokens [B, max_len],)`` (every step runs).
+    """
+    b = GraphBuilder(pass_name)
+    enc = region["encode"]
+    inputs = [b.placeholder(p.name, x) for p, x in zip(enc.placeholders(), enc.flat_example_inputs())]
+    memory = b.call_module(ENCODE, enc.graph_module, inputs)
+    state = b.call_module(INIT, region["init_state"].graph_module, memory)
+    batch, eos_id = region["batch"], region["eos_id"]
+    token = b.full(batch, region["bos_id"], torch.long)
+    finished = b.full(batch, False, torch.bool)
+    chunks = []
+    if parts is None:
+        eos_full = b.full(batch, eos_id, torch.long)
+        for _ in range(max_len):
+            out = b.call_module(STEP, region["step"].graph_module, [token, *state, *memory])
+            token, finished = b.greedy_update(out[0], finished, eos_full, eos_id)
+            state = out[1:]
+            chunks.append(b.call(aten.unsqueeze.default, (token, 1)))
+    else:
+        for k, (start, stop) in enumerate(parts):
+            gm = build_partition(region, start, stop, share=b)
+            out = b.call_module(part_name(k), gm, [token, finished, *state, *memory])
+            chunks.append(out[0])
+            token, finished, state = out[1], out[2], out[3:]
+    b.output([b.call(aten.cat.default, (chunks, 1))])
+    return b.module()
