@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import warnings
 
-from benchmarks import pass_manager, zoo_reference
+from benchmarks import dedupe, pass_manager, zoo_reference
 
 
 def main(argv=None) -> None:
@@ -25,6 +25,31 @@ def main(argv=None) -> None:
     rows = zoo_reference.main(["--repeat", "3" if args.quick else "10"] + (["--small"] if args.quick else []))
     headlines.append("zoo_reference: eager/fxopt latency " +
                      ", ".join(f"{r['model']} {r['speedup']:.2f}x" for r in rows))
+    print()
+    from benchmarks import moe
+    rows = moe.main(["--quick"] if args.quick else [])
+    key = next(r for r in rows if (r["E"], r["batch"], r["mode"]) == (16, 256, "top1"))
+    headlines.append(f"moe: E=16 B=256 top-1 fxopt {key['speedup_vs_eager']:.2f}x eager, "
+                     f"{key.get('speedup_vs_compile', float('nan')):.2f}x torch.compile")
+    print()
+    d = dedupe.main(["--quick"] if args.quick else [])
+    anchor, across = d["rows"][0], d["across"]
+    headlines.append(f"dedupe: two towers {anchor['bytes_before']:,} -> {anchor['bytes_after']:,} bytes "
+                     f"(1 KiB rule: {anchor['small_only']:,}); across models "
+                     f"{across['weight_bytes_before']:,} -> {across['weight_bytes_after']:,} bytes")
+    print()
+    from benchmarks import unroll
+    u = {r["variant"]: r for r in unroll.main(["--quick"] if args.quick else [])[-1]["rows"]}
+    headlines.append("unroll: zoo:ocr vs compiled step loop: " + ", ".join(
+        f"{k} {v['speedup_vs_step_loop']:.2f}x" for k, v in u.items() if k.startswith(("partitions", "full"))))
+    print()
+    from benchmarks import split
+    s = [r for r in split.main(["--quick"] if args.quick else []) if r["status"] == "ok"]
+    big = max((r for r in s if r["method"] == "split-cost"), key=lambda r: r["nodes"])
+    headlines.append(f"split: {big['nodes']} nodes placed+partitioned in {big['seconds']:.2f} s, "
+                     f"{big['transfers']} transfers; anchors: " + ", ".join(
+                         f"{r['method']}@{r['nodes']} {r['seconds']:.1f} s/{r['transfers']}" for r in s
+                         if r["method"] in ("capability", "splitter")))
     print("\nheadlines:")
     for line in headlines:
         print("  " + line)

@@ -1198,6 +1198,11 @@ def node_cost(node: torch.fx.Node) -> OpCost:
         sub = getattr(owner, str(node.target), None) if owner is not None else None
         if str(node.target).startswith("_guards") or type(sub).__name__ == "GuardsFn":
             return OpCost()
+        if isinstance(sub, torch.fx.GraphModule):
+            # A called subgraph (e.g. a decode step) costs its graph; its symbols are valued at the
+            # subgraph's own example sizes, not this call's, so the figure is an estimate.
+            inner = graph_cost(sub)
+            return OpCost(inner.flops, inner.bytes_read, inner.bytes_written, exact=False, hints=inner.hints)
         if not output_tensors(node):
             ESTIMATED_OPS.add(f"call_module:{type(sub).__name__ if sub is not None else node.target}")
             return OpCost(exact=False)

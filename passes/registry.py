@@ -21,6 +21,10 @@ _REGISTRY: dict[str, Any] = {
     "dce": "fxopt.passes.dce:DeadCodeElimination",
     "fold-constants": "fxopt.passes.fold_constants:FoldConstants",
     "canonicalize": "fxopt.passes.canonicalize:Canonicalize",
+    "unroll": "fxopt.passes.unroll:Unroll",
+    "split": "fxopt.passes.split:Split",
+    "moe": "fxopt.passes.moe:FuseExperts",
+    "dedupe": "fxopt.passes.dedupe:Dedupe",
 }
 
 # The pipeline `fxopt run` uses when no --passes is given, per target.
