@@ -1,0 +1,327 @@
+"""Which core-ATen ops each accelerator target can run: op-support tables as data.
+
+Our graphs are core ATen (``aten.addmm.default``, ``aten.convolution.default``,
+``aten._native_batch_norm_legit_no_training.default``...). Each target documents its support at another level,
+so each has an explicit mapping from a core-ATen *op packet* (the op name without overload: ``addmm``,
+``convolution``) to the names its toolchain lists:
+
+- ``neuron`` (torch-neuron on Inf1): the documented TorchScript operator list (``backends/data/
+  neuron_inf1_ops.json``, 174 names such as ``aten::linear``, ``aten::_convolution``). A core-ATen packet is
+  supported when one of the TorchScript names it comes from (:data:`NEURON_FROM_ATEN`; by default
+  ``aten::<packet>``) is in that list. ``aten::embedding`` and ``aten::embedding_bag`` are absent, so
+  embeddings stay on the CPU.
+- ``tensorrt`` (the ONNX route): :data:`ONNX_FROM_ATEN` maps a packet to the ONNX ops ``torch.onnx.export``
+  emits for it; every one of them must be marked supported in the onnx-tensorrt matrix
+  (``backends/data/tensorrt_onnx_ops.json``), and the node's input dtypes must be in the *first* ONNX op's
+  type list (the op that consumes the node's inputs; ``ne`` -> ``Equal`` on the inputs, then ``Not`` on a
+  bool). ``_embedding_bag`` exports as Loop + Sequence ops, which TensorRT rejects. float64 is never supported.
+- ``xla``: the XLA backend does not exist yet. :data:`XLA_OPS` is the set of core-ATen packets the planned
+  ATen -> JAX lowering (DESIGN.md, backends/xla) is to cover: elementwise math, matmuls and convolutions,
+  normalisations, softmax, reductions, views/layout ops, gathers, pooling, factories. Left out: ops with
+  data-dependent output shapes (``nonzero``, ``unique``, ``masked_select``), random ops, in-place scatters,
+  and ``_embedding_bag`` (a four-output op whose auxiliary outputs are PyTorch-kernel details; embedding-bag
+  tables stay in host memory, as in the deployments that motivate ``split``). Update it with the backend.
+
+Bookkeeping nodes are supported everywhere: ``operator.getitem`` (it follows its producer), metadata checks
+(``_assert_tensor_metadata``, ``_assert_scalar``...), ``sym_size`` and Python arithmetic on SymInts (host-side
+shape arithmetic; no tensor moves).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import operator
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Callable
+
+import torch
+import torch.fx
+
+from fxopt.errors import InputError
+
+__all__ = [
+    "TARGETS", "DEFAULT_PROFILES", "NEURON_FROM_ATEN", "ONNX_FROM_ATEN", "XLA_OPS", "BOOKKEEPING_OPS",
+    "SupportTable", "support_table", "packet_name", "is_bookkeeping", "neuron_operators", "tensorrt_operators",
+    "data_source",
+]
+
+#: The accelerator targets ``split`` knows, and the device profile (``fxopt.ir.devices``) each defaults to.
+TARGETS = ("neuron", "tensorrt", "xla")
+DEFAULT_PROFILES = {"neuron": "inf1", "tensorrt": "t4", "xla": "h100"}
+
+#: Packets that only check metadata or do host-side shape arithmetic: supported on every target.
+BOOKKEEPING_OPS = frozenset({
+    "_assert_tensor_metadata", "_assert_scalar", "_assert_async", "sym_size", "sym_stride", "sym_numel",
+    "sym_storage_offset", "sym_constrain_range", "sym_constrain_range_for_size", "_functional_assert_async",
+})
+
+# --------------------------------------------------------------------------------------------- neuron
+#: Core-ATen packet -> the TorchScript-level names (as in the Neuron list) it is produced from. A packet not
+#: listed here maps to ``aten::<packet>``. Supported when any of the names is in the Neuron list.
+NEURON_FROM_ATEN: dict[str, tuple[str, ...]] = {
+    # linear decomposes to permute(weight) + addmm (2-D) or mm/bmm (3-D)
+    "addmm": ("aten::addmm", "aten::linear"),
+    "mm": ("aten::mm", "aten::matmul", "aten::linear"),
+    "bmm": ("aten::bmm", "aten::matmul"),
+    "convolution": ("aten::_convolution",),
+    "_native_batch_norm_legit_no_training": ("aten::batch_norm",),
+    "_native_batch_norm_legit": ("aten::batch_norm",),
+    "native_batch_norm": ("aten::batch_norm",),
+    "native_layer_norm": ("aten::layer_norm",),
+    "native_group_norm": ("aten::group_norm",),
+    "_softmax": ("aten::softmax",),
+    "_log_softmax": ("aten::log_softmax",),
+    "_to_copy": ("aten::to",),
+    "_unsafe_view": ("aten::view", "aten::reshape"),
+    "alias": ("aten::detach",),
+    "lift_fresh_copy": ("aten::clone",),
+    "_adaptive_avg_pool2d": ("aten::adaptive_avg_pool2d",),
+    "_adaptive_avg_pool1d": ("aten::adaptive_avg_pool1d",),
+    "embedding": ("aten::embedding",),            # absent from the list: embeddings run on the CPU
+    "_embedding_bag": ("aten::embedding_bag",),   # absent too
+    "embedding_dense_backward": (),
+    "scalar_tensor": ("prim::NumToTensor",),
+    "logical_or": ("aten::logical_or",),
+    "bitwise_and": ("aten::__and__",),
+    "div": ("aten::div", "aten::true_divide"),
+}
+
+# --------------------------------------------------------------------------------------------- tensorrt
+# A value is a tuple of ONNX ops, or {"BOOL": ops, "*": ops} when the export depends on the input dtype.
+_ELEMENTWISE_ONNX = {
+    "add": "Add", "sub": "Sub", "rsub": "Sub", "mul": "Mul", "div": "Div", "neg": "Neg", "abs": "Abs",
+    "exp": "Exp", "log": "Log", "sqrt": "Sqrt", "reciprocal": "Reciprocal", "pow": "Pow", "sin": "Sin",
+    "cos": "Cos", "tan": "Tan", "tanh": "Tanh", "sigmoid": "Sigmoid", "erf": "Erf", "floor": "Floor",
+    "ceil": "Ceil", "round": "Round", "sign": "Sign", "relu": "Relu", "leaky_relu": "LeakyRelu", "elu": "Elu",
+    "hardswish": "HardSwish", "hardsigmoid": "HardSigmoid", "softplus": "Softplus", "clamp": "Clip",
+    "hardtanh": "Clip", "clamp_min": "Max", "clamp_max": "Min", "maximum": "Max", "minimum": "Min",
+    "eq": "Equal", "lt": "Less", "le": "LessOrEqual", "gt": "Greater", "ge": "GreaterOrEqual",
+    "logical_not": "Not", "logical_and": "And", "logical_or": "Or", "logical_xor": "Xor", "where": "Where",
+    "isnan": "IsNaN", "isinf": "IsInf", "remainder": "Mod", "fmod": "Mod", "asin": "Asin", "acos": "Acos",
+    "atan": "Atan", "sinh": "Sinh", "cosh": "Cosh", "asinh": "Asinh", "acosh": "Acosh", "atanh": "Atanh",
+}
+#: Core-ATen packet -> the ONNX ops it exports as (torch.onnx, opset 18). See the module docstring for the
+#: dtype rule. Packets not listed are unsupported on the TensorRT route.
+ONNX_FROM_ATEN: dict[str, Any] = {
+    **{k: (v,) for k, v in _ELEMENTWISE_ONNX.items()},
+    "rsqrt": ("Sqrt", "Reciprocal"),
+    "ne": ("Equal", "Not"),
+    "gelu": ("Mul", "Erf", "Add", "Div", "Tanh", "Pow"),
+    "silu": ("Sigmoid", "Mul"),
+    "mish": ("Mish",),
+    "floor_divide": ("Div", "Floor"),
+    "bitwise_and": {"BOOL": ("And",), "*": ("BitwiseAnd",)},
+    "bitwise_or": {"BOOL": ("Or",), "*": ("BitwiseOr",)},
+    "bitwise_not": {"BOOL": ("Not",), "*": ("BitwiseNot",)},
+    "bitwise_xor": {"BOOL": ("Xor",), "*": ("BitwiseXor",)},
+    "masked_fill": ("Where",),
+    # matmuls, convolutions, normalisation
+    "mm": ("MatMul",), "bmm": ("MatMul",), "addmm": ("Gemm",), "baddbmm": ("MatMul", "Mul", "Add"),
+    "convolution": ("Conv", "ConvTranspose"),
+    "_native_batch_norm_legit_no_training": ("BatchNormalization",),
+    "native_layer_norm": ("LayerNormalization",),
+    "native_group_norm": ("GroupNormalization",),
+    "_softmax": ("Softmax",), "_log_softmax": ("LogSoftmax",),
+    # reductions
+    "sum": ("ReduceSum",), "mean": ("ReduceMean",), "amax": ("ReduceMax",), "amin": ("ReduceMin",),
+    "prod": ("ReduceProd",), "argmax": ("ArgMax",), "argmin": ("ArgMin",), "max": ("ReduceMax", "ArgMax"),
+    "min": ("ReduceMin", "ArgMin"), "var": ("ReduceMean", "Sub", "Mul"), "any": ("Cast", "ReduceMax"),
+    "all": ("Cast", "ReduceMin"), "cumsum": ("CumSum",), "topk": ("TopK",), "sort": ("TopK",),
+    # layout
+    "view": ("Reshape",), "_unsafe_view": ("Reshape",), "reshape": ("Reshape",), "permute": ("Transpose",),
+    "t": ("Transpose",), "transpose": ("Transpose",), "expand": ("Expand",), "unsqueeze": ("Unsqueeze",),
+    "squeeze": ("Squeeze",), "slice": ("Slice",), "select": ("Gather",), "cat": ("Concat",),
+    "stack": ("Unsqueeze", "Concat"), "split": ("Split",), "split_with_sizes": ("Split",),
+    "clone": ("Identity",), "alias": ("Identity",), "detach": ("Identity",), "lift_fresh_copy": ("Identity",),
+    "_to_copy": ("Cast",), "constant_pad_nd": ("Pad",), "repeat": ("Tile",), "flip": ("Slice",),
+    "tril": ("Trilu",), "triu": ("Trilu",),
+    # gathers and scatters
+    "embedding": ("Gather",), "index_select": ("Gather",), "gather": ("GatherElements",),
+    "index": ("GatherND",), "scatter": ("ScatterElements",), "scatter_add": ("ScatterElements",),
+    "index_put": ("ScatterND",),
+    "_embedding_bag": ("Loop", "SequenceInsert", "ConcatFromSequence"),
+    # factories
+    "full": ("ConstantOfShape",), "full_like": ("Shape", "ConstantOfShape"),
+    "zeros_like": ("Shape", "ConstantOfShape"), "ones_like": ("Shape", "ConstantOfShape"),
+    "arange": ("Range",), "scalar_tensor": ("Constant",),
+    # pooling and resampling
+    "max_pool2d_with_indices": ("MaxPool",), "avg_pool2d": ("AveragePool",),
+    "_adaptive_avg_pool2d": ("AveragePool", "GlobalAveragePool"),
+    "upsample_nearest2d": ("Resize",), "upsample_bilinear2d": ("Resize",),
+}
+
+_ONNX_DTYPES = {
+    torch.float32: "FP32", torch.float16: "FP16", torch.bfloat16: "BF16", torch.int32: "INT32",
+    torch.int64: "INT64", torch.bool: "BOOL", torch.uint8: "UINT8", torch.int8: "INT8",
+}
+
+# --------------------------------------------------------------------------------------------- xla
+#: Core-ATen packets the planned XLA lowering (ATen -> jax.numpy/lax) covers. Data, not code: extend it
+#: when backends/xla.py lands.
+XLA_OPS = frozenset(
+    set(_ELEMENTWISE_ONNX)
+    | {
+        "rsqrt", "ne", "gelu", "silu", "mish", "floor_divide", "bitwise_and", "bitwise_or", "bitwise_not",
+        "bitwise_xor", "masked_fill", "exp2", "log2", "log1p", "expm1", "trunc", "frac", "sgn", "square",
+        "mm", "bmm", "addmm", "baddbmm", "convolution",
+        "_native_batch_norm_legit_no_training", "native_layer_norm", "native_group_norm", "_softmax",
+        "_log_softmax",
+        "sum", "mean", "amax", "amin", "prod", "argmax", "argmin", "max", "min", "var", "any", "all", "cumsum",
+        "topk", "sort", "logsumexp",
+        "view", "_unsafe_view", "reshape", "permute", "t", "transpose", "expand", "unsqueeze", "squeeze", "slice",
+        "select", "cat", "stack", "split", "split_with_sizes", "clone", "alias", "detach", "lift_fresh_copy",
+        "_to_copy", "constant_pad_nd", "repeat", "flip", "roll", "tril", "triu", "slice_scatter",
+        "select_scatter",
+        "embedding", "index_select", "gather", "index", "scatter", "scatter_add",
+        "full", "full_like", "zeros_like", "ones_like", "arange", "scalar_tensor", "iota",
+        "max_pool2d_with_indices", "avg_pool2d", "_adaptive_avg_pool2d", "upsample_nearest2d",
+        "upsample_bilinear2d",
+    }
+)
+
+
+# --------------------------------------------------------------------------------------------- data
+@functools.lru_cache(maxsize=None)
+def _load(filename: str) -> dict:
+    try:
+        text = resources.files("fxopt.backends").joinpath("data", filename).read_text(encoding="utf-8")
+    except (FileNotFoundError, ModuleNotFoundError) as exc:  # pragma: no cover - broken installation
+        raise InputError(f"op-support data file fxopt/backends/data/{filename} is missing; reinstall fxopt") from exc
+    return json.loads(text)
+
+
+def neuron_operators() -> frozenset[str]:
+    """The TorchScript operator names torch-neuron (Inf1) supports, from the shipped data file."""
+    return frozenset(_load("neuron_inf1_ops.json")["operators"])
+
+
+def tensorrt_operators() -> dict[str, dict]:
+    """``{ONNX op: {"supported": bool, "types": [...]}}`` from the shipped onnx-tensorrt matrix."""
+    return dict(_load("tensorrt_onnx_ops.json")["operators"])
+
+
+def data_source(target: str) -> str:
+    """Where ``target``'s support data comes from (one line)."""
+    if target == "neuron":
+        return _load("neuron_inf1_ops.json")["source"]
+    if target == "tensorrt":
+        return _load("tensorrt_onnx_ops.json")["source"]
+    return "fxopt.backends.support.XLA_OPS (the planned ATen -> JAX lowering; no backend yet)"
+
+
+# --------------------------------------------------------------------------------------------- nodes
+def packet_name(target: Any) -> str:
+    """The op packet name of a call target: ``addmm`` for ``aten.addmm.default``, ``getitem`` for
+    ``operator.getitem``, the function's ``__name__`` otherwise."""
+    if isinstance(target, torch._ops.OpOverload):
+        return target._opname
+    if isinstance(target, torch._ops.OpOverloadPacket):
+        return target._qualified_op_name.split("::")[-1]
+    return getattr(target, "__name__", str(target))
+
+
+def _is_tensor(val: Any) -> bool:
+    return isinstance(val, torch.Tensor)
+
+
+def is_bookkeeping(node: torch.fx.Node) -> bool:
+    """True for call_function nodes that move no tensor data of their own: ``getitem``, metadata assertions,
+    ``sym_size`` and Python arithmetic on SymInts. They are supported on every target."""
+    if node.op != "call_function":
+        return False
+    if node.target is operator.getitem:
+        return True
+    if isinstance(node.target, torch._ops.OpOverload):
+        return node.target._opname in BOOKKEEPING_OPS
+    if isinstance(node.target, torch._ops.HigherOrderOperator):
+        return False
+    val = node.meta.get("val")
+    return not _is_tensor(val) and not isinstance(val, (tuple, list))
+
+
+def _input_dtypes(node: torch.fx.Node) -> list:
+    dtypes = []
+    for inp in node.all_input_nodes:
+        val = inp.meta.get("val")
+        if _is_tensor(val):
+            dtypes.append(val.dtype)
+    if not dtypes:
+        val = node.meta.get("val")
+        vals = val if isinstance(val, (tuple, list)) else (val,)
+        dtypes = [v.dtype for v in vals if _is_tensor(v)]
+    return dtypes
+
+
+@dataclass(frozen=True)
+class SupportTable:
+    """Op support of one target. ``why_not(node)`` returns None when the target can run ``node``, else a short
+    reason; ``supports(node)`` is ``why_not(node) is None``."""
+
+    target: str
+    check: Callable[[torch.fx.Node, str], str | None]
+    dtype_sensitive: bool = False
+
+    def dtype_key(self, node: torch.fx.Node) -> tuple | None:
+        """What besides the op decides support: the input dtypes for dtype-sensitive targets, else None
+        (callers cache verdicts by ``(node.target, dtype_key(node))``)."""
+        return tuple(_input_dtypes(node)) if self.dtype_sensitive else None
+
+    def why_not(self, node: torch.fx.Node) -> str | None:
+        """None if ``node`` (a call_function node) runs on this target, else why not (one short line)."""
+        if node.op != "call_function" or is_bookkeeping(node):
+            return None
+        if isinstance(node.target, torch._ops.HigherOrderOperator):
+            return f"higher-order op {node.target.name()} is not lowered for {self.target}"
+        if not isinstance(node.target, torch._ops.OpOverload):
+            return f"{packet_name(node.target)} is not an ATen op"
+        return self.check(node, node.target._opname)
+
+    def supports(self, node: torch.fx.Node) -> bool:
+        """True when the target can run ``node``."""
+        return self.why_not(node) is None
+
+
+def _neuron_check(node: torch.fx.Node, packet: str) -> str | None:
+    names = NEURON_FROM_ATEN.get(packet, (f"aten::{packet}",))
+    ops = neuron_operators()
+    if any(name in ops for name in names):
+        return None
+    return f"{'/'.join(names) or packet} is not in the torch-neuron (Inf1) operator list"
+
+
+def _tensorrt_check(node: torch.fx.Node, packet: str) -> str | None:
+    entry = ONNX_FROM_ATEN.get(packet)
+    if entry is None:
+        return f"no ONNX mapping for aten.{packet}"
+    dtypes = _input_dtypes(node)
+    names = [_ONNX_DTYPES.get(d, str(d).replace("torch.", "").upper()) for d in dtypes]
+    if isinstance(entry, dict):
+        entry = entry["BOOL"] if names and all(n == "BOOL" for n in names) else entry["*"]
+    matrix = tensorrt_operators()
+    for i, onnx_op in enumerate(entry):
+        info = matrix.get(onnx_op)
+        if info is None or not info.get("supported"):
+            return f"aten.{packet} exports as ONNX {onnx_op}, which onnx-tensorrt does not support"
+        if i == 0:
+            bad = [n for n in names if n not in info.get("types", ())]
+            if bad:
+                return f"ONNX {onnx_op} in onnx-tensorrt does not take {bad[0]}"
+    return None
+
+
+def _xla_check(node: torch.fx.Node, packet: str) -> str | None:
+    if packet in XLA_OPS:
+        return None
+    return f"aten.{packet} is not in the XLA lowering's op set"
+
+
+_CHECKS = {"neuron": _neuron_check, "tensorrt": _tensorrt_check, "xla": _xla_check}
+
+
+def support_table(target: str) -> SupportTable:
+    """The :class:`SupportTable` of ``target`` (one of :data:`TARGETS`); unknown targets raise InputError."""
+    check = _CHECKS.get(target)
+    if check is None:
+        raise InputError(f"no op-support table for target '{target}' (targets: {', '.join(TARGETS)})")
+    return SupportTable(target, check, dtype_sensitive=target == "tensorrt")
