@@ -12,8 +12,9 @@ __version__ = "0.1.0"
 from fxopt.errors import FxoptError, InputError, VerificationError  # noqa: E402
 from fxopt.api import capture, optimize, compile, load  # noqa: E402
 from fxopt import zoo  # noqa: E402
+from fxopt.passes.dedupe import optimize_many  # noqa: E402
 
 __all__ = [
-    "capture", "optimize", "compile", "load", "zoo",
+    "capture", "optimize", "optimize_many", "compile", "load", "zoo",
     "FxoptError", "InputError", "VerificationError", "__version__",
 ]

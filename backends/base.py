@@ -31,6 +31,7 @@ ARTIFACT_VERSION = 1
 
 _BACKENDS: dict[str, str] = {
     "reference": "fxopt.backends.reference:ReferenceBackend",
+    "reference-shared": "fxopt.backends.shared_store:SharedReferenceBackend",
 }
 
 

@@ -112,7 +112,7 @@ def _noop_clone(node, graph):
     fmt = node.kwargs.get("memory_format")
     if fmt in (None, torch.preserve_format):
         return x
-    if fmt == torch.contiguous_format and _known_contiguous(val):
+    if fmt == torch.contiguous_format and _known_contiguous(x):
         return x
     return None
 
@@ -132,7 +132,7 @@ def _noop_to_copy(node, graph):
     if kw.pop("layout", torch.strided) != torch.strided or kw.pop("pin_memory", None):
         return None
     fmt = kw.pop("memory_format", None)
-    if fmt not in (None, torch.preserve_format) and not (fmt == torch.contiguous_format and _known_contiguous(val)):
+    if fmt not in (None, torch.preserve_format) and not (fmt == torch.contiguous_format and _known_contiguous(x)):
         return None
     kw.pop("non_blocking", None)
     return x if not kw else None
@@ -184,9 +184,19 @@ def _is_scalar(value, number) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == number
 
 
-def _known_contiguous(val) -> bool:
+def _known_contiguous(node: torch.fx.Node) -> bool:
+    """True when ``node``'s value is surely contiguous at run time.
+
+    Strides recorded for graph inputs come from the example inputs, and callers may pass other layouts
+    (a transposed tensor, say), so a graph input — or a view of one — is never known to be contiguous."""
+    source = node
+    while source.op == "call_function" and _packet(source.target) in _ALIASING and source.args \
+            and isinstance(source.args[0], torch.fx.Node):
+        source = source.args[0]
+    if source.op == "placeholder":
+        return False
     try:
-        return bool(val.is_contiguous())
+        return bool(node.meta["val"].is_contiguous())
     except Exception:  # noqa: BLE001 - undecidable for some symbolic shapes: assume not
         return False
 
@@ -196,6 +206,9 @@ def _packet(target):
 
 
 _VIEWS = {aten.view, aten._unsafe_view, aten.reshape}
+# ops whose result may share memory (and so layout) with their first input
+_ALIASING = _VIEWS | {aten.permute, aten.expand, aten.slice, aten.select, aten.unsqueeze, aten.squeeze, aten.t,
+                      aten.transpose, aten.alias, aten.detach, aten.as_strided, aten.squeeze}
 
 RULES: tuple[Rule, ...] = (
     Rule("noop-view", (aten.view, aten._unsafe_view, aten.reshape), _noop_view),

@@ -173,3 +173,15 @@ def test_default_pipeline_on_transformer_encoder_keeps_numerics(encoder):
     optimized = fxopt.optimize(program, "canonicalize,fold-constants,dce")
     torch.testing.assert_close(optimized(*inputs), model(*inputs))
     assert optimized.num_nodes() <= program.num_nodes()
+
+
+def test_canonicalize_keeps_contiguous_copy_of_a_graph_input():
+    class Flattens(torch.nn.Module):
+        def forward(self, x):
+            return x.clone(memory_format=torch.contiguous_format).view(-1)
+
+    program = fxopt.capture(Flattens(), (torch.randn(4, 4),))
+    after, result = _run(Canonicalize(), program)
+    assert not result.modified  # the example was contiguous, but a caller may pass a transposed tensor
+    x = torch.randn(4, 4).t()
+    torch.testing.assert_close(after(x), x.reshape(-1))
