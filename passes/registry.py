@@ -29,7 +29,7 @@ _REGISTRY: dict[str, Any] = {
 
 # The pipeline `fxopt run` uses when no --passes is given, per target.
 DEFAULT_PIPELINES: dict[str, str] = {
-    "reference": "canonicalize,fold-constants,dce",
+    "reference": "canonicalize,fold-constants,dedupe,moe,dce",
 }
 
 _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
