@@ -507,3 +507,12 @@ def test_property_duplicated_subtrees(spec):
     assert eliminate_common_subexpressions(out.copy().graph) == {}   # no duplicate left
     _, again = _run(Dedupe(), out)
     assert not again.modified
+
+
+def test_fxopt_load_reads_one_member_of_a_shared_store(tmp_path):
+    model, inputs = fxopt.zoo.get("moderation", small=True)
+    program = fxopt.capture(model, inputs)
+    compiled = [fxopt.compile(p) for p in fxopt.optimize_many([program, program], "dedupe")]
+    result = save_many(compiled, str(tmp_path / "store"))
+    member = os.path.join(result["directory"], result["artifacts"][0])
+    torch.testing.assert_close(fxopt.load(member)(*inputs), model(*inputs))
