@@ -16,6 +16,7 @@ import torch
 import torch.fx
 
 from fxopt.ir import provenance, shapes
+from fxopt.ir.aliasing import alias_root, aliases_input, is_dense, is_fresh, reaches_output
 from fxopt.ir.program import Program
 from fxopt.passes.base import Pass, PassResult
 from fxopt.passes.dce import DeadCodeElimination
@@ -26,7 +27,8 @@ aten = torch.ops.aten
 @dataclass(frozen=True)
 class Rule:
     """A rewrite: ``ops`` it applies to (overload packets), ``fn(node, graph) -> replacement | None``, and
-    whether it removes a copy (such rules skip nodes that feed the output)."""
+    whether it removes a copy, i.e. replaces a fresh result by an existing tensor (see
+    :func:`copy_removal_allowed` for the conditions such rewrites must meet)."""
 
     name: str
     ops: tuple
@@ -220,9 +222,9 @@ RULES: tuple[Rule, ...] = (
     Rule("noop-clone", (aten.clone,), _noop_clone, removes_copy=True),
     Rule("noop-to-copy", (aten._to_copy,), _noop_to_copy, removes_copy=True),
     Rule("alias", (aten.alias, aten.detach), _alias, removes_copy=True),
-    Rule("mul-one", (aten.mul,), _mul_one),
-    Rule("add-zero", (aten.add, aten.sub), _add_zero),
-    Rule("div-one", (aten.div,), _div_one),
+    Rule("mul-one", (aten.mul,), _mul_one, removes_copy=True),
+    Rule("add-zero", (aten.add, aten.sub), _add_zero, removes_copy=True),
+    Rule("div-one", (aten.div,), _div_one, removes_copy=True),
 )
 
 
@@ -241,6 +243,42 @@ def _compatible(node: torch.fx.Node, replacement: torch.fx.Node) -> bool:
     return a.dtype == b.dtype and a.device == b.device and _same_shape(tuple(a.shape), b)
 
 
+def _erase_with_dead_inputs(graph: torch.fx.Graph, node: torch.fx.Node) -> None:
+    """Erase ``node`` and then every pure op it leaves without users, so later rules (which look at users)
+    see the graph as it will be, and one run reaches what a second run would."""
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if n.users or getattr(n, "_erased", False):
+            continue
+        inputs = n.all_input_nodes
+        graph.erase_node(n)
+        stack.extend(i for i in inputs if i.op == "call_function" and not i.is_impure())
+
+
+def copy_removal_allowed(node: torch.fx.Node) -> bool:
+    """Whether ``node``'s fresh result may be replaced by its input ``x`` (a copy, or ``x * 1``...):
+
+    - not when the graph returns ``node``'s memory, directly or through views, unless ``x`` is a fresh
+      result that only ``node`` uses: the output would alias an input, a weight or another value, so a
+      caller writing into it would change them;
+    - not when ``x`` is not dense (a strided slice, an expand): the result was, and a view after it may need
+      that layout;
+    - not when a view uses ``node`` and ``x`` is a graph input or a view of one: the strides recorded for an
+      input are those of the example, and callers may pass other layouts.
+    """
+    x = _input(node)
+    if x is None or not isinstance(_val(x), torch.Tensor):
+        return False
+    if reaches_output(node) and not (is_fresh(x) and len(x.users) == 1):
+        return False
+    if not is_dense(_val(x)):
+        return False
+    if alias_root(x).op == "placeholder" and any(u.op == "call_function" and aliases_input(u) for u in node.users):
+        return False
+    return True
+
+
 def apply_rules(program: Program, rules=RULES, pass_name: str = "canonicalize") -> dict[str, int]:
     """Apply ``rules`` to a fixpoint over ``program``'s graph; returns how often each rule fired."""
     gm = program.graph_module
@@ -254,7 +292,7 @@ def apply_rules(program: Program, rules=RULES, pass_name: str = "canonicalize") 
             if node.op != "call_function" or getattr(node, "_erased", False):
                 continue
             for rule in table.get(_packet(node.target), ()):
-                if rule.removes_copy and any(u.op == "output" for u in node.users):
+                if rule.removes_copy and not copy_removal_allowed(node):
                     continue
                 replacement = rule.fn(node, graph)
                 if replacement is None or replacement is node:
@@ -267,7 +305,7 @@ def apply_rules(program: Program, rules=RULES, pass_name: str = "canonicalize") 
                         graph.erase_node(replacement)
                     continue
                 node.replace_all_uses_with(replacement)
-                graph.erase_node(node)
+                _erase_with_dead_inputs(graph, node)
                 fired[rule.name] = fired.get(rule.name, 0) + 1
                 changed = True
                 break

@@ -2,8 +2,9 @@
 
 The rules are data. `canonicalize`'s copy and view rules (no-op view, view-of-view, identity and composed
 permutes, no-op expand and slice, no-op clone and ``_to_copy``, alias/detach) are reused through
-:func:`fxopt.passes.canonicalize.apply_rules`, each copy removal wrapped in two extra conditions (:func:`guarded`:
-the copy's memory must not reach the output through views, and a clone of a non-dense tensor is kept); its
+:func:`fxopt.passes.canonicalize.apply_rules`, whose copy removals meet
+:func:`fxopt.passes.canonicalize.copy_removal_allowed` (the copy's memory must not reach the output through
+views, a copy of a non-dense tensor is kept, and so is a copy of an input that a view uses); its
 arithmetic identities (``x*1``, ``x+0``, ``x/1``) are left to `canonicalize`. :data:`COPY_RULES` adds, one
 identity per rule:
 
@@ -24,7 +25,7 @@ import torch.fx
 
 from fxopt.ir.program import Program
 from fxopt.passes.canonicalize import RULES as CANONICAL_RULES, Rule, apply_rules
-from fxopt.passes.dedupe_cse import aliases_input, reaches_output
+from fxopt.ir.aliasing import is_fresh, reaches_output
 
 aten = torch.ops.aten
 
@@ -105,24 +106,12 @@ def _widening_round_trip(node, graph):
     return x
 
 
-def _is_fresh(x: torch.fx.Node) -> bool:
-    """True when ``x`` is a newly allocated result (not an input, weight, or view of another value)."""
-    if x.op != "call_function":
-        return False
-    target = x.target
-    if target is operator.getitem:
-        return isinstance(x.args[0], torch.fx.Node) and _is_fresh(x.args[0])
-    if not isinstance(target, torch._ops.OpOverload) or target._schema.is_mutable:
-        return False
-    return not aliases_input(x)
-
-
 def _copy_of_fresh_result(node, graph):
     # return clone(y) == return y (or views of it) when y is freshly computed and used only by this copy
     x = node.args[0] if node.args and isinstance(node.args[0], torch.fx.Node) else None
     if x is None or not reaches_output(node):
         return None
-    if len(x.users) != 1 or not _is_fresh(x):
+    if len(x.users) != 1 or not is_fresh(x):
         return None
     xv = _val(x)
     if not isinstance(xv, torch.Tensor):
@@ -142,69 +131,9 @@ COPY_RULES: tuple[Rule, ...] = (
     Rule("copy-of-fresh-result", (aten.clone, aten._to_copy), _copy_of_fresh_result),
 )
 
-def _dense(val) -> bool:
-    """True when ``val``'s elements fill its memory exactly once (some permutation of a contiguous layout);
-    False when that cannot be decided without guarding on a symbolic dim."""
-    if any(not isinstance(d, int) for d in (*val.shape, *val.stride())):
-        try:  # torch's symbolic-safe check (answers False rather than adding a guard)
-            from torch._prims_common import is_non_overlapping_and_dense_or_false
-        except ImportError:
-            return False
-        try:
-            return bool(is_non_overlapping_and_dense_or_false(val))
-        except Exception:  # noqa: BLE001 - undecidable: keep the copy
-            return False
-    expected = 1
-    for stride, size in sorted((st, sz) for sz, st in zip(val.shape, val.stride()) if sz != 1):
-        if stride != expected:
-            return False
-        expected *= size
-    return True
-
-
-def _alias_root(x: torch.fx.Node) -> torch.fx.Node:
-    """The node whose memory ``x`` views (``x`` itself when it is not a view)."""
-    while x.op == "call_function" and aliases_input(x) and x.args and isinstance(x.args[0], torch.fx.Node):
-        x = x.args[0]
-    return x
-
-
-def guarded(rule: Rule) -> Rule:
-    """``rule`` with dedupe's extra conditions for removing a copy (a rule with ``removes_copy``):
-
-    - the copy's memory must not reach the output through views either (``return x.clone().view(-1)``:
-      dropping the clone would return a view of the input);
-    - a clone / ``_to_copy`` is kept when its input is not dense (an expand or strided slice): the copy is
-      dense, the input is not, and a later ``view`` may need the copy's layout;
-    - likewise when a view uses the copy and its input is a graph input or a view of one: the strides
-      recorded for an input are those of the example, and callers (``unroll``'s step graphs fed the
-      encoder's transposed projections, users passing permuted tensors) may pass other layouts.
-
-    Returns a Rule with the same name and ops whose ``fn`` wraps the original (``fn.__wrapped__``)."""
-    if not rule.removes_copy:
-        return rule
-    inner = rule.fn
-
-    def fn(node, graph):
-        if reaches_output(node):
-            return None
-        if _packet(node.target) in (aten.clone, aten._to_copy):
-            x = node.args[0] if node.args and isinstance(node.args[0], torch.fx.Node) else None
-            if x is None or not isinstance(_val(x), torch.Tensor) or not _dense(_val(x)):
-                return None
-            if _alias_root(x).op == "placeholder" and any(aliases_input(u) for u in node.users):
-                return None  # an input's recorded strides are not a promise: the view may need the copy
-        return inner(node, graph)
-
-    fn.__wrapped__ = inner
-    fn.__doc__ = inner.__doc__
-    return Rule(rule.name, rule.ops, fn, rule.removes_copy)
-
-
-#: canonicalize's copy/view rules (its arithmetic identities excluded; copy removals guarded, see
-#: :func:`guarded`) followed by dedupe's own.
-RULES: tuple[Rule, ...] = tuple(guarded(r) for r in CANONICAL_RULES + COPY_RULES
-                                if not set(r.ops) & _ARITHMETIC)
+#: canonicalize's copy/view rules (its arithmetic identities excluded) followed by dedupe's own; copy
+#: removals meet canonicalize's ``copy_removal_allowed`` conditions (applied by ``apply_rules``).
+RULES: tuple[Rule, ...] = tuple(r for r in CANONICAL_RULES + COPY_RULES if not set(r.ops) & _ARITHMETIC)
 
 
 def reduce_copies(program: Program, pass_name: str = "dedupe") -> dict[str, int]:

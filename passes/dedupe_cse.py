@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.fx
 
+from fxopt.ir.aliasing import HIDDEN_ALIASES, aliases_input, reaches_output  # noqa: F401 - re-exported
 from fxopt.ir.program import target_name
 
 _EMPTY = {torch.ops.aten.empty, torch.ops.aten.empty_like, torch.ops.aten.empty_strided,
@@ -56,38 +57,6 @@ def is_cse_candidate(node: torch.fx.Node) -> bool:
         return target in _PURE_BUILTINS
     except TypeError:
         return False
-
-
-# Ops whose schema claims a fresh result but which return a view of their input.
-HIDDEN_ALIASES = {torch.ops.aten._unsafe_view, torch.ops.aten.lift_fresh}
-
-
-def aliases_input(node: torch.fx.Node) -> bool:
-    """True when ``node``'s result may share memory with its first input (a view, ``getitem``, or an op
-    in :data:`HIDDEN_ALIASES`)."""
-    target = node.target
-    if not isinstance(target, torch._ops.OpOverload):
-        return target is operator.getitem
-    if target.overloadpacket in HIDDEN_ALIASES:
-        return True
-    return any(r.alias_info is not None for r in target._schema.returns)
-
-
-def reaches_output(node: torch.fx.Node) -> bool:
-    """True when the graph returns ``node``'s memory: ``node`` itself or a view / alias chain of it feeds the
-    output node."""
-    stack, seen = [node], set()
-    while stack:
-        n = stack.pop()
-        if n in seen:
-            continue
-        seen.add(n)
-        for user in n.users:
-            if user.op == "output":
-                return True
-            if user.op == "call_function" and user.args and user.args[0] is n and aliases_input(user):
-                stack.append(user)
-    return False
 
 
 def mutated_nodes(graph: torch.fx.Graph) -> set[torch.fx.Node]:

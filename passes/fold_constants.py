@@ -18,6 +18,7 @@ import torch.fx
 import torch.utils._pytree as pytree
 
 from fxopt.ir import provenance
+from fxopt.ir.aliasing import reaches_output
 from fxopt.ir.program import Program, fetch_attr
 from fxopt.ir.program import set_attr
 from fxopt.passes.base import Pass, PassResult
@@ -84,7 +85,9 @@ class FoldConstants(Pass):
             if all(user in values and user not in runs_at_runtime for user in node.users):
                 continue  # interior of a constant chain that is folded further down
             value = values[node]
-            if not self._worth_folding(node, value, values):
+            # A returned value must stay a fresh tensor per call: folding it would hand the caller the
+            # program's own weight, and writing into the result would change every later call.
+            if reaches_output(node) or not self._worth_folding(node, value, values):
                 runs_at_runtime.add(node)
                 continue
             attr = _fresh_attr(gm, f"_folded_{node.name}")
