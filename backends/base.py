@@ -189,17 +189,16 @@ class Compiled:
         return directory
 
 
-def check_replaceable(directory: str) -> None:
-    """Raise InputError (one line) unless ``directory`` can take an artifact: it does not exist, or is an
-    empty directory, or an fxopt artifact (which is replaced). Creates nothing."""
+def check_replaceable(directory: str, marker: str = "manifest.json", what: str = "an fxopt artifact") -> None:
+    """Raise InputError (one line) unless ``directory`` can take an output: it does not exist, or is an
+    empty directory, or holds ``marker`` (it is ``what``, and is replaced). Creates nothing."""
     if not os.path.exists(directory):
         return
     if not os.path.isdir(directory):
         raise InputError(f"{directory}: exists and is not a directory; choose another output path (-o)")
     entries = os.listdir(directory)
-    if entries and "manifest.json" not in entries:
-        raise InputError(f"{directory}: exists and is not an fxopt artifact; choose an empty or new "
-                         "directory (-o)")
+    if entries and marker not in entries:
+        raise InputError(f"{directory}: exists and is not {what}; choose an empty or new directory (-o)")
 
 
 def _write_json(path: str, data: Any) -> None:

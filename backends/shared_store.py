@@ -32,7 +32,7 @@ from typing import Any, Iterable
 import torch
 from safetensors.torch import load_file, save_file
 
-from fxopt.backends.base import ARTIFACT_FORMAT, Compiled, common_kwargs, read_manifest
+from fxopt.backends.base import ARTIFACT_FORMAT, Compiled, check_replaceable, common_kwargs, read_manifest
 from fxopt.backends.reference import ReferenceCompiled
 from fxopt.errors import InputError
 from fxopt.ir import serialize
@@ -73,16 +73,6 @@ def _retarget(module_doc: dict, mapping: dict[str, str]) -> None:
         spec["tensor"] = mapping[spec["tensor"]]
     for sub in module_doc["submodules"].values():
         _retarget(sub, mapping)
-
-
-def _check_replaceable(directory: str) -> None:
-    if not os.path.exists(directory):
-        return
-    if not os.path.isdir(directory):
-        raise InputError(f"{directory}: exists and is not a directory; choose another output path")
-    entries = os.listdir(directory)
-    if entries and "store.json" not in entries:
-        raise InputError(f"{directory}: exists and is not an fxopt shared store; choose an empty or new directory")
 
 
 def save_many(compiled_list: Iterable[Compiled], directory: str, names: Iterable[str] | None = None) -> dict:
@@ -129,7 +119,7 @@ def save_many(compiled_list: Iterable[Compiled], directory: str, names: Iterable
         docs.append(doc)
 
     directory = os.path.abspath(os.fspath(directory))
-    _check_replaceable(directory)
+    check_replaceable(directory, marker="store.json", what="an fxopt shared store")
     parent = os.path.dirname(directory)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".fxopt-tmp-", dir=parent)

@@ -11,30 +11,16 @@ Headline: step-loop time / variant time (>1 means the variant is faster than the
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 import warnings
 
 import torch
 
 import fxopt
+from benchmarks.timing import interleaved_medians
 from fxopt.backends import decode
 from fxopt.ir import loops
 from fxopt.zoo import ocr
-
-
-def _interleaved(fns: list, repeat: int) -> list[float]:
-    """Median seconds per fn, run round-robin after one warm-up each."""
-    samples: list[list[float]] = [[] for _ in fns]
-    with torch.no_grad():
-        for fn in fns:
-            fn()
-        for _ in range(repeat):
-            for i, fn in enumerate(fns):
-                start = time.perf_counter()
-                fn()
-                samples[i].append(time.perf_counter() - start)
-    return [statistics.median(s) for s in samples]
 
 
 def _compile(program, spec: str | None):
@@ -63,7 +49,7 @@ def run(small: bool, repeat: int, partition: int = 25) -> dict:
             continue
         compiled, seconds = _compile(program, spec or None)
         built.append((label, lambda c=compiled: c(*inputs), seconds, compiled))
-    times = _interleaved([fn for _, fn, _, _ in built], repeat)
+    times = interleaved_medians([fn for _, fn, _, _ in built], repeat)
     rows = []
     for (label, fn, compile_s, compiled), t in zip(built, times):
         tokens = fn()

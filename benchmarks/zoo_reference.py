@@ -6,27 +6,11 @@ Headline: median latency ratio eager / fxopt per model (>1 means the artifact is
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
-import torch
 
 import fxopt
+from benchmarks.timing import interleaved_medians
 from fxopt.passes.registry import default_pipeline
-
-
-def _interleaved(fns: list, repeat: int) -> list[float]:
-    """Median seconds per fn, timing them round-robin so machine noise hits all alike."""
-    samples = [[] for _ in fns]
-    with torch.no_grad():
-        for fn in fns:  # warm-up
-            fn()
-        for _ in range(repeat):
-            for i, fn in enumerate(fns):
-                start = time.perf_counter()
-                fn()
-                samples[i].append(time.perf_counter() - start)
-    return [statistics.median(s) for s in samples]
 
 
 def run(models=("ranking", "resnet50", "moderation"), small: bool = False, repeat: int = 10) -> list[dict]:
@@ -37,7 +21,7 @@ def run(models=("ranking", "resnet50", "moderation"), small: bool = False, repea
         program = fxopt.capture(model, inputs)
         optimized = fxopt.optimize(program, default_pipeline("reference"))
         compiled = fxopt.compile(optimized)
-        eager_s, fxopt_s = _interleaved([lambda: model(*inputs), lambda: compiled(*inputs)], repeat)
+        eager_s, fxopt_s = interleaved_medians([lambda: model(*inputs), lambda: compiled(*inputs)], repeat)
         rows.append({"model": name, "nodes_before": program.num_nodes(), "nodes_after": optimized.num_nodes(),
                      "eager_s": eager_s, "fxopt_s": fxopt_s, "speedup": eager_s / fxopt_s})
     return rows

@@ -246,6 +246,15 @@ def set_attr(module: torch.nn.Module, target: str, tensor: torch.Tensor) -> None
     owner.register_buffer(leaf, tensor)
 
 
+def fresh_attr_name(module: torch.nn.Module, stem: str) -> str:
+    """A top-level attribute name ``stem``, ``stem_1``, ... not yet bound on ``module``."""
+    name, i = stem, 0
+    while hasattr(module, name):
+        i += 1
+        name = f"{stem}_{i}"
+    return name
+
+
 def target_name(target: Any) -> str:
     """A stable, readable name for a node target: ``aten.addmm.default``, ``getitem``, ``layers.0``."""
     if isinstance(target, str):

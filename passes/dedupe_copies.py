@@ -18,7 +18,6 @@ identity per rule:
 """
 from __future__ import annotations
 
-import operator
 
 import torch
 import torch.fx

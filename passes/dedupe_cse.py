@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.fx
 
-from fxopt.ir.aliasing import HIDDEN_ALIASES, aliases_input, reaches_output  # noqa: F401 - re-exported
+from fxopt.ir.aliasing import aliases_input, reaches_output
 from fxopt.ir.program import target_name
 
 _EMPTY = {torch.ops.aten.empty, torch.ops.aten.empty_like, torch.ops.aten.empty_strided,

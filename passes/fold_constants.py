@@ -20,7 +20,7 @@ import torch.utils._pytree as pytree
 from fxopt.ir import provenance
 from fxopt.ir.aliasing import reaches_output
 from fxopt.ir.program import Program, fetch_attr
-from fxopt.ir.program import set_attr
+from fxopt.ir.program import fresh_attr_name, set_attr
 from fxopt.passes.base import Pass, PassResult
 from fxopt.passes.dce import DeadCodeElimination
 
@@ -90,7 +90,7 @@ class FoldConstants(Pass):
             if reaches_output(node) or not self._worth_folding(node, value, values):
                 runs_at_runtime.add(node)
                 continue
-            attr = _fresh_attr(gm, f"_folded_{node.name}")
+            attr = fresh_attr_name(gm, f"_folded_{node.name}")
             set_attr(gm, attr, value.detach().clone().contiguous())
             with gm.graph.inserting_before(node):
                 const = gm.graph.get_attr(attr)
@@ -115,11 +115,3 @@ class FoldConstants(Pass):
             return False
         limit = _nbytes([values[a] for a in node.all_input_nodes]) or _SMALL_CREATION_BYTES
         return _nbytes(value) <= limit
-
-
-def _fresh_attr(gm: torch.fx.GraphModule, base: str) -> str:
-    name, i = base, 0
-    while hasattr(gm, name):
-        i += 1
-        name = f"{base}_{i}"
-    return name

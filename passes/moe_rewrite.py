@@ -11,7 +11,7 @@ import torch.fx
 
 from fxopt.ir import provenance, shapes
 from fxopt.ir.capture import set_attr
-from fxopt.ir.program import fetch_attr
+from fxopt.ir.program import fetch_attr, fresh_attr_name
 from fxopt.passes.moe_match import Chain, Linear, packet, val
 
 aten = torch.ops.aten
@@ -36,7 +36,7 @@ class Builder:
 
     def attr(self, stem: str, tensor: torch.Tensor) -> torch.fx.Node:
         """Bind ``tensor`` under a fresh name starting with ``stem``; returns its get_attr node."""
-        name = unique_attr(self.gm, stem)
+        name = fresh_attr_name(self.gm, stem)
         set_attr(self.gm, name, tensor)
         with self.gm.graph.inserting_before(self.anchor):
             node = self.gm.graph.get_attr(name)
@@ -44,15 +44,6 @@ class Builder:
         shapes.infer(self.gm, node)
         self.created.append(node)
         return node
-
-
-def unique_attr(gm: torch.nn.Module, stem: str) -> str:
-    """A top-level attribute name ``stem``, ``stem_1``, ... not yet bound on ``gm``."""
-    name, i = stem, 0
-    while hasattr(gm, name):
-        i += 1
-        name = f"{stem}_{i}"
-    return name
 
 
 def stacked_weights(gm: torch.fx.GraphModule, chains: list[Chain], step: int) -> tuple:
