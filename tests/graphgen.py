@@ -17,8 +17,11 @@ permute (random, identity, self-cancelling pair), transpose/t, clone/contiguous/
 expand (same shape or a new leading dim), slices (full ``x[:, :]``, ``x[0:100]``, partial, strided, select),
 cat/stack, split/chunk, sum/mean over a dim, softmax/log_softmax, layer_norm (functional or module),
 weight-only arithmetic (``self.w * 2 + 1``, ``self.s.exp()``, ``self.w * 1``, ``self.w.t() + 1``...),
-embedding lookups on the int input, dead computations (steps nothing returns), and one to three outputs,
-which may repeat a value or be an input itself.
+embedding lookups on the int input, parallel linears on one value and small dense mixtures of experts (what
+`moe` fuses), a computation repeated verbatim (common subexpressions), chains of up to four layout / copy /
+identity-arithmetic links in one line, "stride chains" (a strided slice, broadcast or transpose, then a copy,
+then a view that needs the copy's contiguous layout), dead computations (steps nothing returns), and outputs:
+the last value, most unread values, and up to two more, which may repeat a value or be an input itself.
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ from hypothesis import strategies as st
 
 VOCAB = 6          # int inputs hold indices in [0, VOCAB): every embedding has at least that many rows
 MAX_NUMEL = 256    # steps producing more elements are dropped (keeps every example tiny)
-MAX_STEPS = 12     # forward has at most this many op lines (each line is one to three ATen ops)
+MAX_STEPS = 12     # forward has at most this many op lines (most lines are one to four ATen ops)
 
 _DTYPES = {"float32": torch.float32, "int64": torch.int64}
 
@@ -383,8 +386,9 @@ def _frag_flat_view(b: _Builder, t: torch.Tensor):
     return f"{{}}.view({_shape_text(target) if target != (-1,) else '-1'})", True
 
 
-FRAGMENTS = {"strided": _frag_strided, "flat-view": _frag_flat_view, "view": _frag_view, "copy": _frag_copy, "permute": _frag_permute, "slice": _frag_slice,
-             "scalar": _frag_scalar, "transpose": _frag_transpose, "expand": _frag_expand, "unary": _frag_unary}
+FRAGMENTS = {"strided": _frag_strided, "flat-view": _frag_flat_view, "view": _frag_view, "copy": _frag_copy,
+             "permute": _frag_permute, "slice": _frag_slice, "scalar": _frag_scalar, "transpose": _frag_transpose,
+             "expand": _frag_expand, "unary": _frag_unary}
 
 
 def _fragment_op(kinds, max_len=1, stages=None):
@@ -610,8 +614,9 @@ OP_CHOICES = tuple(OPS) + ("weight", "experts", "repeat", "chain", "stride-chain
 @st.composite
 def model_specs(draw, max_steps: int = MAX_STEPS, ops: tuple = OP_CHOICES) -> ModelSpec:
     """Draw a :class:`ModelSpec`: inputs ``x`` (float, 1-3 dims of size 1-4), optionally ``y`` (float, x's
-    shape) and ``ids`` (int64 indices, x's leading dims), then up to ``max_steps`` op lines, then outputs
-    (the last value computed plus up to two more values, inputs included, repeats allowed)."""
+    shape) and ``ids`` (int64 indices, x's leading dims), then 1 to ``max_steps`` op lines (``ops``: names
+    in :data:`OPS`, repeats weigh them), then outputs (the last value computed, up to three values nothing
+    reads, and up to two more values, inputs included, repeats allowed)."""
     with torch.random.fork_rng():
         torch.manual_seed(0)
         return _draw_spec(draw, max_steps, ops)
