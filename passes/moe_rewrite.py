@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import torch
 import torch.fx
+import torch.utils._pytree as pytree
 
 from fxopt.ir import provenance, shapes
+from fxopt.ir.aliasing import aliases_input
 from fxopt.ir.capture import set_attr
 from fxopt.ir.program import fetch_attr, fresh_attr_name
-from fxopt.passes.moe_match import Chain, Linear, packet, val
+from fxopt.passes.moe_match import Chain, Linear, val
 
 aten = torch.ops.aten
 
@@ -125,13 +127,22 @@ def fuse_horizontal(gm: torch.fx.GraphModule, lins: list[Linear], tag: str, pass
 
 
 def _needs_contiguous(gm, old: torch.fx.Node, part: torch.fx.Node) -> bool:
-    """True when a user of ``old`` is a view that cannot view the strided slice ``part``."""
-    for user in old.users:
-        if packet(user.target) not in (aten.view, aten._unsafe_view):
+    """True when a view of ``old`` — directly or after other views — cannot view the strided slice ``part``
+    (each aliasing user is replayed on the fake value, so ``unflatten`` then ``view(-1)`` is caught)."""
+    mode = shapes.fake_mode_of(gm) or torch._subclasses.fake_tensor.FakeTensorMode()
+    return _aliasing_users_fail(old, val(part), mode)
+
+
+def _aliasing_users_fail(node: torch.fx.Node, fake, mode) -> bool:
+    for user in node.users:
+        if user.op != "call_function" or not user.args or user.args[0] is not node or not aliases_input(user):
             continue
+        args, kwargs = pytree.tree_map_only(torch.fx.Node, lambda n: n.meta.get("val"), (user.args[1:], user.kwargs))
         try:
-            with shapes.fake_mode_of(gm) or torch._subclasses.fake_tensor.FakeTensorMode():
-                val(part).view(user.args[1])
-        except Exception:  # noqa: BLE001 - any failure means the strides do not allow a view
+            with mode:
+                out = user.target(fake, *args, **kwargs)
+        except Exception:  # noqa: BLE001 - any failure means the strides do not allow this view
+            return True
+        if isinstance(out, torch.Tensor) and _aliasing_users_fail(user, out, mode):
             return True
     return False

@@ -277,16 +277,13 @@ REPRODUCERS = [
      "aliasing", {}),
     ("folded-constant-output", _spec(["v0 = self.w0 * 2 + 1", "v1 = x + self.w0.exp()"], ["v0", "v1"], init=_W),
      "aliasing", {}),
-    # Open bugs.
+    # moe's horizontal fusion checked only the direct view users of a fused linear's slice, so a later
+    # view(-1) failed on a 3-D input; fixed in moe_rewrite (aliasing users are replayed transitively).
     ("horizontal-linears-3d-then-view", ModelSpec(
         inputs=(("x", (2, 3, 4), "float32"),),
         init=("self.lin0 = nn.Linear(4, 2, bias=True)", "self.lin1 = nn.Linear(4, 3, bias=True)"),
         body=("v0, v1 = self.lin0(x), self.lin1(x)", "v2 = v0.view(-1)"), outputs=("v2", "v1")), "numerics",
-     {"moe": Known("horizontal fusion replaces each linear by a column slice of the wide addmm; "
-                   "_needs_contiguous only tries the linear's *direct* view users (for a 3-D input, the "
-                   "[6,2]->[2,3,2] unflatten, which works on the slice), not the views after them, so a later "
-                   "view(-1) fails (moe_rewrite.py fuse_horizontal / _needs_contiguous)",
-                   signature=_VIEW_FAILS)}),
+     {}),
 ]
 
 KNOWN_SIGNATURES = {name: [bug.signature for *_, bugs in REPRODUCERS for n, bug in bugs.items()
