@@ -12,6 +12,7 @@ half-written directory. Loading never unpickles: JSON, safetensors, and op names
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -170,23 +171,32 @@ class Compiled:
         """Write the artifact to ``directory`` atomically (temp dir + rename); returns the path.
 
         An existing directory is replaced only if it is empty or an fxopt artifact."""
-        directory = os.path.abspath(directory)
-        check_replaceable(directory)
-        parent = os.path.dirname(directory)
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=".fxopt-tmp-", dir=parent)
-        try:
+        with atomic_directory(directory) as tmp:
             partitions = self.write_partitions(tmp)
-            _write_json(os.path.join(tmp, "manifest.json"), self.manifest(partitions))
+            write_json(os.path.join(tmp, "manifest.json"), self.manifest(partitions))
             if self.trace is not None:
-                _write_json(os.path.join(tmp, "trace.json"), self.trace)
-            if os.path.exists(directory):
-                shutil.rmtree(directory)
-            os.replace(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return directory
+                write_json(os.path.join(tmp, "trace.json"), self.trace)
+        return os.path.abspath(directory)
+
+
+@contextlib.contextmanager
+def atomic_directory(directory: str, marker: str = "manifest.json", what: str = "an fxopt artifact"):
+    """Yield a temporary directory beside ``directory``; when the block succeeds it replaces
+    ``directory``, when it fails it is removed, so no half-written output is ever left behind.
+    ``directory`` must be absent, empty, or hold ``marker`` (see :func:`check_replaceable`)."""
+    directory = os.path.abspath(os.fspath(directory))
+    check_replaceable(directory, marker, what)
+    parent = os.path.dirname(directory)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".fxopt-tmp-", dir=parent)
+    try:
+        yield tmp
+        if os.path.exists(directory):
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def check_replaceable(directory: str, marker: str = "manifest.json", what: str = "an fxopt artifact") -> None:
@@ -201,7 +211,8 @@ def check_replaceable(directory: str, marker: str = "manifest.json", what: str =
         raise InputError(f"{directory}: exists and is not {what}; choose an empty or new directory (-o)")
 
 
-def _write_json(path: str, data: Any) -> None:
+def write_json(path: str, data: Any) -> None:
+    """Write ``data`` as stable JSON (sorted keys, indented, no NaN) to ``path``."""
     with open(path, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=1, sort_keys=True, allow_nan=False, default=str)
         f.write("\n")

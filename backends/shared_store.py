@@ -24,15 +24,14 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
 import weakref
 from typing import Any, Iterable
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from fxopt.backends.base import ARTIFACT_FORMAT, Compiled, check_replaceable, common_kwargs, read_manifest
+from fxopt.backends.base import (ARTIFACT_FORMAT, Compiled, atomic_directory, common_kwargs, read_manifest,
+                                 write_json)
 from fxopt.backends.reference import ReferenceCompiled
 from fxopt.errors import InputError
 from fxopt.ir import serialize
@@ -119,12 +118,8 @@ def save_many(compiled_list: Iterable[Compiled], directory: str, names: Iterable
         docs.append(doc)
 
     directory = os.path.abspath(os.fspath(directory))
-    check_replaceable(directory, marker="store.json", what="an fxopt shared store")
-    parent = os.path.dirname(directory)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".fxopt-tmp-", dir=parent)
     store_bytes = sum(tensor_bytes(t) for t in store.values())
-    try:
+    with atomic_directory(directory, marker="store.json", what="an fxopt shared store") as tmp:
         save_file(dict(sorted(store.items())), os.path.join(tmp, WEIGHTS_FILE), metadata={"format": "pt"})
         for name, c, doc in zip(names, compiled_list, docs):
             member = os.path.join(tmp, name)
@@ -133,16 +128,10 @@ def save_many(compiled_list: Iterable[Compiled], directory: str, names: Iterable
                 json.dump(doc, f, indent=1, sort_keys=True, allow_nan=False, ensure_ascii=True)
                 f.write("\n")
             _write_member_manifest(c, member)
-        _write_json(os.path.join(tmp, "store.json"), {
+        write_json(os.path.join(tmp, "store.json"), {
             "format": STORE_FORMAT, "version": STORE_VERSION, "weights": WEIGHTS_FILE, "artifacts": names,
             "tensors": len(store), "bytes": store_bytes,
         })
-        if os.path.exists(directory):
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {"directory": directory, "artifacts": names, "tensors": len(store), "store_bytes": store_bytes,
             "separate_bytes": separate}
 
@@ -162,15 +151,9 @@ def _write_member_manifest(c: ReferenceCompiled, member: str) -> None:
     }]
     manifest = c.manifest(partitions)
     manifest["backend"] = BACKEND
-    _write_json(os.path.join(member, "manifest.json"), manifest)
+    write_json(os.path.join(member, "manifest.json"), manifest)
     if c.trace is not None:
-        _write_json(os.path.join(member, "trace.json"), c.trace)
-
-
-def _write_json(path: str, data: Any) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, sort_keys=True, allow_nan=False, default=str)
-        f.write("\n")
+        write_json(os.path.join(member, "trace.json"), c.trace)
 
 
 # ============================================================================================== loading
