@@ -38,6 +38,11 @@ EXIT_INTERNAL = 3
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a process killed by a closed pipe
 
+# Subcommands that live in their own modules. Each module has ``register(add)``: it calls
+# ``add(name, help_text, description)`` to get its argparse sub-parser, adds its arguments, and sets
+# ``handler=`` (a function ``args -> exit code``). Modules must import heavy dependencies lazily.
+COMMAND_MODULES: tuple[str, ...] = (
+)
 
 
 # ------------------------------------------------------------------------------------------ arguments
@@ -114,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     zoo = add("zoo", "list the built-in models (use them as zoo:NAME)")
     zoo.set_defaults(handler=cmd_zoo)
+
+    import importlib
+
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(add)
     return parser
 
 
