@@ -13,6 +13,7 @@ half-written directory. Loading never unpickles: JSON, safetensors, and op names
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import json
 import os
@@ -46,15 +47,50 @@ def backend_names() -> list[str]:
     return sorted(_BACKENDS)
 
 
-def get_backend(name: str):
-    """An instance of the backend registered as ``name``; unknown names raise InputError."""
+def get_backend(spec: str):
+    """An instance of the backend named by ``spec``: ``"name"`` or ``"name{option=value,...}"`` (options
+    are the fields of a dataclass backend, typed and checked like pass options). Unknown names, unknown
+    options and bad values raise InputError."""
+    from fxopt.passes.registry import parse_pipeline
+
+    items = parse_pipeline(spec) if "{" in spec else [(spec, {})]
+    if len(items) != 1:
+        raise InputError(f"backend '{spec}': give one backend, e.g. 'xla' or 'neuron{{buckets=1;8}}'")
+    name, options = items[0]
     entry = _BACKENDS.get(name)
     if entry is None:
         raise InputError(f"unknown backend '{name}' (available: {', '.join(backend_names())})")
     if isinstance(entry, str):
         module_name, _, attr = entry.partition(":")
         entry = getattr(importlib.import_module(module_name), attr)
-    return entry()
+    if not options:
+        return entry()
+    if not dataclasses.is_dataclass(entry):
+        raise InputError(f"backend '{name}' takes no options (got {', '.join(options)})")
+    return _backend_from_options(entry, name, options)
+
+
+def _backend_from_options(cls: type, name: str, raw: dict[str, str]):
+    import typing
+
+    from fxopt.passes.base import convert
+
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in fields:
+            raise InputError(f"backend '{name}' has no option '{key}' (options: {', '.join(sorted(fields)) or 'none'})")
+        try:
+            kwargs[key] = convert(name, key, hints.get(key, str), value)
+        except InputError as exc:
+            raise InputError(str(exc).replace(f"pass '{name}'", f"backend '{name}'", 1)) from None
+    try:
+        return cls(**kwargs)
+    except InputError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"backend '{name}': {exc}") from exc
 
 
 # ------------------------------------------------------------------------------------------ tensor specs

@@ -34,7 +34,8 @@ from fxopt.passes.base import Pass, PassResult
 from fxopt.passes.split_partition import describe, form_partitions
 from fxopt.passes.split_placement import analyse, place
 
-__all__ = ["Split", "extract_partitions", "run_partitions", "partitions_region", "split_program"]
+__all__ = ["Split", "extract_partitions", "partition_module", "run_partitions", "partitions_region",
+           "split_program"]
 
 REGION_KIND = "partitions"
 
@@ -241,37 +242,47 @@ def extract_partitions(program: Program) -> list[tuple[str, str, torch.fx.GraphM
     by_name = {n.name: n for n in program.graph.nodes}
     result = []
     for rec in region["partitions"]:
-        g = torch.fx.Graph()
-        env: dict = {}
-        for name in rec["inputs"]:
-            if name not in by_name:
-                raise InputError(f"partition '{rec['name']}' reads '{name}', which is not in the graph; "
-                                 "the graph changed after 'split': run it again")
-            ph = g.placeholder(name)
-            ph.meta = dict(by_name[name].meta)
-            env[by_name[name]] = ph
-
-        def lookup(a: torch.fx.Node) -> torch.fx.Node:
-            if a not in env:
-                if a.op != "get_attr":
-                    raise InputError(f"partition '{rec['name']}' uses '{a.name}' without reading it; "
-                                     "the graph changed after 'split': run it again")
-                env[a] = g.get_attr(a.target)
-                env[a].meta = dict(a.meta)
-            return env[a]
-
-        for name in rec["nodes"]:
-            node = by_name.get(name)
-            if node is None:
-                raise InputError(f"partition '{rec['name']}' lists '{name}', which is not in the graph; "
-                                 "run 'split' again")
-            for a in node.all_input_nodes:
-                lookup(a)
-            env[node] = g.node_copy(node, lambda a: env[a])
-        g.output(tuple(env[by_name[name]] for name in rec["outputs"]))
-        module = torch.fx.GraphModule(program.graph_module, g)
+        module = partition_module(program, rec, by_name)
         result.append((rec["name"], rec["device"], module, list(rec["inputs"]), list(rec["outputs"])))
     return result
+
+
+def partition_module(program: Program, rec: dict, by_name: dict | None = None) -> torch.fx.GraphModule:
+    """The GraphModule of one partition record ``rec`` (``name``, ``nodes``, ``inputs``, ``outputs``: node
+    names of ``program``'s graph): placeholders named after ``inputs``, the member nodes copied in order,
+    weights read with get_attr (shared, not copied), returning the tuple of ``outputs``. ``by_name``: the
+    graph's ``{name: node}``, when the caller has it. Raises InputError when the record does not fit the
+    graph (it changed after ``split``)."""
+    by_name = by_name if by_name is not None else {n.name: n for n in program.graph.nodes}
+    g = torch.fx.Graph()
+    env: dict = {}
+    for name in rec["inputs"]:
+        if name not in by_name:
+            raise InputError(f"partition '{rec['name']}' reads '{name}', which is not in the graph; "
+                             "the graph changed after 'split': run it again")
+        ph = g.placeholder(name)
+        ph.meta = dict(by_name[name].meta)
+        env[by_name[name]] = ph
+
+    def lookup(a: torch.fx.Node) -> torch.fx.Node:
+        if a not in env:
+            if a.op != "get_attr":
+                raise InputError(f"partition '{rec['name']}' uses '{a.name}' without reading it; "
+                                 "the graph changed after 'split': run it again")
+            env[a] = g.get_attr(a.target)
+            env[a].meta = dict(a.meta)
+        return env[a]
+
+    for name in rec["nodes"]:
+        node = by_name.get(name)
+        if node is None:
+            raise InputError(f"partition '{rec['name']}' lists '{name}', which is not in the graph; "
+                             "run 'split' again")
+        for a in node.all_input_nodes:
+            lookup(a)
+        env[node] = g.node_copy(node, lambda a: env[a])
+    g.output(tuple(env[by_name[name]] for name in rec["outputs"]))
+    return torch.fx.GraphModule(program.graph_module, g)
 
 
 def run_partitions(program: Program, flat_inputs, partitions=None) -> tuple:

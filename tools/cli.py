@@ -355,7 +355,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Validate everything cheap before the (slow) capture.
     backend = args.backend
     get_backend(backend)
-    target = args.target or backend
+    target = args.target or backend.partition("{")[0].strip()  # 'neuron{buckets=1;8}' optimizes for neuron
     spec = args.passes if args.passes is not None else default_pipeline(target)
     pipeline = build_pipeline(spec)
     if args.output:

@@ -1,0 +1,126 @@
+"""The shared partitioned-artifact runtime (backends/partitioned.py) and backend options."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+import fxopt
+from fxopt.backends import base
+from fxopt.backends.partitioned import (PartitionedCompiled, Stage, TorchStage, compile_partitioned,
+                                        load_partitioned, plan_stages, safe_file)
+from fxopt.errors import BackendError, InputError
+
+
+class _EchoStage(TorchStage):
+    """An 'accelerator' stage that is PyTorch underneath, with its own runtime name."""
+
+    runtime = "test-echo"
+
+    def write(self, directory):
+        entry = super().write(directory)
+        entry["steps"] = {"done_here": ["echo"], "left_for_target": ["nothing really"]}
+        return entry
+
+
+@dataclass(frozen=True)
+class _EchoBackend:
+    name = "test-echo"
+    scale: int = 1
+
+    def compile(self, program):
+        return compile_partitioned(program, "test-echo", "xla", lambda plan: _EchoStage.from_plan(plan))
+
+    def load(self, directory, manifest):
+        return load_partitioned(directory, manifest, "test-echo", _EchoStage.load)
+
+
+@pytest.fixture(autouse=True)
+def _register():
+    base.register_backend("test-echo", _EchoBackend)
+    yield
+    base._BACKENDS.pop("test-echo", None)
+
+
+def _ranking():
+    model, inputs = fxopt.zoo.get("ranking", small=True)
+    return model, inputs, fxopt.capture(model, inputs)
+
+
+def test_split_program_runs_as_stages_and_matches():
+    model, inputs, program = _ranking()
+    split = fxopt.optimize(program, "split{target=xla,policy=support}")
+    plans = plan_stages(split, "xla")
+    assert {p.device for p in plans} == {"cpu", "xla"}
+    compiled = fxopt.compile(split, "test-echo")
+    expected = program.run_flat(program.flat_example_inputs())
+    got = compiled.run_flat(program.flat_example_inputs())
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g, e)
+
+
+def test_unsplit_program_is_one_accelerator_stage(encoder):
+    model, inputs = encoder
+    program = fxopt.capture(model, inputs)
+    plans = plan_stages(program, "xla")
+    assert [(p.name, p.device) for p in plans] == [("main", "xla")]
+    torch.testing.assert_close(fxopt.compile(program, "test-echo")(*inputs), model(*inputs))
+
+
+def test_saved_artifact_loads_and_runs(tmp_path):
+    model, inputs, program = _ranking()
+    split = fxopt.optimize(program, "split{target=xla,policy=support}")
+    path = fxopt.compile(split, "test-echo").save(tmp_path / "a")
+    manifest = json.loads(open(os.path.join(path, "manifest.json")).read())
+    assert {e["runtime"] for e in manifest["partitions"]} == {"pytorch-eager", "test-echo"}
+    loaded = fxopt.load(path)
+    assert isinstance(loaded, PartitionedCompiled)
+    torch.testing.assert_close(loaded(*inputs), model(*inputs))
+
+
+def test_weight_output_is_saved_as_constant(tmp_path):
+    class ReturnsWeight(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 3)
+
+        def forward(self, x):
+            return self.lin(x), self.lin.bias
+
+    model = ReturnsWeight()
+    x = torch.randn(2, 3)
+    program = fxopt.capture(model, (x,))
+    loaded = fxopt.load(fxopt.compile(program, "test-echo").save(tmp_path / "w"))
+    y, b = loaded(x)
+    torch.testing.assert_close(b, model.lin.bias.detach())
+    torch.testing.assert_close(y, model(x)[0])
+
+
+def test_program_split_for_another_target_is_refused():
+    _, _, program = _ranking()
+    split = fxopt.optimize(program, "split{target=neuron,policy=support}")
+    if all(r["device"] == "cpu" for r in split.regions[-1]["partitions"]):
+        pytest.skip("nothing placed on neuron")
+    with pytest.raises(BackendError, match="split for 'neuron'"):
+        plan_stages(split, "xla")
+
+
+def test_manifest_file_outside_directory_is_refused(tmp_path):
+    (tmp_path / "ok.bin").write_bytes(b"x")
+    assert safe_file(str(tmp_path), "ok.bin").endswith("ok.bin")
+    for bad in ("../etc/passwd", "/etc/passwd", "sub/ok.bin", ".hidden"):
+        with pytest.raises(InputError, match="not a plain file name"):
+            safe_file(str(tmp_path), bad)
+
+
+def test_backend_options_are_parsed_and_checked():
+    assert base.get_backend("test-echo{scale=3}").scale == 3
+    with pytest.raises(InputError, match="backend 'test-echo' has no option 'bogus'"):
+        base.get_backend("test-echo{bogus=1}")
+    with pytest.raises(InputError, match="backend 'test-echo'.*must be an integer"):
+        base.get_backend("test-echo{scale=x}")
+    with pytest.raises(InputError, match="backend 'reference' takes no options"):
+        base.get_backend("reference{a=1}")
