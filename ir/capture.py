@@ -133,6 +133,10 @@ def capture(model: Any, example_inputs: Any = None, *, dynamic_shapes: Any = Non
     whose nodes carry ``val``, ``provenance`` and ``cost``. Raises :class:`InputError` with one line when the
     model cannot be captured.
     """
+    if isinstance(model, (str, os.PathLike)) and os.fspath(model).endswith(".onnx"):
+        from fxopt.ir.onnx_import import capture_onnx  # ONNX in: converted, then exported as below
+
+        return capture_onnx(os.fspath(model), example_inputs, dynamic_shapes=dynamic_shapes)
     resolved, inputs, name = resolve_model(model, example_inputs)
     source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else name
     original = resolved if isinstance(resolved, torch.nn.Module) else None
