@@ -50,6 +50,26 @@ def main(argv=None) -> None:
                      f"{big['transfers']} transfers; anchors: " + ", ".join(
                          f"{r['method']}@{r['nodes']} {r['seconds']:.1f} s/{r['transfers']}" for r in s
                          if r["method"] in ("capability", "splitter")))
+    print()
+    from benchmarks import headroom
+    h = headroom.main(["--quick"] if args.quick else [])
+    top = max(h["rows"], key=lambda r: r["eager_fraction"])
+    headlines.append(f"headroom: eager peaks at {top['eager_fraction']:.0%} of matmul peak "
+                     f"({h['peak_gflops']:.0f} GFLOP/s) at d={top['d']}; xla " + (
+                         h["xla_note"] or ", ".join(f"d={r['d']} " + (f"{r['xla_fraction']:.0%}" if r["xla_fraction"] is not None
+                                                        else "n/a") for r in h["rows"])))
+    print()
+    try:
+        from benchmarks import xla
+    except ImportError as exc:
+        headlines.append(f"xla: skipped (benchmarks.xla not importable: {exc})")
+    else:
+        x = xla.main(["--quick"] if args.quick else [])
+        x = x if isinstance(x, dict) else {}
+        speedup = x.get("speedup_b512")
+        headlines.append(f"xla: {x['headline']}" if x.get("headline") else
+                         f"xla: zoo:ranking batch 512 xla {speedup:.2f}x eager" if speedup is not None else
+                         "xla: see its table above")
     print("\nheadlines:")
     for line in headlines:
         print("  " + line)
