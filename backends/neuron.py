@@ -1,0 +1,508 @@
+"""The ``neuron`` backend: accelerator partitions as static-shape TorchScript for the AWS Neuron toolchain.
+
+``fxopt.compile(program, "neuron")`` (or ``neuron{buckets=1;4;16,seq_buckets=64;128,instances=2}``):
+
+1. **op check**: every op of every accelerator partition is checked against the documented torch-neuron
+   operator list (:func:`fxopt.backends.support.support_table`); an unsupported op is a one-line
+   BackendError naming the op and its source line and suggesting ``split{target=neuron}``, which keeps such
+   ops on the CPU;
+2. **trace**: each accelerator partition is traced with ``torch.jit.trace`` once per bucket shape
+   (:mod:`fxopt.backends.neuron_buckets`; a static program has one), on example values computed by running
+   the program on the (bucket-sized) example inputs; the trace is run against the eager partition and must
+   match (the max error is recorded);
+3. **artifact**: per partition ``<name>.fx.json`` + ``<name>.fx.safetensors`` (the safe graph format: what
+   ``fxopt.load`` reads) and ``<name>.<bucket>.torchscript.pt`` per bucket (what the target host compiles),
+   and in the manifest the exact ``torch_neuron.trace`` / ``torch_neuronx.trace`` script per file
+   (:mod:`fxopt.backends.neuron_sdk`), the input shapes, the runtime settings and the steps done here / left
+   for the target host.
+
+Here the TorchScript partitions run on the CPU (runtime ``torchscript-cpu``), so the whole stitched program
+is checked numerically. Where ``torch_neuronx``/``torch_neuron`` imports, the traces are also compiled for
+real (untested: the SDK does not install with torch 2.13).
+
+Loading: ``fxopt.load`` never runs ``torch.jit.load`` on the artifact's TorchScript files by default (a
+TorchScript archive is code plus pickled constants); it rebuilds each partition from the safe FX format and
+re-traces it at the recorded bucket shapes. Setting ``FXOPT_NEURON_LOAD=torchscript`` in the environment
+(the user's choice, never the artifact's) loads the TorchScript files instead, after checking each file's
+sha256 against the manifest: faster, for artifacts you produced yourself.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx
+
+from fxopt.backends import neuron_sdk
+from fxopt.backends.base import io_specs
+from fxopt.backends.neuron_buckets import BucketPlan, bucket_key, example_at, parse_sizes, plan_buckets
+from fxopt.backends.partitioned import (PartitionedCompiled, Stage, StagePlan, compile_partitioned,
+                                        load_partitioned, plan_stages, safe_file, safe_stem)
+from fxopt.backends.support import data_source, is_bookkeeping, neuron_operators, packet_name, support_table
+from fxopt.errors import BackendError, InputError
+from fxopt.ir import serialize
+from fxopt.ir.program import Program
+
+__all__ = ["NeuronBackend", "NeuronCompiled", "TorchScriptStage", "BucketTrace", "check_ops", "LOAD_ENV"]
+
+BACKEND = "neuron"
+TARGET = "neuron"
+LOAD_ENV = "FXOPT_NEURON_LOAD"
+
+
+# ============================================================================================ op check
+def check_ops(plan: StagePlan) -> Counter:
+    """Check every op of accelerator partition ``plan`` against the torch-neuron operator list; returns
+    ``Counter({op packet: count})``. Raises BackendError (one line: op, source line, what to do) for the
+    first unsupported op."""
+    table = support_table(TARGET)
+    ops: Counter = Counter()
+    for node in plan.module.graph.nodes:
+        if node.op != "call_function":
+            continue
+        why = table.why_not(node)
+        if why is not None:
+            prov = node.meta.get("provenance") or {}
+            where = prov.get("source") or "unknown source line"
+            module = f" in {prov['module']}" if prov.get("module") else ""
+            raise BackendError(f"partition '{plan.name}': {node.target} at {where}{module} (node {node.name}) "
+                               f"is not supported by torch-neuron: {why}; add split{{target=neuron}} to the "
+                               "pipeline to run it on the CPU")
+        if not is_bookkeeping(node):
+            ops[packet_name(node.target)] += 1
+    return ops
+
+
+# ============================================================================================ tracing
+class _TensorOnly(torch.nn.Module):
+    """``module`` with its non-tensor inputs and outputs (shape numbers, static within a bucket) baked in,
+    so ``torch.jit.trace`` sees tensors only."""
+
+    def __init__(self, module: torch.nn.Module, template: list, tensor_pos: list[int]):
+        """``template``: one value per input (non-tensors are used as given); ``tensor_pos``: which inputs are
+        tensors (the traced function's arguments, in order)."""
+        super().__init__()
+        self.module = module
+        self.template = list(template)
+        self.tensor_pos = list(tensor_pos)
+
+    def forward(self, *tensors):
+        """Run the module with the tensors placed among the baked values; returns its tensor outputs."""
+        args = list(self.template)
+        for pos, t in zip(self.tensor_pos, tensors):
+            args[pos] = t
+        out = self.module(*args)
+        out = out if isinstance(out, (tuple, list)) else (out,)
+        return tuple(o for o in out if isinstance(o, torch.Tensor))
+
+
+@dataclass
+class BucketTrace:
+    """One static-shape trace of a partition: ``key`` (file-name part), ``bucket`` ({symbol: size}),
+    ``inputs`` (specs: ``{"name", "shape", "dtype"}`` for tensors, ``{"name", "value"}`` for baked numbers),
+    ``constants`` ({output position: number} for baked outputs), ``module`` (the ScriptModule run here),
+    ``max_abs_error`` (trace vs eager, at compile time; None after a plain load), ``sha256`` of the saved
+    file, and ``neuron_module``/``sdk`` when compiled by the Neuron SDK here."""
+
+    key: str
+    bucket: dict
+    inputs: list[dict]
+    constants: dict[int, Any]
+    module: Any
+    n_outputs: int
+    max_abs_error: float | None = None
+    sha256: str | None = None
+    neuron_module: Any = None
+    sdk: str | None = None
+
+    def shape_key(self) -> tuple:
+        """What selects this trace at run time: each input's shape (tensors) or value (numbers)."""
+        return tuple(tuple(s["shape"]) if "shape" in s else ("value", s["value"]) for s in self.inputs)
+
+    def tensor_specs(self) -> list[dict]:
+        """The specs of the traced function's (tensor) inputs."""
+        return [s for s in self.inputs if "shape" in s]
+
+
+def _spec_of(name: str, value: Any) -> dict:
+    if isinstance(value, torch.Tensor):
+        return {"name": name, "shape": [int(d) for d in value.shape], "dtype": str(value.dtype).replace("torch.", "")}
+    if isinstance(value, (bool, int, float)) or value is None:
+        return {"name": name, "value": value}
+    raise BackendError(f"partition input '{name}' is a {type(value).__name__}; neuron partitions take tensors "
+                       "and numbers only")
+
+
+def _max_error(expected: tuple, actual: tuple) -> float:
+    """The largest absolute difference over the floating-point tensor pairs (0.0 when there are none)."""
+    worst = 0.0
+    for e, a in zip(expected, actual):
+        if isinstance(e, torch.Tensor) and isinstance(a, torch.Tensor) and e.numel() and e.is_floating_point():
+            worst = max(worst, float((a.double() - e.double()).abs().nan_to_num(nan=0.0).max()))
+    return worst
+
+
+def _trace(module: torch.fx.GraphModule, name: str, input_names: list[str], args: list, bucket: dict,
+           check: bool, eager: tuple | None = None) -> BucketTrace:
+    """Trace ``module`` at ``args``; with ``check`` compare the trace with the eager outputs (``eager``, or
+    the module run here when not given; BackendError when they differ)."""
+    from fxopt.passes.verify import first_difference
+
+    specs = [_spec_of(n, a) for n, a in zip(input_names, args)]
+    tensor_pos = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+    template = [None if isinstance(a, torch.Tensor) else a for a in args]
+    if eager is None:
+        with torch.no_grad():
+            eager = module(*args)
+    eager = tuple(eager) if isinstance(eager, (tuple, list)) else (eager,)
+    constants = {i: v for i, v in enumerate(eager) if not isinstance(v, torch.Tensor)}
+    bad = [v for v in constants.values() if not isinstance(v, (bool, int, float)) and v is not None]
+    if bad:
+        raise BackendError(f"partition '{name}' returns a {type(bad[0]).__name__}; neuron partitions return "
+                           "tensors and numbers only")
+    if len(constants) == len(eager):
+        raise BackendError(f"partition '{name}' returns no tensor; there is nothing to compile for Neuron")
+    wrapper = _TensorOnly(module, template, tensor_pos).eval()
+    tensors = tuple(args[i] for i in tensor_pos)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(wrapper, tensors, check_trace=False, strict=False)
+            got = traced(*tensors)
+    except Exception as exc:  # noqa: BLE001 - torch.jit.trace raises many types
+        raise BackendError(f"partition '{name}': torch.jit.trace failed at shapes "
+                           f"{[list(t.shape) for t in tensors]}: {type(exc).__name__}: "
+                           f"{str(exc).strip().splitlines()[0] if str(exc).strip() else '?'}") from exc
+    got = _merge(got, constants, len(eager))
+    error = None
+    if check:
+        problem = first_difference(eager, got)
+        if problem:
+            raise BackendError(f"partition '{name}': the TorchScript trace does not reproduce the partition at "
+                               f"bucket {bucket_key(bucket)}: {problem}")
+        error = _max_error(eager, got)
+    return BucketTrace(bucket_key(bucket), dict(bucket), specs, constants, traced, len(eager), error)
+
+
+def _merge(tensors: Any, constants: dict[int, Any], n: int) -> tuple:
+    tensors = list(tensors) if isinstance(tensors, (tuple, list)) else [tensors]
+    it = iter(tensors)
+    return tuple(constants[i] if i in constants else next(it) for i in range(n))
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _script_ops(module: Any) -> set[str]:
+    """The TorchScript op names (``aten::addmm``...) in a traced module's inlined graph."""
+    try:
+        graph = module.inlined_graph
+    except Exception:  # noqa: BLE001
+        return set()
+    return {n.kind() for n in graph.nodes() if n.kind().startswith("aten::")}
+
+
+# ============================================================================================ stage
+class TorchScriptStage(Stage):
+    """An accelerator partition traced to static-shape TorchScript, one trace per bucket; run here on the
+    CPU (or by the Neuron runtime when the SDK compiled it)."""
+
+    runtime = "torchscript-cpu"
+
+    def __init__(self, module: torch.fx.GraphModule, name: str, device: str, inputs: list[str],
+                 outputs: list[str], traces: list[BucketTrace], ops: dict[str, int], loaded_from: str = "compile"):
+        """``module``: the partition's FX GraphModule (saved for re-tracing); ``traces``: one per bucket;
+        ``ops``: op counts from :func:`check_ops`; ``loaded_from``: "compile", "fx-retrace" or "torchscript"."""
+        super().__init__(name, device, inputs, outputs)
+        self.module = module
+        self.traces = list(traces)
+        self.ops = dict(ops)
+        self.loaded_from = loaded_from
+        self._by_shape = {t.shape_key(): t for t in self.traces}
+
+    @classmethod
+    def compile(cls, plan: StagePlan, examples: list[tuple[dict, list, tuple | None]],
+                sdk: str | None = None) -> "TorchScriptStage":
+        """Check ``plan``'s ops and trace it once per ``(bucket, input values, eager output values or None)``
+        in ``examples``, checking each trace against the eager values; with ``sdk`` (see
+        :func:`fxopt.backends.neuron_sdk.available_sdk`) also compile each trace for Neuron."""
+        ops = check_ops(plan)
+        traces = []
+        for bucket, args, eager in examples:
+            tr = _trace(plan.module, plan.name, plan.inputs, args, bucket, check=True, eager=eager)
+            if sdk is not None:  # pragma: no cover - needs the Neuron SDK
+                tensors = tuple(a for a in args if isinstance(a, torch.Tensor))
+                tr.neuron_module, tr.sdk = neuron_sdk.compile_with_sdk(sdk, tr.module, tensors), sdk
+            traces.append(tr)
+        return cls(plan.module, plan.name, plan.device, plan.inputs, plan.outputs, traces, dict(ops))
+
+    def run(self, args: list) -> tuple:
+        """Run the trace whose bucket matches the inputs' shapes; returns the partition's outputs. A shape
+        with no trace is a BackendError (the artifact's buckets and the runtime disagree)."""
+        key = tuple(tuple(a.shape) if isinstance(a, torch.Tensor) else ("value", a) for a in args)
+        tr = self._by_shape.get(key)
+        if tr is None:
+            have = "; ".join(t.key for t in self.traces)
+            raise BackendError(f"partition '{self.name}' has no trace for input shapes "
+                               f"{[list(k) if k and k[0] != 'value' else k[1] for k in key]} (buckets: {have}); "
+                               "compile with buckets covering this shape")
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        fn = tr.neuron_module if tr.neuron_module is not None else tr.module
+        return _merge(fn(*tensors), tr.constants, tr.n_outputs)
+
+    # ---------------------------------------------------------------------------------------- saving
+    def write(self, directory: str) -> dict:
+        """Write ``<name>.fx.json/.safetensors`` and one ``<name>.<bucket>.torchscript.pt`` per trace (plus
+        ``.neuronx.pt``/``.neuron.pt`` when compiled here); returns the manifest entry's keys."""
+        stem = f"{self.name}.fx"
+        files = [os.path.basename(f) for f in serialize.save_graph_module(self.module, directory, stem=stem)]
+        entries, outside = [], set()
+        listed = neuron_operators()
+        for tr in self.traces:
+            ts_file = f"{self.name}.{tr.key}.torchscript.pt"
+            path = os.path.join(directory, ts_file)
+            torch.jit.save(tr.module, path)
+            tr.sha256 = _sha256(path)
+            files.append(ts_file)
+            outside |= {op for op in _script_ops(tr.module) if op not in listed}
+            entry = {"key": tr.key, "bucket": tr.bucket, "file": ts_file, "sha256": tr.sha256,
+                     "inputs": tr.inputs, "n_outputs": tr.n_outputs,
+                     "constants": {str(k): v for k, v in tr.constants.items()},
+                     "max_abs_error": tr.max_abs_error,
+                     "compile": neuron_sdk.compile_snippets(ts_file, tr.tensor_specs())}
+            if tr.neuron_module is not None:  # pragma: no cover - needs the Neuron SDK
+                out = entry["compile"]["inf2_trn1" if tr.sdk == "torch_neuronx" else "inf1"]["output"]
+                torch.jit.save(tr.neuron_module, os.path.join(directory, out))
+                entry["neuron_file"] = out
+                entry["neuron_sha256"] = _sha256(os.path.join(directory, out))
+                files.append(out)
+            entries.append(entry)
+        return {"files": sorted(files), "fx": stem, "traces": entries, "ops": dict(sorted(self.ops.items())),
+                "op_list": data_source(TARGET),
+                "torchscript_ops_not_in_list": sorted(outside),
+                "steps": self.steps()}
+
+    def steps(self) -> dict:
+        """``{"done_here": [...], "left_for_target": [...]}`` for this partition, honestly."""
+        n_ops = sum(self.ops.values())
+        buckets = ", ".join(t.key for t in self.traces)
+        done = [f"op check against the torch-neuron operator list passed ({n_ops} ops, {len(self.ops)} kinds)"]
+        if self.loaded_from == "compile":
+            errors = [t.max_abs_error for t in self.traces if t.max_abs_error is not None]
+            done.append(f"traced to static-shape TorchScript ({len(self.traces)} bucket shape(s): {buckets})")
+            done.append(f"numerics checked on CPU (max error {max(errors, default=0.0):.3g})")
+        else:
+            done.append(f"reloaded ({self.loaded_from}) as static-shape TorchScript ({buckets})")
+        compiled = [t for t in self.traces if t.neuron_module is not None]
+        if compiled:  # pragma: no cover - needs the Neuron SDK
+            done.append(f"compiled with {compiled[0].sdk}.trace here (untested path)")
+            left = ["run and check numerics on Neuron hardware"]
+        else:
+            left = [f"neuron compile (torch_neuron.trace for Inf1 / torch_neuronx.trace for Inf2/Trn1) of "
+                    f"{len(self.traces)} TorchScript file(s) on an SDK host: scripts in manifest.json",
+                    "numerics check on Neuron hardware"]
+        return {"done_here": done, "left_for_target": left}
+
+    # ---------------------------------------------------------------------------------------- loading
+    @classmethod
+    def load(cls, directory: str, entry: dict) -> "TorchScriptStage":
+        """Rebuild a saved stage: re-trace its FX graph at the recorded shapes (default), or, when the user
+        set ``FXOPT_NEURON_LOAD=torchscript``, ``torch.jit.load`` the TorchScript files after checking their
+        sha256 against the manifest. InputError for a malformed entry or a file that fails its check."""
+        name = safe_stem(entry["name"])
+        try:
+            stem, recorded, ops = safe_stem(entry["fx"]), list(entry["traces"]), dict(entry.get("ops", {}))
+        except (KeyError, TypeError) as exc:
+            raise InputError(f"{directory}: neuron partition '{name}' has a malformed entry ({exc}); "
+                             "re-create the artifact") from None
+        module = serialize.load_graph_module(directory, stem=stem)
+        mode = os.environ.get(LOAD_ENV, "fx").strip().lower()
+        traces = []
+        for rec in recorded:
+            if mode == "torchscript":
+                traces.append(_load_torchscript(directory, name, rec))
+            else:
+                traces.append(_retrace(module, name, entry["inputs"], rec))
+        return cls(module, name, entry.get("device", TARGET), entry["inputs"], entry["outputs"], traces, ops,
+                   loaded_from="torchscript" if mode == "torchscript" else "fx-retrace")
+
+
+def _example_value(spec: dict) -> Any:
+    if "shape" not in spec:
+        return spec.get("value")
+    dtype = getattr(torch, str(spec["dtype"]), None)
+    if not isinstance(dtype, torch.dtype):
+        raise InputError(f"manifest: unknown dtype {spec['dtype']!r} in a neuron trace; re-create the artifact")
+    return torch.zeros([int(d) for d in spec["shape"]], dtype=dtype)
+
+
+def _retrace(module: torch.fx.GraphModule, name: str, input_names: list[str], rec: dict) -> BucketTrace:
+    try:
+        args = [_example_value(s) for s in rec["inputs"]]
+        bucket = dict(rec["bucket"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"manifest: neuron partition '{name}' has a malformed trace ({exc}); "
+                         "re-create the artifact") from None
+    tr = _trace(module, name, input_names, args, bucket, check=False)
+    tr.sha256 = rec.get("sha256")
+    return tr
+
+
+def _load_torchscript(directory: str, name: str, rec: dict) -> BucketTrace:
+    path = safe_file(directory, rec["file"])
+    if not rec.get("sha256") or _sha256(path) != rec["sha256"]:
+        raise InputError(f"{path}: sha256 does not match the manifest; the TorchScript file changed, refusing "
+                         f"to load it (unset {LOAD_ENV} to re-trace from the FX graph)")
+    module = torch.jit.load(path, map_location="cpu")
+    constants = {int(k): v for k, v in (rec.get("constants") or {}).items()}
+    return BucketTrace(rec["key"], dict(rec["bucket"]), list(rec["inputs"]), constants, module,
+                       int(rec["n_outputs"]), rec.get("max_abs_error"), rec["sha256"])
+
+
+# ============================================================================================ compiled
+class NeuronCompiled(PartitionedCompiled):
+    """A partitioned artifact whose runtime pads inputs to their bucket and slices outputs back."""
+
+    def __init__(self, *args, bucket_plan: BucketPlan, **kwargs):
+        """Arguments of :class:`PartitionedCompiled`, plus ``bucket_plan``."""
+        super().__init__(*args, **kwargs)
+        self.bucket_plan = bucket_plan
+
+    @classmethod
+    def wrap(cls, pc: PartitionedCompiled, bucket_plan: BucketPlan) -> "NeuronCompiled":
+        """A NeuronCompiled running the same stages as ``pc``."""
+        return cls(pc.stages, pc.placeholders, pc.output_refs, pc.constants, pc.backend, name=pc.name,
+                   in_spec=pc.in_spec, out_spec=pc.out_spec, input_specs=pc.input_specs,
+                   output_specs=pc.output_specs, trace=pc.trace, passes=pc.passes, extra=pc.extra,
+                   bucket_plan=bucket_plan)
+
+    def run_flat(self, flat_inputs: list) -> tuple:
+        """Pad the inputs to their bucket, run every stage, slice the outputs back; returns flat outputs."""
+        names = [s["name"] for s in self.input_specs]
+        padded, real = self.bucket_plan.pad(list(flat_inputs), names)
+        return self.bucket_plan.unpad(super().run_flat(padded), real)
+
+
+# ============================================================================================ backend
+def _record_values(program: Program, flat_inputs: list, wanted: set[str]) -> dict[str, Any]:
+    """Run ``program`` on ``flat_inputs`` and keep the values of the nodes named in ``wanted``."""
+    env: dict[str, Any] = {}
+
+    class _Recorder(torch.fx.Interpreter):
+        def run_node(self, n):
+            value = super().run_node(n)
+            if n.name in wanted:
+                env[n.name] = value
+            return value
+
+    with torch.no_grad():
+        _Recorder(program.graph_module).run(*flat_inputs)
+    return env
+
+
+def _example_sizes(program: Program, flat: list) -> dict[str, int]:
+    index = {p.name: i for i, p in enumerate(program.placeholders())}
+    sizes = {}
+    for sym, places in program.dynamic_dims.items():
+        for name, dim in places:
+            if name in index and isinstance(flat[index[name]], torch.Tensor):
+                sizes[sym] = int(flat[index[name]].shape[dim])
+                break
+    return sizes
+
+
+def _shared_weights(stages: list[Stage]) -> list[str]:
+    """Weights read by more than one accelerator partition (one tensor, several partitions)."""
+    seen: dict[int, tuple[str, set]] = {}
+    for stage in stages:
+        if not isinstance(stage, TorchScriptStage):
+            continue
+        for node in stage.module.graph.nodes:
+            if node.op == "get_attr":
+                t = _fetch(stage.module, node.target)
+                if isinstance(t, torch.Tensor):
+                    seen.setdefault(id(t), (node.target, set()))[1].add(stage.name)
+    return sorted(name for name, users in seen.values() if len(users) > 1)
+
+
+def _fetch(module: torch.nn.Module, target: str) -> Any:
+    obj: Any = module
+    for part in target.split("."):
+        obj = getattr(obj, part, None)
+    return obj
+
+
+@dataclass(frozen=True)
+class NeuronBackend:
+    """Compile accelerator partitions to static-shape TorchScript for AWS Neuron (see the module docstring).
+
+    Options: ``buckets`` (batch sizes, ``;``-separated: ``1;4;16``), ``seq_buckets`` (sequence sizes),
+    ``seq_dim`` (``auto``, a symbol such as ``s27``, or a dim index), ``instances`` (model copies loaded on
+    as many NeuronCores; > 1 sets NEURON_RT_MULTI_INSTANCE_SHARED_WEIGHTS)."""
+
+    name = BACKEND
+
+    buckets: str = ""
+    seq_buckets: str = ""
+    seq_dim: str = "auto"
+    instances: int = 1
+    _sizes: tuple = field(default=(), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_sizes", (parse_sizes("buckets", self.buckets),
+                                            parse_sizes("seq_buckets", self.seq_buckets)))
+        if self.instances < 1:
+            raise InputError(f"backend 'neuron': instances={self.instances} must be >= 1")
+
+    def options(self) -> dict:
+        """The options as saved in the manifest's ``backend_options``."""
+        return {"buckets": list(self._sizes[0]), "seq_buckets": list(self._sizes[1]), "seq_dim": self.seq_dim,
+                "instances": self.instances}
+
+    def compile(self, program: Program) -> NeuronCompiled:
+        """Compile ``program`` (left unmodified): op check, one TorchScript trace per accelerator partition and
+        bucket, CPU partitions eager. Returns a runnable :class:`NeuronCompiled`. Raises BackendError for an
+        unsupported op (without ``split``) or a failed trace, InputError for buckets the program cannot take."""
+        prog = program.copy()
+        prog.ensure_compiled()
+        plans = plan_stages(prog, TARGET)  # BackendError for decode loops / another target, before any work
+        inputs, outputs = io_specs(prog)
+        flat = prog.flat_example_inputs()
+        bplan = plan_buckets(inputs, outputs, prog.dynamic_dims, _example_sizes(prog, flat), self._sizes[0],
+                             self._sizes[1], self.seq_dim, prog.name)
+        accel = [p for p in plans if p.device != "cpu"]
+        for p in accel:  # fail fast, before tracing anything
+            check_ops(p)
+        wanted = {name for p in accel for name in (*p.inputs, *p.outputs)}
+        envs = [(a, _record_values(prog, example_at(flat, bplan, a), wanted)) for a in bplan.assignments()]
+        sdk = neuron_sdk.available_sdk()
+
+        def compile_stage(plan: StagePlan) -> Stage:
+            examples = [(a, [env[n] for n in plan.inputs], tuple(env[n] for n in plan.outputs)) for a, env in envs]
+            return TorchScriptStage.compile(plan, examples, sdk)
+
+        extra = {"backend_options": self.options(), "buckets": bplan.to_json(),
+                 "runtime_settings": neuron_sdk.runtime_settings(self.instances),
+                 "neuron_sdk": sdk or f"not importable here; {neuron_sdk.SDK_INSTALL}"}
+        pc = compile_partitioned(prog, BACKEND, TARGET, compile_stage, extra=extra)
+        pc.extra["weights_shared_between_partitions"] = _shared_weights(pc.stages)
+        return NeuronCompiled.wrap(pc, bplan)
+
+    def load(self, directory: str, manifest: dict) -> NeuronCompiled:
+        """Rebuild the artifact in ``directory`` (see :meth:`TorchScriptStage.load` for how partitions load)."""
+        pc = load_partitioned(directory, manifest, BACKEND, TorchScriptStage.load)
+        bplan = BucketPlan.from_json(manifest.get("buckets") or {"sizes": {}, "inputs": [], "outputs": []})
+        for key in ("backend_options", "buckets", "runtime_settings", "target", "dynamic_dims"):
+            if key in manifest:
+                pc.extra[key] = manifest[key]
+        return NeuronCompiled.wrap(pc, bplan)
