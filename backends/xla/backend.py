@@ -1,0 +1,284 @@
+"""The ``xla`` backend: accelerator partitions lowered ATen -> JAX, ``jax.jit``-compiled by XLA, saved with
+``jax.export``; CPU partitions (from ``split{target=xla}``) run in PyTorch.
+
+    compiled = fxopt.compile(program, "xla")               # or "xla{platforms=cpu;cuda,dynamic=false}"
+    compiled(*inputs); compiled.save("out/"); fxopt.load("out/")(*inputs)
+
+:class:`XlaStage` (runtime ``jax-xla``) runs one partition: the lowered function (or, after loading, the
+deserialized ``jax.export`` module) compiled by XLA once per input shape/dtype signature (``compile_count``
+counts them), weights converted to device arrays once, inputs in through ``to_jax`` and outputs out through
+``to_torch`` (DLPack, no copies on the CPU). Artifact files per partition: see
+:mod:`fxopt.backends.xla.artifact`. The lowering itself is :mod:`fxopt.backends.xla.lower`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from fxopt.backends.partitioned import (PartitionedCompiled, Stage, StagePlan, compile_partitioned,
+                                        load_partitioned, safe_stem)
+from fxopt.errors import BackendError, InputError
+from fxopt.ir.program import Program
+
+__all__ = ["XlaBackend", "XlaStage", "RUNTIME", "SPLIT_HINT"]
+
+RUNTIME = "jax-xla"
+KNOWN_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+SPLIT_HINT = ("; run split{target=xla,policy=support} first (e.g. fxopt run --passes "
+              "'canonicalize,dce,split{target=xla,policy=support}') to keep such ops on the CPU")
+
+
+def _lower():
+    """The lowering module (imports jax; kept out of module import so fxopt imports without jax)."""
+    from fxopt.backends.xla import lower
+
+    return lower
+
+
+class XlaStage(Stage):
+    """One accelerator partition run by JAX/XLA.
+
+    ``fn(params, *inputs) -> tuple`` is a pure JAX function: the lowered graph, or a deserialized
+    ``Exported.call``. ``params``: ``{name: numpy array}`` (converted to device arrays here, once).
+    ``exported``: the ``jax.export`` result when already made (loading), else made on first :meth:`write`.
+    ``module``: the partition's GraphModule (compiling; None after loading)."""
+
+    runtime = RUNTIME
+
+    def __init__(self, name: str, device: str, inputs: list[str], outputs: list[str], *, fn: Callable,
+                 params: dict, platforms: tuple[str, ...], dynamic: bool, module: torch.fx.GraphModule | None = None,
+                 exported: Any = None, export_info: dict | None = None, op_count: int | None = None):
+        """See the class docstring; ``export_info``: the manifest keys of a loaded partition."""
+        import jax
+
+        super().__init__(name, device, inputs, outputs)
+        self.fn = fn
+        self.params_np = dict(params)
+        self.params = {k: jax.device_put(v) for k, v in params.items()}
+        self.platforms = tuple(platforms)
+        self.dynamic = dynamic
+        self.module = module
+        self.exported = exported
+        self.export_info = dict(export_info or {})
+        self.op_count = op_count
+        self.compile_count = 0
+        self._jitted = jax.jit(fn)
+        self._executables: dict[tuple, Any] = {}
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def from_plan(cls, plan: StagePlan, platforms: tuple[str, ...], dynamic: bool, whole_graph: bool) -> "XlaStage":
+        """Lower ``plan.module`` (raises the lowering's one-line InputError for an op without a lowering,
+        with a hint to run ``split`` when the partition is the whole graph); returns the stage."""
+        lower = _lower()
+        try:
+            lowered = lower.lower_graph(plan.module)
+        except InputError as exc:
+            text = str(exc)
+            hint = SPLIT_HINT if whole_graph else (
+                f"; split placed it on xla in partition '{plan.name}', so backends/support.py XLA_OPS and "
+                "fxopt.backends.xla.lower.supported_ops() disagree: report this")
+            raise InputError(text if "split{" in text else text + hint) from None
+        ops = sum(1 for n in plan.module.graph.nodes if n.op == "call_function")
+        return cls(plan.name, plan.device, plan.inputs, plan.outputs, fn=lowered.fn,
+                   params=lowered.params_from(plan.module), platforms=platforms, dynamic=dynamic,
+                   module=plan.module, op_count=ops)
+
+    @classmethod
+    def load(cls, directory: str, entry: dict) -> "XlaStage":
+        """Rebuild a saved partition from its manifest ``entry`` (``jax.export.deserialize`` + weights; no
+        model code, no FX graph)."""
+        from fxopt.backends.xla import artifact
+
+        _lower()  # the lowering's dtype policy (jax_enable_x64) must hold when the module is called
+        if entry.get("runtime") != RUNTIME:
+            raise InputError(f"{directory}: partition '{entry.get('name')}' has runtime "
+                             f"{entry.get('runtime')!r}, not '{RUNTIME}'")
+        safe_stem(entry["name"])
+        exported, params = artifact.read_partition(directory, list(entry.get("files", [])))
+        info = {k: entry[k] for k in ("platforms", "dynamic_dims", "static_shapes", "export_notes",
+                                      "ops", "baked_inputs") if k in entry}
+        return cls(entry["name"], entry.get("device", "xla"), entry["inputs"], entry["outputs"],
+                   fn=exported.call, params=params, platforms=tuple(exported.platforms),
+                   dynamic=bool(entry.get("dynamic_dims")), exported=exported, export_info=info,
+                   op_count=entry.get("ops"))
+
+    # ------------------------------------------------------------------ running
+    def run(self, args: list) -> tuple:
+        """Run on torch tensors (in ``inputs`` order): to_jax, the executable compiled for this shape/dtype
+        signature (compiled on first use), to_torch. Returns the output tensors."""
+        lower = _lower()
+        arrays, scalars = [], {}
+        for i, (name, a) in enumerate(zip(self.inputs, args)):
+            if isinstance(a, torch.Tensor):
+                arrays.append(lower.to_jax(a))
+            elif isinstance(a, (bool, int, float)):  # a SymInt crossing partitions: static for XLA
+                scalars[i] = a
+            else:
+                raise BackendError(f"partition '{self.name}' input '{name}' is {type(a).__name__}; the XLA "
+                                   "backend takes tensors and numbers only")
+        if self.module is None:
+            self._check_loaded(arrays, scalars)
+        key = (tuple((tuple(x.shape), str(x.dtype)) for x in arrays), tuple(sorted(scalars.items())))
+        exe = self._executables.get(key)
+        if exe is None:
+            exe = self._compile(key, arrays, scalars)
+        outs = exe(self.params, *arrays)
+        return tuple(lower.to_torch(o) if hasattr(o, "dtype") else o for o in outs)
+
+    def _check_loaded(self, arrays: list, scalars: dict) -> None:
+        from fxopt.backends.xla import artifact
+
+        baked = {int(k): v for k, v in self.export_info.get("baked_inputs", {}).items()}
+        if scalars != baked:
+            raise InputError(f"partition '{self.name}' was exported with the number inputs "
+                             f"{ {self.inputs[k]: v for k, v in baked.items()} } baked in but got "
+                             f"{ {self.inputs[k]: v for k, v in scalars.items()} }; re-export with inputs of "
+                             "these shapes")
+        names = [n for i, n in enumerate(self.inputs) if i not in scalars]
+        artifact.check_static_shapes(self.name, names, self.exported, arrays,
+                                     fell_back=bool(self.export_info.get("export_notes")))
+
+    def _bound(self, scalars: dict) -> Callable:
+        """``fn`` with the number inputs ``scalars`` ({position: value}) fixed: ``f(params, *arrays)``."""
+        if not scalars or self.module is None:  # loaded modules were exported with the numbers baked in
+            return self.fn
+        fn, total = self.fn, len(self.inputs)
+
+        def bound(params, *arrays):
+            it = iter(arrays)
+            return fn(params, *[scalars[i] if i in scalars else next(it) for i in range(total)])
+        return bound
+
+    def _compile(self, key: tuple, arrays: list, scalars: dict) -> Any:
+        import jax
+
+        try:
+            jitted = self._jitted if not scalars or self.module is None else jax.jit(self._bound(scalars))
+            exe = jitted.lower(self.params, *arrays).compile()
+        except InputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - XLA/JAX failures are the backend's
+            raise BackendError(f"partition '{self.name}': XLA compile failed for input shapes "
+                               f"{[list(s) for s, _ in key[0]]}: {type(exc).__name__}: "
+                               f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}") from exc
+        self._executables[key] = exe
+        self.compile_count += 1
+        return exe
+
+    @property
+    def signatures(self) -> list[tuple]:
+        """The input shape/dtype signatures compiled so far (``[((shape, dtype), ...), ...]``)."""
+        return list(self._executables)
+
+    # ------------------------------------------------------------------ saving
+    def _export(self) -> dict:
+        """Make ``self.exported`` when missing; returns the manifest keys describing it."""
+        from fxopt.backends.xla import artifact
+
+        if self.exported is None:
+            if self.module is None:  # pragma: no cover - a stage has one or the other
+                raise BackendError(f"partition '{self.name}' has neither a graph nor an exported module")
+            example = [tuple(s) for s, _ in self.signatures[0][0]] if self.signatures else None
+            scalars = dict(self.signatures[0][1]) if self.signatures else {}
+            has_numbers = any(not isinstance(n.meta.get("val"), torch.Tensor)
+                              for n in self.module.graph.nodes if n.op == "placeholder")
+            if has_numbers and not scalars:
+                raise BackendError(f"partition '{self.name}' takes number inputs (SymInts from another "
+                                   "partition): run it once before saving so their values are known")
+            notes = (["number inputs (SymInts from another partition) are baked in, so the export is "
+                      "static"] if scalars and self.dynamic else [])
+            res = artifact.export_partition(self._bound(scalars), self.params_np, self.module,
+                                            _lower().to_jax, self.platforms, self.dynamic and not scalars,
+                                            example_shapes=example)
+            self.exported = res.exported
+            static = not res.dynamic
+            self.export_info = {"platforms": list(res.platforms), "dynamic_dims": res.dynamic,
+                                "static_shapes": static, "export_notes": notes + res.notes,
+                                "baked_inputs": {str(k): v for k, v in scalars.items()}}
+            if self.op_count is not None:
+                self.export_info["ops"] = self.op_count
+        return self.export_info
+
+    def write(self, directory: str) -> dict:
+        """Write ``<name>.jaxexport``, ``<name>.stablehlo.mlir`` and ``<name>.safetensors``; returns the
+        manifest entry's keys: files, steps (what ran here, what the target host must do), platforms,
+        dynamic_dims, static_shapes, export_notes, input_avals, ops."""
+        import jax
+
+        from fxopt.backends.xla import artifact
+
+        info = self._export()
+        files = artifact.write_partition(directory, safe_stem(self.name), self.exported, self.params_np)
+        here = jax.default_backend()
+        plats = list(info["platforms"])
+        done = []
+        if self.module is not None:
+            done.append(f"lowered ATen→JAX ({self.op_count} ops)")
+        if self.signatures:
+            done.append(f"XLA-compiled for {here} ({len(self.signatures)} shape signature"
+                        f"{'s' if len(self.signatures) != 1 else ''}) and run")
+        done.append(f"jax.export serialized (platforms {', '.join(plats)})")
+        done.append("StableHLO text written")
+        done.append(f"weights saved (safetensors, {len(self.params_np)} tensors)")
+        left = []
+        if not self.signatures:
+            left.append(f"XLA compile for {here} on first call")
+        others = [p for p in plats if p != here]
+        if others:
+            left.append(f"XLA compile for {'/'.join(others)} on first call (exported here, not compiled or "
+                        "run: no such device on this host)")
+        avals = [f"{a.dtype}[{', '.join(str(d) for d in a.shape)}]"
+                 for a in self.exported.in_avals[len(jax.tree_util.tree_leaves(self.params_np)):]]
+        return {"files": files, "steps": {"done_here": done, "left_for_target": left}, **info,
+                "input_avals": avals, "jax_version": jax.__version__}
+
+
+@dataclass(frozen=True)
+class XlaBackend:
+    """Compile a Program for XLA through JAX. Options (``--backend 'xla{platforms=cpu;cuda,dynamic=false}'``):
+    ``platforms``: the ``jax.export`` platforms, ``;``-separated (default ``cpu;cuda;tpu``);
+    ``dynamic``: export SymInt dims as symbolic dims (default true; falls back to static when the lowering
+    cannot)."""
+
+    name = "xla"
+    platforms: str = "cpu;cuda;tpu"
+    dynamic: bool = True
+
+    def __post_init__(self):
+        bad = [p for p in self.platform_tuple() if p not in KNOWN_PLATFORMS]
+        if bad or not self.platform_tuple():
+            raise InputError(f"backend 'xla': platforms must be ';'-separated names from "
+                             f"{', '.join(KNOWN_PLATFORMS)} (got {self.platforms!r})")
+
+    def platform_tuple(self) -> tuple[str, ...]:
+        """The ``platforms`` option as a tuple, e.g. ``("cpu", "cuda", "tpu")``."""
+        return tuple(p.strip() for p in self.platforms.split(";") if p.strip())
+
+    def options(self) -> dict:
+        """The options as recorded in the manifest's ``backend_options``."""
+        return {"platforms": self.platforms, "dynamic": self.dynamic}
+
+    def compile(self, program: Program) -> PartitionedCompiled:
+        """Compile ``program`` (left unmodified): its ``split{target=xla}`` partitions, or the whole graph as
+        one XLA partition. Returns a runnable, savable :class:`PartitionedCompiled`. Raises InputError
+        (one line, naming the op, node and source line) for an op without a lowering outside a split."""
+        from fxopt.passes.split import partitions_region
+
+        whole = partitions_region(program, required=False) is None
+        plats, dyn = self.platform_tuple(), self.dynamic
+        return compile_partitioned(program, self.name, "xla",
+                                   lambda plan: XlaStage.from_plan(plan, plats, dyn, whole),
+                                   extra={"backend_options": self.options()})
+
+    def load(self, directory: str, manifest: dict) -> PartitionedCompiled:
+        """Load a saved xla artifact: ``jax-xla`` partitions from their ``jax.export`` files, CPU
+        partitions as PyTorch graphs. Returns a :class:`PartitionedCompiled`."""
+        return load_partitioned(directory, manifest, self.name, XlaStage.load)
+
+
+def xla_stages(compiled: PartitionedCompiled) -> list[XlaStage]:
+    """The :class:`XlaStage` s of a compiled or loaded xla artifact, in execution order."""
+    return [s for s in compiled.stages if isinstance(s, XlaStage)]
