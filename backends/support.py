@@ -15,12 +15,11 @@ so each has an explicit mapping from a core-ATen *op packet* (the op name withou
   (``backends/data/tensorrt_onnx_ops.json``), and the node's input dtypes must be in the *first* ONNX op's
   type list (the op that consumes the node's inputs; ``ne`` -> ``Equal`` on the inputs, then ``Not`` on a
   bool). ``_embedding_bag`` exports as Loop + Sequence ops, which TensorRT rejects. float64 is never supported.
-- ``xla``: the XLA backend does not exist yet. :data:`XLA_OPS` is the set of core-ATen packets the planned
-  ATen -> JAX lowering (DESIGN.md, backends/xla) is to cover: elementwise math, matmuls and convolutions,
-  normalisations, softmax, reductions, views/layout ops, gathers, pooling, factories. Left out: ops with
-  data-dependent output shapes (``nonzero``, ``unique``, ``masked_select``), random ops, in-place scatters,
-  and ``_embedding_bag`` (a four-output op whose auxiliary outputs are PyTorch-kernel details; embedding-bag
-  tables stay in host memory, as in the deployments that motivate ``split``). Update it with the backend.
+- ``xla``: the ops the ATen -> JAX lowering has a rule for (:func:`xla_ops`, from
+  ``fxopt.backends.xla.lower.supported_ops``; it includes ``_embedding_bag``, lowered to segment sums). Ops
+  with data-dependent output shapes (``nonzero``, boolean-mask ``index``), random ops and higher-order ops
+  have no rule and stay on the CPU. Without jax installed, :data:`XLA_OPS` (a static list of the same
+  families) stands in, so ``split{target=xla}`` still plans; compiling needs jax.
 
 Bookkeeping nodes are supported everywhere: ``operator.getitem`` (it follows its producer), metadata checks
 (``_assert_tensor_metadata``, ``_assert_scalar``...), ``sym_size`` and Python arithmetic on SymInts (host-side
@@ -41,7 +40,8 @@ import torch.fx
 from fxopt.errors import InputError
 
 __all__ = [
-    "TARGETS", "DEFAULT_PROFILES", "NEURON_FROM_ATEN", "ONNX_FROM_ATEN", "XLA_OPS", "BOOKKEEPING_OPS",
+    "TARGETS", "DEFAULT_PROFILES", "NEURON_FROM_ATEN", "ONNX_FROM_ATEN", "XLA_OPS", "xla_ops",
+    "BOOKKEEPING_OPS",
     "SupportTable", "support_table", "packet_name", "is_bookkeeping", "neuron_operators", "tensorrt_operators",
     "data_source",
 ]
@@ -157,8 +157,8 @@ _ONNX_DTYPES = {
 }
 
 # --------------------------------------------------------------------------------------------- xla
-#: Core-ATen packets the planned XLA lowering (ATen -> jax.numpy/lax) covers. Data, not code: extend it
-#: when backends/xla.py lands.
+#: Core-ATen packets the XLA lowering covers, for planning when jax is not installed (with jax,
+#: :func:`xla_ops` reads the lowering's own rule table instead).
 XLA_OPS = frozenset(
     set(_ELEMENTWISE_ONNX)
     | {
@@ -174,7 +174,8 @@ XLA_OPS = frozenset(
         "_to_copy", "constant_pad_nd", "repeat", "flip", "roll", "tril", "triu", "slice_scatter",
         "select_scatter",
         "embedding", "index_select", "gather", "index", "scatter", "scatter_add",
-        "full", "full_like", "zeros_like", "ones_like", "arange", "scalar_tensor", "iota",
+        "full", "full_like", "zeros_like", "ones_like", "arange", "scalar_tensor", "_embedding_bag",
+        "_embedding_bag_forward_only", "embedding_bag", "index_put", "index_add", "linear", "matmul",
         "max_pool2d_with_indices", "avg_pool2d", "_adaptive_avg_pool2d", "upsample_nearest2d",
         "upsample_bilinear2d",
     }
@@ -207,7 +208,11 @@ def data_source(target: str) -> str:
         return _load("neuron_inf1_ops.json")["source"]
     if target == "tensorrt":
         return _load("tensorrt_onnx_ops.json")["source"]
-    return "fxopt.backends.support.XLA_OPS (the planned ATen -> JAX lowering; no backend yet)"
+    try:
+        import fxopt.backends.xla.lower  # noqa: F401
+    except ImportError:
+        return "fxopt.backends.support.XLA_OPS (jax is not installed; the lowering's op set without it)"
+    return "fxopt.backends.xla.ops (the ATen -> JAX lowering's rule table)"
 
 
 # --------------------------------------------------------------------------------------------- nodes
@@ -310,10 +315,20 @@ def _tensorrt_check(node: torch.fx.Node, packet: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=None)
+def xla_ops() -> frozenset[str]:
+    """The ATen packets the XLA lowering handles: its rule table when jax imports, else :data:`XLA_OPS`."""
+    try:
+        from fxopt.backends.xla.lower import supported_ops
+    except ImportError:
+        return XLA_OPS
+    return frozenset(supported_ops())
+
+
 def _xla_check(node: torch.fx.Node, packet: str) -> str | None:
-    if packet in XLA_OPS:
+    if packet in xla_ops():
         return None
-    return f"aten.{packet} is not in the XLA lowering's op set"
+    return f"aten.{packet} has no rule in the ATen -> JAX lowering"
 
 
 _CHECKS = {"neuron": _neuron_check, "tensorrt": _tensorrt_check, "xla": _xla_check}

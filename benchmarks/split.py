@@ -3,8 +3,8 @@
 ``python -m benchmarks.split [--quick] [--sizes 1000,5000] [--timeout 25]``
 
 Graphs: :func:`benchmarks.split_graphs.branched_program` (matmuls with shared weights, elementwise ops
-reading recent values, ~20% ``aten.erfinv`` that no target supports, scattered). Every method gets the same
-support set (the XLA table: everything but erfinv) and runs in its own subprocess with a time limit, so a
+reading recent values, ~20% ``aten.special_bessel_j0`` that no target supports, scattered). Every method gets the same
+support set (the XLA table: everything but special_bessel_j0) and runs in its own subprocess with a time limit, so a
 slow or memory-hungry anchor is reported as ``timeout`` instead of stalling the run; a method that timed out
 is skipped at larger sizes. Measured per method, with one definition for all:
 

@@ -2,8 +2,8 @@
 
 :func:`branched_program` makes a Program of ``num_nodes`` core-ATen nodes on [dim, dim] float tensors:
 matmuls with a few shared weights, unary and binary elementwise ops reading recent values (so the graph has
-branches and joins, not only a chain), and a fraction ``unsupported`` of ``aten.erfinv`` nodes, an op that
-no split target supports (absent from the Neuron list, the ONNX map and the XLA set), scattered at random.
+branches and joins, not only a chain), and a fraction ``unsupported`` of ``aten.special_bessel_j0`` nodes, an op that
+no split target supports (absent from the Neuron list, the ONNX map and the XLA lowering), scattered at random.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from fxopt.ir.program import Program
 
 aten = torch.ops.aten
 
-UNSUPPORTED_OP = aten.erfinv.default
+UNSUPPORTED_OP = aten.special_bessel_j0.default
 _UNARY = (aten.relu.default, aten.tanh.default, aten.sigmoid.default, aten.neg.default)
 _BINARY = (aten.add.Tensor, aten.mul.Tensor)
 

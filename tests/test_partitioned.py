@@ -32,7 +32,7 @@ class _EchoBackend:
     scale: int = 1
 
     def compile(self, program):
-        return compile_partitioned(program, "test-echo", "xla", lambda plan: _EchoStage.from_plan(plan))
+        return compile_partitioned(program, "test-echo", "neuron", lambda plan: _EchoStage.from_plan(plan))
 
     def load(self, directory, manifest):
         return load_partitioned(directory, manifest, "test-echo", _EchoStage.load)
@@ -52,9 +52,9 @@ def _ranking():
 
 def test_split_program_runs_as_stages_and_matches():
     model, inputs, program = _ranking()
-    split = fxopt.optimize(program, "split{target=xla,policy=support}")
-    plans = plan_stages(split, "xla")
-    assert {p.device for p in plans} == {"cpu", "xla"}
+    split = fxopt.optimize(program, "split{target=neuron,policy=support}")   # embedding bags stay on cpu
+    plans = plan_stages(split, "neuron")
+    assert {p.device for p in plans} == {"cpu", "neuron"}
     compiled = fxopt.compile(split, "test-echo")
     expected = program.run_flat(program.flat_example_inputs())
     got = compiled.run_flat(program.flat_example_inputs())
@@ -65,14 +65,14 @@ def test_split_program_runs_as_stages_and_matches():
 def test_unsplit_program_is_one_accelerator_stage(encoder):
     model, inputs = encoder
     program = fxopt.capture(model, inputs)
-    plans = plan_stages(program, "xla")
-    assert [(p.name, p.device) for p in plans] == [("main", "xla")]
+    plans = plan_stages(program, "neuron")
+    assert [(p.name, p.device) for p in plans] == [("main", "neuron")]
     torch.testing.assert_close(fxopt.compile(program, "test-echo")(*inputs), model(*inputs))
 
 
 def test_saved_artifact_loads_and_runs(tmp_path):
     model, inputs, program = _ranking()
-    split = fxopt.optimize(program, "split{target=xla,policy=support}")
+    split = fxopt.optimize(program, "split{target=neuron,policy=support}")
     path = fxopt.compile(split, "test-echo").save(tmp_path / "a")
     manifest = json.loads(open(os.path.join(path, "manifest.json")).read())
     assert {e["runtime"] for e in manifest["partitions"]} == {"pytorch-eager", "test-echo"}
@@ -101,11 +101,10 @@ def test_weight_output_is_saved_as_constant(tmp_path):
 
 def test_program_split_for_another_target_is_refused():
     _, _, program = _ranking()
-    split = fxopt.optimize(program, "split{target=neuron,policy=support}")
-    if all(r["device"] == "cpu" for r in split.regions[-1]["partitions"]):
-        pytest.skip("nothing placed on neuron")
-    with pytest.raises(BackendError, match="split for 'neuron'"):
-        plan_stages(split, "xla")
+    split = fxopt.optimize(program, "split{target=xla,policy=support}")
+    assert any(r["device"] == "xla" for r in split.regions[-1]["partitions"])
+    with pytest.raises(BackendError, match="split for 'xla'"):
+        plan_stages(split, "neuron")
 
 
 def test_manifest_file_outside_directory_is_refused(tmp_path):

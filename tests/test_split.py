@@ -68,7 +68,8 @@ def test_ranking_ops_support_per_target(ranking):
     for target in support.TARGETS:
         table = support.support_table(target)
         assert table.supports(nodes["addmm"]) and table.supports(nodes["cat"]), target
-        assert not table.supports(nodes["_embedding_bag"]), target   # CPU on every target
+        # neuron and tensorrt cannot take an embedding bag; the XLA lowering can (segment sums)
+        assert table.supports(nodes["_embedding_bag"]) == (target == "xla"), target
     why = support.support_table("neuron").why_not(nodes["_embedding_bag"])
     assert "aten::embedding_bag" in why
 
@@ -86,12 +87,15 @@ def test_tensorrt_checks_dtypes():
 
 
 # ------------------------------------------------------------------------------------------ the zoo model
-def test_ranking_cost_policy_places_embeddings_on_cpu_and_dense_math_on_accelerator(ranking):
+def test_ranking_cost_policy_puts_dense_math_on_accelerator_and_unsupported_tables_on_cpu(ranking):
     program, model, inputs = ranking
+    # neuron cannot take embedding bags, so they stay with the host; xla can, and on the h100 profile the cost
+    # model finds the tables faster there (its tables fit; the model has no memory-capacity constraint)
     for target in ("neuron", "xla"):
         after = optimize(program, f"split{{target={target}}}", verify=True)
         cpu, acc = _by_module(after, "cpu"), _by_module(after, target)
-        assert {"tables", "cat"} <= cpu, (target, cpu)
+        if target == "neuron":
+            assert {"tables", "cat"} <= cpu, (target, cpu)
         assert {"cross", "moe", "top"} <= acc, (target, acc)
         details = after.reports[-1].details
         assert details["transfers"] >= 2 and details["transfer_bytes"] > 0
@@ -235,6 +239,6 @@ def test_partitions_are_acyclic_complete_and_run_like_the_original(n, unsupporte
         if rec["device"] != "cpu":
             assert len(rec["nodes"]) >= min_ops
     assert all(node.meta["placement"] == "cpu" for node in after.graph.nodes
-               if node.op == "call_function" and node.target is torch.ops.aten.erfinv.default)
+               if node.op == "call_function" and node.target is torch.ops.aten.special_bessel_j0.default)
     flat = after.flat_example_inputs()
     assert _same(run_partitions(after, flat), program.run_flat(flat))
