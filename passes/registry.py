@@ -25,11 +25,19 @@ _REGISTRY: dict[str, Any] = {
     "split": "fxopt.passes.split:Split",
     "moe": "fxopt.passes.moe:FuseExperts",
     "dedupe": "fxopt.passes.dedupe:Dedupe",
+    "decompose-embedding-bag": "fxopt.passes.decompose_embedding_bag:DecomposeEmbeddingBag",
 }
 
 # The pipeline `fxopt run` uses when no --passes is given, per target.
 DEFAULT_PIPELINES: dict[str, str] = {
     "reference": "canonicalize,fold-constants,dedupe,moe,dce",
+    # split last: it records partitions that later passes would invalidate. policy=support: XLA here runs on
+    # the same CPU (no transfer cost), and torch_neuron.trace itself sends every supported op to Neuron.
+    "xla": "canonicalize,fold-constants,dedupe,moe,dce,split{target=xla,policy=support}",
+    "neuron": "canonicalize,fold-constants,dedupe,moe,dce,split{target=neuron,policy=support}",
+    # TensorRT runs on a separate GPU: the cost policy weighs transfers; embedding bags become gathers + sums
+    # first (their ONNX export is a Loop TensorRT rejects).
+    "tensorrt": "canonicalize,fold-constants,dedupe,moe,decompose-embedding-bag,dce,split{target=tensorrt}",
 }
 
 _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
