@@ -34,6 +34,9 @@ ARTIFACT_VERSION = 1
 _BACKENDS: dict[str, str] = {
     "reference": "fxopt.backends.reference:ReferenceBackend",
     "reference-shared": "fxopt.backends.shared_store:SharedReferenceBackend",
+    "tensorrt": "fxopt.backends.tensorrt:TensorRTBackend",
+    "neuron": "fxopt.backends.neuron:NeuronBackend",
+    "xla": "fxopt.backends.xla.backend:XlaBackend",
 }
 
 
@@ -291,7 +294,29 @@ def read_manifest(directory: str) -> dict:
     for key in ("backend", "inputs", "outputs", "partitions"):
         if key not in manifest:
             raise InputError(f"{path}: manifest has no '{key}'; re-create the artifact with `fxopt run`")
+    _check_manifest_files(path, manifest)
     return manifest
+
+
+def _check_manifest_files(path: str, manifest: dict) -> None:
+    """Every partition's ``files`` entry must be a relative path inside the artifact directory (no
+    absolute paths, no ``..``), except a shared-store member's declared link to its store; else InputError."""
+    parts = manifest["partitions"]
+    if not isinstance(parts, list) or not all(isinstance(p, dict) for p in parts):
+        raise InputError(f"{path}: manifest 'partitions' is not a list of objects; the file is corrupt")
+    for part in parts:
+        files = part.get("files", [])
+        if not isinstance(files, list):
+            raise InputError(f"{path}: partition 'files' is not a list; the file is corrupt")
+        store_link = part.get("shared_store") if manifest.get("backend") == "reference-shared" else None
+        for name in files:
+            if isinstance(name, str) and name and name == store_link == "../weights.safetensors":
+                continue
+            norm = os.path.normpath(name) if isinstance(name, str) and name else ""
+            if (not norm or os.path.isabs(name) or os.path.isabs(norm) or norm == ".." or norm.startswith(".." + os.sep)
+                    or "\\" in name or ":" in name):
+                raise InputError(f"{path}: manifest names file {name!r} outside the artifact directory; "
+                                 "refusing to load a corrupt or hostile artifact")
 
 
 def load(directory: str) -> Compiled:

@@ -498,7 +498,7 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
             "each batch size (warm-up excluded, interleaved repetitions). Prints a table and writes "
             "bench.json, throughput.png and latency.png.")
     p.add_argument("model", metavar="MODEL_or_OUT_DIR",
-                   help="zoo:NAME, a .pt2 file, file.py:Attr, module:Attr, or an artifact directory")
+                   help="zoo:NAME, a .pt2 or .onnx file, file.py:Attr, module:Attr, or an artifact directory")
     p.add_argument("--batch", metavar="B,B,...", default=None,
                    help="batch sizes (default: 64,256,1024 for a model, the artifact's batch for an artifact)")
     p.add_argument("--against", metavar="NAMES", default="eager,compile",
