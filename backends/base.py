@@ -101,7 +101,9 @@ def tensor_spec(name: str, val: Any) -> dict:
     """``{"name", "shape": [4, "s0"], "dtype": "float32"}`` for a FakeTensor/tensor meta value."""
     if not isinstance(val, torch.Tensor):
         return {"name": name, "shape": None, "dtype": type(val).__name__ if val is not None else None}
-    shape = [int(d) if not isinstance(d, torch.SymInt) else str(dim_expr(d)) for d in val.shape]
+    # a SymInt whose expression is a number is a dim that torch.export specialized: it is static
+    shape = [str(dim_expr(d)) if isinstance(d, torch.SymInt) and not d.node.expr.is_number else int(d)
+             for d in val.shape]
     return {"name": name, "shape": shape, "dtype": str(val.dtype).replace("torch.", "")}
 
 
@@ -214,7 +216,7 @@ class Compiled:
             partitions = self.write_partitions(tmp)
             write_json(os.path.join(tmp, "manifest.json"), self.manifest(partitions))
             if self.trace is not None:
-                write_json(os.path.join(tmp, "trace.json"), self.trace)
+                write_trace(tmp, self.trace)
         return os.path.abspath(directory)
 
 
@@ -248,6 +250,34 @@ def check_replaceable(directory: str, marker: str = "manifest.json", what: str =
     entries = os.listdir(directory)
     if entries and marker not in entries:
         raise InputError(f"{directory}: exists and is not {what}; choose an empty or new directory (-o)")
+
+
+def write_trace(directory: str, trace: dict) -> None:
+    """Write ``trace.json`` (deterministic: the same model and pipeline give the same bytes) and, beside it,
+    ``timings.json`` with the passes' wall-clock seconds, which differ from run to run."""
+    from fxopt.ir.trace import split_timings
+
+    stripped, timings = split_timings(trace)
+    write_json(os.path.join(directory, "trace.json"), stripped)
+    if timings["reports"]:
+        write_json(os.path.join(directory, "timings.json"), timings)
+
+
+def read_trace(directory: str) -> dict | None:
+    """``directory/trace.json`` with ``timings.json`` merged back in; None when there is no readable trace."""
+    from fxopt.ir.trace import merge_timings
+
+    try:
+        with open(os.path.join(directory, "trace.json"), encoding="utf-8") as f:
+            trace = json.load(f)
+    except (OSError, ValueError):
+        return None
+    try:
+        with open(os.path.join(directory, "timings.json"), encoding="utf-8") as f:
+            timings = json.load(f)
+    except (OSError, ValueError):
+        timings = None
+    return merge_timings(trace, timings) if isinstance(trace, dict) else None
 
 
 def write_json(path: str, data: Any) -> None:
@@ -325,13 +355,8 @@ def load(directory: str) -> Compiled:
     manifest = read_manifest(directory)
     backend = get_backend(manifest["backend"])
     compiled = backend.load(directory, manifest)
-    trace_path = os.path.join(directory, "trace.json")
-    if compiled.trace is None and os.path.isfile(trace_path):
-        try:
-            with open(trace_path, encoding="utf-8") as f:
-                compiled.trace = json.load(f)
-        except (OSError, ValueError):
-            compiled.trace = None
+    if compiled.trace is None:
+        compiled.trace = read_trace(directory)
     return compiled
 
 

@@ -31,7 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fxopt.backends.base import (ARTIFACT_FORMAT, Compiled, atomic_directory, common_kwargs, read_manifest,
-                                 write_json)
+                                 read_trace, write_json, write_trace)
 from fxopt.backends.reference import ReferenceCompiled
 from fxopt.errors import InputError
 from fxopt.ir import serialize
@@ -153,7 +153,7 @@ def _write_member_manifest(c: ReferenceCompiled, member: str) -> None:
     manifest["backend"] = BACKEND
     write_json(os.path.join(member, "manifest.json"), manifest)
     if c.trace is not None:
-        write_json(os.path.join(member, "trace.json"), c.trace)
+        write_trace(member, c.trace)
 
 
 # ============================================================================================== loading
@@ -225,12 +225,7 @@ def load_member(directory: str, manifest: dict | None = None) -> ReferenceCompil
     compiled = ReferenceCompiled(gm, **common_kwargs(manifest))
     compiled.backend = BACKEND
     compiled.store = store  # keeps the shared tensors (and the cache entry) alive
-    trace_path = os.path.join(directory, "trace.json")
-    if os.path.isfile(trace_path):
-        try:
-            compiled.trace = _read_json(trace_path)
-        except InputError:
-            compiled.trace = None
+    compiled.trace = read_trace(directory)
     return compiled
 
 

@@ -335,7 +335,7 @@ def _dynamic_dims(program: Program) -> dict[str, list]:
         if not isinstance(val, torch.Tensor):
             continue
         for i, d in enumerate(val.shape):
-            if isinstance(d, torch.SymInt):
+            if isinstance(d, torch.SymInt) and not d.node.expr.is_number:  # export may specialize a dim
                 dims.setdefault(str(d.node.expr), []).append([node.name, i])
     return dims
 

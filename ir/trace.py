@@ -125,3 +125,77 @@ class Trace:
             "snapshots": snapshots,
             "reports": self.reports,
         }
+
+
+# ------------------------------------------------------------------------------------------ timings
+TIMINGS_KEY = "seconds"
+
+
+def split_timings(trace: dict) -> tuple[dict, dict]:
+    """Separate the wall-clock timings from a trace so that the rest is deterministic.
+
+    Takes a trace dict (left unmodified); returns ``(trace without timings, timings)``: every ``"seconds"``
+    key anywhere inside ``trace["reports"]`` is removed, and ``timings`` is ``{"format":
+    "fxopt-timings", "version": 1, "reports": [{"index": i, "values": {"details/seconds": ..., ...}}]}``
+    (paths joined by ``/``) so :func:`merge_timings` can put them back."""
+    reports, rows = [], []
+    for i, report in enumerate(trace.get("reports", [])):
+        values: dict[str, Any] = {}
+        reports.append(_strip(report, "", values))
+        if values:
+            rows.append({"index": i, "values": values})
+    stripped = dict(trace)
+    stripped["reports"] = reports
+    return stripped, {"format": "fxopt-timings", "version": 1, "reports": rows}
+
+
+def _strip(value: Any, path: str, found: dict) -> Any:
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            sub = f"{path}/{k}" if path else str(k)
+            if k == TIMINGS_KEY:
+                found[sub] = v
+            else:
+                out[k] = _strip(v, sub, found)
+        return out
+    if isinstance(value, list):
+        return [_strip(v, f"{path}/{i}", found) for i, v in enumerate(value)]
+    return value
+
+
+def merge_timings(trace: dict, timings: dict | None) -> dict:
+    """The trace with the timings from :func:`split_timings` put back (a new dict; ``trace`` is left as it
+    is). Timings that do not fit the trace (another run's file) are ignored."""
+    if not isinstance(timings, dict) or not isinstance(trace.get("reports"), list):
+        return trace
+    reports = [dict(r) if isinstance(r, dict) else r for r in trace["reports"]]
+    for row in timings.get("reports", []):
+        i = row.get("index") if isinstance(row, dict) else None
+        if not isinstance(i, int) or not 0 <= i < len(reports) or not isinstance(reports[i], dict):
+            continue
+        for path, v in (row.get("values") or {}).items():
+            _put(reports, [str(i)] + str(path).split("/"), v)
+    merged = dict(trace)
+    merged["reports"] = reports
+    return merged
+
+
+def _put(root: Any, parts: list[str], value: Any) -> None:
+    node = root
+    for j, part in enumerate(parts[:-1]):
+        key: Any = int(part) if isinstance(node, list) else part
+        try:
+            child = node[key]
+        except (KeyError, IndexError, TypeError):
+            return
+        if isinstance(child, dict):
+            child = dict(child)
+        elif isinstance(child, list):
+            child = list(child)
+        else:
+            return
+        node[key] = child
+        node = child
+    if isinstance(node, dict):
+        node[parts[-1]] = value

@@ -243,9 +243,6 @@ def test_fuzz_unknown_op_kind_is_exit_2(capsys):
     assert "unknown op kind 'warp-drive'" in one_line(capsys.readouterr().err)
 
 
-@pytest.mark.xfail(strict=True, reason="open (reported): a dim that torch.export specialized (Dim.AUTO on a model that "
-                   "hard-codes its batch) stays a SymInt with a constant expr; backends.base.tensor_spec records it as "
-                   "the symbol '4', so check_inputs accepts any size there and the graph fails with a raw RuntimeError")
 def test_loaded_artifact_checks_a_specialized_auto_dim(tmp_path):
     class FixedBatch(torch.nn.Module):
         def forward(self, x):

@@ -34,7 +34,8 @@ def test_compiled_runs_like_the_model(optimized):
 def test_artifact_has_manifest_graph_weights_and_trace(optimized, tmp_path):
     _, _, program = optimized
     out = fxopt.compile(program).save(str(tmp_path / "art"))
-    assert sorted(os.listdir(out)) == ["graph.json", "graph.safetensors", "manifest.json", "trace.json"]
+    assert sorted(os.listdir(out)) == ["graph.json", "graph.safetensors", "manifest.json", "timings.json",
+                                       "trace.json"]
     manifest = json.load(open(os.path.join(out, "manifest.json")))
     assert manifest["format"] == "fxopt-artifact" and manifest["version"] == 1
     assert manifest["backend"] == "reference"

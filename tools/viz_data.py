@@ -26,12 +26,15 @@ def load_trace(source: Any) -> dict:
         check_trace(source, "the trace")
         return source
     path = os.fspath(source)
+    timings_path = None
     if os.path.isdir(path):
         candidate = os.path.join(path, "trace.json")
         if not os.path.isfile(candidate):
             raise InputError(f"{path}: no trace.json in this directory; pass an fxopt artifact directory "
                              "(written by `fxopt run`) or a trace .json file")
         path = candidate
+    if os.path.basename(path) == "trace.json":  # an artifact's trace: its pass timings live beside it
+        timings_path = os.path.join(os.path.dirname(path), "timings.json")
     if not os.path.isfile(path):
         raise InputError(f"{path}: no such file or directory; pass an artifact directory or a trace .json file")
     try:
@@ -41,6 +44,14 @@ def load_trace(source: Any) -> dict:
         raise InputError(f"{path}: not a JSON file ({exc.__class__.__name__}: {exc}); pass an fxopt "
                          "trace.json") from None
     check_trace(trace, path)
+    if timings_path and os.path.isfile(timings_path):
+        from fxopt.ir.trace import merge_timings
+
+        try:
+            with open(timings_path, encoding="utf-8") as f:
+                trace = merge_timings(trace, json.load(f))
+        except (OSError, ValueError):
+            pass  # timings are a nicety; the trace itself is complete without them
     return trace
 
 
