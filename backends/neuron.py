@@ -42,7 +42,7 @@ from fxopt.backends import neuron_sdk
 from fxopt.backends.base import io_specs
 from fxopt.backends.neuron_buckets import BucketPlan, bucket_key, example_at, parse_sizes, plan_buckets
 from fxopt.backends.partitioned import (PartitionedCompiled, Stage, StagePlan, compile_partitioned,
-                                        load_partitioned, plan_stages, safe_file, safe_stem)
+                                        load_partitioned, plan_stages, record_values, safe_file, safe_stem)
 from fxopt.backends.support import data_source, is_bookkeeping, neuron_operators, packet_name, support_table
 from fxopt.errors import BackendError, InputError
 from fxopt.ir import serialize
@@ -394,20 +394,6 @@ class NeuronCompiled(PartitionedCompiled):
 
 
 # ============================================================================================ backend
-def _record_values(program: Program, flat_inputs: list, wanted: set[str]) -> dict[str, Any]:
-    """Run ``program`` on ``flat_inputs`` and keep the values of the nodes named in ``wanted``."""
-    env: dict[str, Any] = {}
-
-    class _Recorder(torch.fx.Interpreter):
-        def run_node(self, n):
-            value = super().run_node(n)
-            if n.name in wanted:
-                env[n.name] = value
-            return value
-
-    with torch.no_grad():
-        _Recorder(program.graph_module).run(*flat_inputs)
-    return env
 
 
 def _example_sizes(program: Program, flat: list) -> dict[str, int]:
@@ -484,7 +470,7 @@ class NeuronBackend:
         for p in accel:  # fail fast, before tracing anything
             check_ops(p)
         wanted = {name for p in accel for name in (*p.inputs, *p.outputs)}
-        envs = [(a, _record_values(prog, example_at(flat, bplan, a), wanted)) for a in bplan.assignments()]
+        envs = [(a, record_values(prog, example_at(flat, bplan, a), wanted)) for a in bplan.assignments()]
         sdk = neuron_sdk.available_sdk()
 
         def compile_stage(plan: StagePlan) -> Stage:

@@ -32,7 +32,7 @@ from fxopt.ir import serialize
 from fxopt.ir.program import Program, fetch_attr
 
 __all__ = ["StagePlan", "Stage", "TorchStage", "PartitionedCompiled", "plan_stages", "compile_partitioned",
-           "load_partitioned", "safe_file", "CONSTANTS_FILE"]
+           "load_partitioned", "record_values", "safe_file", "CONSTANTS_FILE"]
 
 CONSTANTS_FILE = "constants.safetensors"
 
@@ -138,6 +138,23 @@ def plan_stages(program: Program, target: str) -> list[StagePlan]:
         module = partition_module(program, rec, by_name)
         plans.append(StagePlan(rec["name"], rec["device"], module, list(rec["inputs"]), list(rec["outputs"])))
     return plans
+
+
+def record_values(program: Program, flat_inputs: list, wanted: set[str]) -> dict[str, Any]:
+    """Run ``program`` on ``flat_inputs`` (placeholder order, no grad) and return ``{name: value}`` for the
+    nodes named in ``wanted``: the example values a backend traces or checks a stage with."""
+    values: dict[str, Any] = {}
+
+    class _Recorder(torch.fx.Interpreter):
+        def run_node(self, n):
+            out = super().run_node(n)
+            if n.name in wanted:
+                values[n.name] = out
+            return out
+
+    with torch.no_grad():
+        _Recorder(program.graph_module).run(*flat_inputs)
+    return values
 
 
 def _whole_graph_record(program: Program, device: str) -> dict:

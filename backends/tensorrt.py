@@ -32,7 +32,7 @@ import torch
 
 from fxopt.backends.onnx_export import OnnxExport, export_module, onnx_ops, unsupported_nodes
 from fxopt.backends.partitioned import (PartitionedCompiled, Stage, StagePlan, compile_partitioned,
-                                        load_partitioned, plan_stages, safe_file, safe_stem)
+                                        load_partitioned, plan_stages, record_values, safe_file, safe_stem)
 from fxopt.errors import BackendError, InputError
 from fxopt.ir.program import Program
 
@@ -425,13 +425,5 @@ def _example_values(program: Program) -> dict[str, Any]:
             values.update((n, v) for n, v in zip(out_names, prog.run_flat(flat)) if n is not None)
         return values
 
-    class _Recorder(torch.fx.Interpreter):
-        def run_node(self, n):
-            out = super().run_node(n)
-            if n.name in needed:
-                values[n.name] = out
-            return out
-
-    with torch.no_grad():
-        _Recorder(prog.graph_module).run(*flat)
+    values.update(record_values(prog, flat, needed))
     return values

@@ -20,6 +20,7 @@ import torch
 import torch.utils._pytree as pytree
 
 import fxopt
+from fxopt.zoo.ocr import OCREncoder
 from benchmarks.timing import interleaved_medians
 
 SPLIT = "canonicalize,fold-constants,dedupe,moe,dce,split{target=neuron,policy=support}"
@@ -31,15 +32,7 @@ def _model(name: str, quick: bool):
         return name, model, inputs, SPLIT
     ocr, inputs = fxopt.zoo.get("ocr", small=True)
     if quick:
-        class Encoder(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.ocr = ocr
-
-            def forward(self, images):
-                return self.ocr.encode(images)
-
-        return "ocr (encoder)", Encoder().eval(), inputs, SPLIT
+        return "ocr (encoder)", OCREncoder(ocr).eval(), inputs, SPLIT
     return "ocr (small, unroll full)", ocr, inputs, "unroll{mode=full}," + SPLIT
 
 

@@ -20,6 +20,7 @@ import time
 import torch
 
 import fxopt
+from fxopt.zoo.ocr import OCREncoder
 from benchmarks.timing import interleaved_medians
 
 PASSES = "canonicalize,fold-constants,dedupe,moe,decompose-embedding-bag,dce,split{target=tensorrt,policy=support}"
@@ -31,15 +32,7 @@ def _model(name: str, quick: bool):
         return name, model, inputs, PASSES
     ocr, inputs = fxopt.zoo.get("ocr", small=True)
     if quick:
-        class Encoder(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.ocr = ocr
-
-            def forward(self, images):
-                return self.ocr.encode(images)
-
-        return "ocr (encoder)", Encoder().eval(), inputs, PASSES
+        return "ocr (encoder)", OCREncoder(ocr).eval(), inputs, PASSES
     return "ocr (small, unroll full)", ocr, inputs, "unroll{mode=full}," + PASSES
 
 

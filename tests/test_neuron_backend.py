@@ -15,6 +15,7 @@ import torch
 import torch.utils._pytree as pytree
 
 import fxopt
+from fxopt.zoo.ocr import OCREncoder
 from fxopt.backends import base
 from fxopt.backends.neuron import LOAD_ENV, NeuronBackend, NeuronCompiled, TorchScriptStage
 from fxopt.errors import BackendError, InputError
@@ -23,23 +24,12 @@ SPLIT = "canonicalize,fold-constants,dedupe,moe,dce,split{target=neuron,policy=s
 _PROGRAMS: dict = {}
 
 
-class _OcrEncoder(torch.nn.Module):
-    """The zoo OCR model's encoder (conv subsampling + conformer blocks + cross-attention projections)."""
-
-    def __init__(self, ocr):
-        super().__init__()
-        self.ocr = ocr
-
-    def forward(self, images):
-        return self.ocr.encode(images)
-
-
 def _zoo(name: str):
     """(model, inputs, captured program) of a small zoo model, captured once per test module."""
     if name not in _PROGRAMS:
         if name == "ocr_encoder":
             ocr, inputs = fxopt.zoo.get("ocr", small=True)
-            model = _OcrEncoder(ocr).eval()
+            model = OCREncoder(ocr).eval()
         else:
             model, inputs = fxopt.zoo.get(name, small=True)
         _PROGRAMS[name] = (model, inputs, fxopt.capture(model, inputs))

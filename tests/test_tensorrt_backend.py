@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fxopt
+from fxopt.zoo.ocr import OCREncoder
 from fxopt.backends.onnx_export import unsupported_nodes
 from fxopt.backends.partitioned import PartitionedCompiled
 from fxopt.backends.tensorrt import DEFAULT_PIPELINE, OnnxStage, trtexec_command
@@ -23,22 +24,10 @@ from fxopt.errors import BackendError
 PIPELINE = "decompose-embedding-bag,dce"
 
 
-class OcrEncoder(torch.nn.Module):
-    """The ocr zoo model's encoder (conformer blocks) as a plain module: the decode loop itself is covered
-    by unroll{mode=full}, whose ~950-node graph takes ~1 min to capture and export here."""
-
-    def __init__(self, ocr):
-        super().__init__()
-        self.ocr = ocr
-
-    def forward(self, images):
-        return self.ocr.encode(images)
-
-
 def _zoo(name):
     model, inputs = fxopt.zoo.get(name, small=True)
     if name == "ocr":
-        model = OcrEncoder(model).eval()
+        model = OCREncoder(model).eval()
     return model, inputs
 
 

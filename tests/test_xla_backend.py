@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import fxopt
+from fxopt.zoo.ocr import OCREncoder
 from fxopt.backends import base
 from fxopt.errors import InputError
 
@@ -26,21 +27,10 @@ PIPELINE = "canonicalize,fold-constants,dedupe,moe,dce,split{target=xla,policy=s
 TOL = dict(rtol=1e-4, atol=1e-4)
 
 
-class OcrEncoder(torch.nn.Module):
-    """zoo:ocr's encoder (conv subsampling + conformer blocks): the model's ``encode`` as a module."""
-
-    def __init__(self, ocr):
-        super().__init__()
-        self.ocr = ocr
-
-    def forward(self, images):
-        return self.ocr.encode(images)
-
-
 def _zoo(name):
     model, inputs = fxopt.zoo.get(name, small=True)
     if name == "ocr":
-        model = OcrEncoder(model).eval()
+        model = OCREncoder(model).eval()
     return model, inputs
 
 

@@ -252,6 +252,21 @@ class OCRModel(nn.Module):
         return ((0.9 - 0.8 * ink.float() + noise).clamp(0.0, 1.0),)
 
 
+class OCREncoder(nn.Module):
+    """The OCR model's encoder alone (conv subsampling + conformer blocks): ``forward(images)`` is
+    ``model.encode(images)``. A static graph without the decode loop, for backends and tests that want the
+    encoder on its own (the whole model needs ``unroll{mode=full}`` outside the reference backend)."""
+
+    def __init__(self, model: OCRModel):
+        """``model``: the OCRModel whose encoder (and weights) this module shares."""
+        super().__init__()
+        self.ocr = model
+
+    def forward(self, images: torch.Tensor):
+        """The encoder memory for ``images``, exactly what the decode loop attends over."""
+        return self.ocr.encode(images)
+
+
 def build(small: bool = False, seed: int = 0) -> OCRModel:
     """Returns an OCRModel in eval mode with weights drawn from ``seed`` (small config if ``small``)."""
     with seeded(seed):
