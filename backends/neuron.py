@@ -47,6 +47,7 @@ from fxopt.backends.support import data_source, is_bookkeeping, neuron_operators
 from fxopt.errors import BackendError, InputError
 from fxopt.ir import serialize
 from fxopt.ir.program import Program
+from fxopt.ir.provenance import source_of
 
 __all__ = ["NeuronBackend", "NeuronCompiled", "TorchScriptStage", "BucketTrace", "check_ops", "LOAD_ENV"]
 
@@ -68,7 +69,7 @@ def check_ops(plan: StagePlan) -> Counter:
         why = table.why_not(node)
         if why is not None:
             prov = node.meta.get("provenance") or {}
-            where = prov.get("source") or "unknown source line"
+            where = source_of(node)
             module = f" in {prov['module']}" if prov.get("module") else ""
             raise BackendError(f"partition '{plan.name}': {node.target} at {where}{module} (node {node.name}) "
                                f"is not supported by torch-neuron: {why}; add split{{target=neuron}} to the "

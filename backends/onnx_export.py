@@ -32,6 +32,7 @@ import torch
 import torch.fx
 
 from fxopt.errors import BackendError
+from fxopt.ir.provenance import source_of
 
 __all__ = ["OnnxExport", "Unsupported", "to_exported_program", "export_module", "unsupported_nodes",
            "walk_nodes", "dynamic_axes", "onnx_ops", "inline_functions", "ONNX_ELEM_TYPES"]
@@ -177,7 +178,7 @@ def _origins(gm: torch.fx.GraphModule) -> dict[str, dict]:
         if n.op != "call_function":
             continue
         prov = n.meta.get("provenance") or {}
-        out[n.name] = {"aten": str(n.target).replace("aten::", "aten."), "source": prov.get("source") or "?",
+        out[n.name] = {"aten": str(n.target).replace("aten::", "aten."), "source": source_of(n, "?"),
                        "module": prov.get("module") or ""}
     return out
 

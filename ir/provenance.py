@@ -36,6 +36,14 @@ def user_frame(stack_trace: str | None) -> str | None:
     return f"{file}:{line}"
 
 
+def source_of(node: torch.fx.Node, default: str = "unknown source line") -> str:
+    """The model source line ``node`` came from (``file.py:42``): its provenance's ``source``, else the
+    user's frame of its ``stack_trace``, else ``default``. For error messages that point at the model."""
+    prov = node.meta.get("provenance")
+    src = prov.get("source") if isinstance(prov, dict) else None
+    return str(src) if src else (user_frame(node.meta.get("stack_trace")) or default)
+
+
 _RUNTIME_DIRS = tuple(os.path.join(_FXOPT_DIR, d) + os.sep for d in ("ir", "passes", "backends", "tools"))
 _RUNTIME_FILES = tuple(os.path.join(_FXOPT_DIR, f) for f in ("api.py", "errors.py", "__init__.py"))
 

@@ -19,7 +19,6 @@ than casting int64 to int32: docs/backends/xla-lowering.md.
 from __future__ import annotations
 
 import operator
-import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -35,6 +34,7 @@ from torch.fx.node import map_arg  # noqa: E402
 
 from fxopt.backends.xla import ops  # noqa: E402
 from fxopt.errors import BackendError, InputError  # noqa: E402
+from fxopt.ir.provenance import source_of  # noqa: E402
 
 __all__ = [
     "UnsupportedOpError", "Lowered", "lower_graph", "supported_ops", "unsupported_nodes", "to_jax", "to_torch",
@@ -61,16 +61,7 @@ def op_name(target: Any) -> str:
 def source_line(node: torch.fx.Node) -> str:
     """The model source line a node came from (``file.py:42``), from its provenance or stack trace, else
     ``"unknown source line"``."""
-    prov = node.meta.get("provenance") or {}
-    src = prov.get("source") if isinstance(prov, dict) else None
-    if src:
-        return str(src)
-    trace = node.meta.get("stack_trace") or ""
-    found = re.findall(r'File "([^"]+)", line (\d+)', trace)
-    if found:
-        path, line = found[-1]
-        return f"{path.rsplit('/', 1)[-1]}:{line}"
-    return "unknown source line"
+    return source_of(node)
 
 
 # --------------------------------------------------------------------------------------------- support
