@@ -1260,3 +1260,31 @@ def graph_cost(gm: Any) -> OpCost:
     for node in _graph_of(gm).nodes:
         total = total + node_cost(node)
     return total
+
+
+def at_example_sizes(c: "OpCost", gm: torch.fx.GraphModule, bounds: dict[str, int] | None = None) -> "OpCost":
+    """``c`` made concrete at the graph's example sizes (its recorded hints). Data-dependent sizes (unbacked
+    symbols such as ``u0`` from ``nonzero`` or routing) have no example value: they count at their upper
+    bound when ``gm``'s shape environment knows a finite one, else as 0. ``bounds``: a cache the caller
+    keeps across nodes of one graph (symbol name -> bound)."""
+    if not c.is_symbolic:
+        return c
+    bounds = {} if bounds is None else bounds
+    subs = {s.name: int(v) for s, v in c.hints}
+    for sym in c.free_symbols:
+        if sym.name not in subs:
+            if sym.name not in bounds:
+                bounds[sym.name] = _upper_bound(gm, sym.name)
+            subs[sym.name] = bounds[sym.name]
+    return c.evaluate(subs)
+
+
+def _upper_bound(gm: torch.fx.GraphModule, name: str) -> int:
+    from fxopt.ir import shapes  # shapes imports this module
+
+    env = getattr(shapes.fake_mode_of(gm), "shape_env", None)
+    for key, value_range in (getattr(env, "var_to_range", None) or {}).items():
+        if str(key) == name:
+            upper = value_range.upper
+            return int(upper) if getattr(upper, "is_finite", False) or isinstance(upper, int) else 0
+    return 0

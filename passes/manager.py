@@ -23,38 +23,18 @@ from fxopt.passes.report import PassReport
 
 
 def _totals(program: Program) -> tuple[int, int]:
-    """Graph FLOPs and bytes moved, evaluated at the example sizes (0, 0 when costs are unknown).
-
-    Data-dependent sizes (unbacked symbols such as ``u0`` from ``nonzero`` or routing) have no example
-    value; they count at their upper bound when the shape environment knows a finite one, else as 0.
-    """
+    """Graph FLOPs and bytes moved, evaluated at the example sizes (0, 0 when costs are unknown); data-dependent
+    sizes count at their upper bound (:func:`fxopt.ir.cost.at_example_sizes`)."""
     flops = moved = 0
     bounds: dict[str, int] = {}
     for node in program.graph.nodes:
-        cost = node.meta.get("cost")
-        if cost is None:
+        c = node.meta.get("cost")
+        if c is None:
             continue
-        if cost.is_symbolic:
-            subs = {s.name: int(v) for s, v in cost.hints}
-            for sym in cost.free_symbols:
-                if sym.name not in subs:
-                    if sym.name not in bounds:
-                        bounds[sym.name] = _upper_bound(program, sym)
-                    subs[sym.name] = bounds[sym.name]
-            cost = cost.evaluate(subs)
-        flops += int(cost.flops)
-        moved += int(cost.bytes_read) + int(cost.bytes_written)
+        c = cost.at_example_sizes(c, program.graph_module, bounds)
+        flops += int(c.flops)
+        moved += int(c.bytes_read) + int(c.bytes_written)
     return flops, moved
-
-
-def _upper_bound(program: Program, sym) -> int:
-    mode = shapes.fake_mode_of(program.graph_module)
-    env = getattr(mode, "shape_env", None)
-    for key, value_range in (getattr(env, "var_to_range", None) or {}).items():
-        if str(key) == sym.name:
-            upper = value_range.upper
-            return int(upper) if getattr(upper, "is_finite", False) or isinstance(upper, int) else 0
-    return 0
 
 
 def _annotate_costs(program: Program) -> None:

@@ -53,7 +53,7 @@ def node_times(node: torch.fx.Node, cpu: DeviceProfile, acc: DeviceProfile) -> t
         c = cost_mod.node_cost(node)
     flops, moved = c.flops, c.bytes_read
     if not (isinstance(flops, int) and isinstance(moved, int) and isinstance(c.bytes_written, int)):
-        c = c.evaluate()
+        c = cost_mod.at_example_sizes(c, node.graph.owning_module)  # data-dependent sizes at their bound
         flops, moved = c.flops, c.bytes_read
     moved += c.bytes_written
     return (max(flops / cpu.peak_flops, moved / cpu.mem_bandwidth),

@@ -242,3 +242,30 @@ def test_partitions_are_acyclic_complete_and_run_like_the_original(n, unsupporte
                if node.op == "call_function" and node.target is torch.ops.aten.special_bessel_j0.default)
     flat = after.flat_example_inputs()
     assert _same(run_partitions(after, flat), program.run_flat(flat))
+
+
+def test_split_handles_data_dependent_sizes():
+    """Routing with torch.where has unbacked sizes (u0...): their cost counts at the shape env's bound, so
+    placement runs instead of failing, and the partitions still reproduce the model."""
+
+    class Routed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gate = torch.nn.Linear(8, 2)
+            self.experts = torch.nn.ModuleList(torch.nn.Linear(8, 8) for _ in range(2))
+
+        def forward(self, x):
+            idx = self.gate(x).argmax(-1)
+            out = torch.zeros_like(x)
+            for e, expert in enumerate(self.experts):
+                (tok,) = torch.where(idx == e)
+                out = out.index_add(0, tok, expert(x[tok]))
+            return out
+
+    torch.manual_seed(0)
+    model, x = Routed().eval(), torch.randn(16, 8)
+    program = fxopt.capture(model, (x,))
+    costs = [n.meta["cost"] for n in program.graph.nodes if n.meta.get("cost") is not None]
+    assert any(s.name.startswith("u") for c in costs if c.is_symbolic for s in c.free_symbols)
+    after = optimize(program, "split{target=xla}", verify=True)
+    torch.testing.assert_close(run_partitions(after, [x])[0], model(x))
