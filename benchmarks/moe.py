@@ -1,4 +1,4 @@
-"""`moe` pass: many small experts, eager loop vs fxopt-fused (reference backend) vs torch.compile of the loop.
+"""`moe` pass: many small experts, eager loop vs fxopt-fused (reference and XLA backends) vs torch.compile.
 
 Grid: E in {8, 16, 32} experts, batch in {64, 256, 1024}, experts Linear(64, 128)-ReLU-Linear(128, 64), two
 gatings: top-1 routing written as the ModuleList loop (``where(idx == e)``, ``x[tok]``, ``index_add``) and
@@ -8,9 +8,13 @@ also times two hand-written grouped strategies over the same stacked weights, to
 strategy by measurement: *padded* (tokens sorted by expert into an [E, C, in] buffer, C = largest expert
 load, one bmm chain) and *segment* (tokens sorted by expert, one mm chain per expert on its slice).
 GFLOP/s counts the useful FLOPs (routed tokens only for top-1) and compares with one plain ``mm`` of the
-same FLOPs. Headline: fxopt speedup over eager and over torch.compile at E=16, batch 256, top-1.
+same FLOPs. The ``fxopt-xla`` column compiles the fused program with the XLA backend after
+``split{target=xla,policy=support}`` (top-1 routing has data-dependent sizes — ``where``/``nonzero`` — which
+stay on the CPU in PyTorch; the XLA partitions are jit-compiled per shape signature, and the first timed
+calls of a new signature are excluded by the warm-up). Headline: fxopt speedup over eager and over
+torch.compile at E=16, batch 256, top-1.
 
-    python -m benchmarks.moe [--quick] [--no-compile] [--repeat N] [--threads N]
+    python -m benchmarks.moe [--quick] [--no-compile] [--no-xla] [--repeat N] [--threads N]
 """
 from __future__ import annotations
 
@@ -121,7 +125,22 @@ def _interleaved(fns: dict, repeat: int, budget_s: float) -> dict:
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
-def run_config(num_experts: int, batch: int, mode: str, repeat: int, use_compile: bool, budget_s: float) -> dict:
+def _xla_compiled(fused, x, model):
+    """The fused program through the XLA backend (after split), or None with a note when it cannot run."""
+    try:
+        from fxopt.passes.manager import optimize
+
+        split = optimize(fused, "split{target=xla,policy=support}", verify=False)
+        compiled = fxopt.compile(split, "xla")
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-5)
+        return compiled
+    except Exception as exc:  # noqa: BLE001 - a benchmark column, not a test: report and go on
+        print(f"  (fxopt-xla unavailable: {type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
+        return None
+
+
+def run_config(num_experts: int, batch: int, mode: str, repeat: int, use_compile: bool, budget_s: float,
+               use_xla: bool = True) -> dict:
     """Build, fuse and time one configuration; returns its row."""
     torch.manual_seed(0)
     model = (LoopTopK if mode == "top1" else Dense)(num_experts).eval()
@@ -136,6 +155,9 @@ def run_config(num_experts: int, batch: int, mode: str, repeat: int, use_compile
     compiled = fxopt.compile(fused, "reference")
     torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-5)
     fns = {"eager": lambda: model(x), "fxopt": lambda: compiled(x)}
+    xla = _xla_compiled(fused, x, model) if use_xla else None
+    if xla is not None:
+        fns["fxopt-xla"] = lambda: xla(x)
     compile_s = None
     if use_compile:
         t0 = time.perf_counter()
@@ -160,6 +182,10 @@ def run_config(num_experts: int, batch: int, mode: str, repeat: int, use_compile
            "compile_s": compile_s, "flops": flops}
     row.update({f"{k}_us": v * 1e6 for k, v in times.items()})
     row["speedup_vs_eager"] = times["eager"] / times["fxopt"]
+    if "fxopt-xla" in times:
+        row["xla_vs_eager"] = times["eager"] / times["fxopt-xla"]
+        if "torch.compile" in times:
+            row["xla_vs_compile"] = times["torch.compile"] / times["fxopt-xla"]
     if "torch.compile" in times:
         row["speedup_vs_compile"] = times["torch.compile"] / times["fxopt"]
         row["compile_vs_eager"] = times["eager"] / times["torch.compile"]
@@ -179,6 +205,7 @@ def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a 3-configuration subset")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (it compiles per config)")
+    parser.add_argument("--no-xla", action="store_true", help="skip the fxopt-xla column (needs jax)")
     parser.add_argument("--repeat", type=int, default=30, help="timed rounds per configuration")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: on a shared 2-core machine oversubscribed OpenMP "
@@ -192,20 +219,24 @@ def main(argv=None) -> list[dict]:
     else:
         grid = [(e, b, m) for m in ("top1", "dense") for e in (8, 16, 32) for b in (64, 256, 1024)]
     budget = 1.0 if args.quick else 2.5
-    rows = [run_config(e, b, m, args.repeat, not args.no_compile, budget) for e, b, m in grid]
+    rows = [run_config(e, b, m, args.repeat, not args.no_compile, budget, not args.no_xla) for e, b, m in grid]
     head = (f"{'mode':5} {'E':>3} {'B':>5} {'matmuls':>8} {'eager us':>9} {'fxopt us':>9} {'tc us':>8} "
-            f"{'x eager':>8} {'x tc':>6} {'tc/eager':>8} {'GF/s':>6} {'mm GF/s':>7} {'padded us':>9} {'segment us':>10}")
+            f"{'x eager':>8} {'x tc':>6} {'tc/eager':>8} {'xla us':>7} {'xla x eager':>11} {'xla x tc':>8} {'GF/s':>6} "
+            f"{'mm GF/s':>7} {'padded us':>9} {'segment us':>10}")
     print(head)
     print("-" * len(head))
     for r in rows:
         print(f"{r['mode']:5} {r['E']:>3} {r['batch']:>5} {r['matmuls']:>8} {r['eager_us']:>9.0f} "
               f"{r['fxopt_us']:>9.0f} {_fmt(r.get('torch.compile_us')):>8} {r['speedup_vs_eager']:>8.2f} "
               f"{_fmt(r.get('speedup_vs_compile'), '.2f'):>6} {_fmt(r.get('compile_vs_eager'), '.2f'):>8} "
-              f"{r['gflops_fxopt']:>6.1f} {r['gflops_plain']:>7.1f} {_fmt(r.get('padded_us')):>9} "
+              f"{_fmt(r.get('fxopt-xla_us')):>7} {_fmt(r.get('xla_vs_eager'), '.2f'):>11} "
+              f"{_fmt(r.get('xla_vs_compile'), '.2f'):>8} {r['gflops_fxopt']:>6.1f} {r['gflops_plain']:>7.1f} {_fmt(r.get('padded_us')):>9} "
               f"{_fmt(r.get('segment_us')):>10}")
     key = next((r for r in rows if (r["E"], r["batch"], r["mode"]) == (16, 256, "top1")), rows[0])
     tc = f", {key['speedup_vs_compile']:.2f}x torch.compile" if "speedup_vs_compile" in key else ""
-    print(f"\nheadline: E={key['E']} B={key['batch']} {key['mode']}: fxopt {key['speedup_vs_eager']:.2f}x eager{tc}; "
+    xla = (f"; fxopt-xla {key['xla_vs_eager']:.2f}x eager" if "xla_vs_eager" in key else "")
+    xla += (f", {key['xla_vs_compile']:.2f}x torch.compile" if "xla_vs_compile" in key else "")
+    print(f"\nheadline: E={key['E']} B={key['batch']} {key['mode']}: fxopt {key['speedup_vs_eager']:.2f}x eager{tc}{xla}; "
           f"slowest config vs eager {min(r['speedup_vs_eager'] for r in rows):.2f}x; padded/segment (top1) "
           + ", ".join(f"E{r['E']}B{r['batch']} {r['padded_vs_segment']:.2f}x" for r in rows if 'padded_vs_segment' in r))
     return rows

@@ -1285,6 +1285,8 @@ def _upper_bound(gm: torch.fx.GraphModule, name: str) -> int:
     env = getattr(shapes.fake_mode_of(gm), "shape_env", None)
     for key, value_range in (getattr(env, "var_to_range", None) or {}).items():
         if str(key) == name:
-            upper = value_range.upper
-            return int(upper) if getattr(upper, "is_finite", False) or isinstance(upper, int) else 0
+            try:  # an unbounded range's upper end is sympy's oo or torch's int_oo: no bound to use
+                return int(value_range.upper)
+            except (TypeError, ValueError, AttributeError, OverflowError):
+                return 0
     return 0

@@ -261,3 +261,33 @@ def test_cli_run_zoo_ranking_with_xla(tmp_path, capsys):
     assert any(f.endswith(".jaxexport") for f in files)
     assert all((out / f).is_file() for f in files)
     assert "jax.export serialized" in capsys.readouterr().out
+
+
+def test_routed_experts_with_data_dependent_sizes_run_split_across_cpu_and_xla():
+    """Top-1 routing (torch.where → sizes only known at run time, unbounded): split keeps the data-dependent
+    ops on the CPU and costs them at no bound instead of failing; the XLA partitions take the rest and are
+    re-jitted per routed size; outputs match on fresh inputs too."""
+
+    class Routed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gate = torch.nn.Linear(8, 4)
+            self.experts = torch.nn.ModuleList(
+                torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 8))
+                for _ in range(4))
+
+        def forward(self, x):
+            w, idx = torch.topk(torch.softmax(self.gate(x), -1), 1)
+            out = x.new_zeros(x.shape)
+            for e, expert in enumerate(self.experts):
+                tok, slot = torch.where(idx == e)
+                out = out.index_add(0, tok, expert(x[tok]) * w[tok, slot].unsqueeze(-1))
+            return out
+
+    torch.manual_seed(0)
+    model, x = Routed().eval(), torch.randn(32, 8)
+    program = fxopt.optimize(fxopt.capture(model, (x,)), "moe," + PIPELINE)
+    compiled = fxopt.compile(program, "xla")
+    assert {s.device for s in compiled.stages} == {"cpu", "xla"}
+    for inputs in (x, torch.randn(32, 8)):
+        torch.testing.assert_close(compiled(inputs), model(inputs), **TOL)
