@@ -1,4 +1,5 @@
-"""Decode-loop variants on the reference backend: the step loop vs partitions of 25 vs a full unroll.
+"""Decode-loop variants: the step loop vs partitions of 25 vs a full unroll (reference backend), and the full
+unroll through the XLA backend (one XLA executable for encoder + every step; skipped without jax).
 
 For zoo:ocr (small always; the default size unless ``--quick``): capture time of the decode loop, then per
 variant the compile time (``optimize`` + ``compile``), the time per sequence (batch latency / batch, median
@@ -23,11 +24,21 @@ from fxopt.ir import loops
 from fxopt.zoo import ocr
 
 
-def _compile(program, spec: str | None):
+def _compile(program, spec: str | None, backend: str = "reference"):
     start = time.perf_counter()
     prog = fxopt.optimize(program, spec, verify=False) if spec else program
-    compiled = decode.compile(prog) if decode.uses_runtime(prog) else fxopt.compile(prog)
+    compiled = decode.compile(prog) if decode.uses_runtime(prog) else fxopt.compile(prog, backend)
+    if backend != "reference":
+        compiled(*program.example_inputs)  # the XLA compile happens on the first call: count it here
     return compiled, time.perf_counter() - start
+
+
+def _has_jax() -> bool:
+    try:
+        import jax  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def run(small: bool, repeat: int, partition: int = 25) -> dict:
@@ -39,15 +50,17 @@ def run(small: bool, repeat: int, partition: int = 25) -> dict:
     program = loops.capture_decoder(model, inputs)
     capture_s = time.perf_counter() - start
     reference = loops.greedy(model, *inputs)
-    variants = [("python loop (eager model)", None), ("step loop", ""),
+    variants: list[tuple] = [("python loop (eager model)", None), ("step loop", ""),
                 (f"partitions of {partition}", f"unroll{{partition={partition}}}"),
                 ("full unroll", "unroll{mode=full}")]
+    if _has_jax():
+        variants.append(("full unroll on xla", "unroll{mode=full}", "xla"))
     built = []
-    for label, spec in variants:
+    for label, spec, *backend in variants:
         if spec is None:
             built.append((label, lambda: loops.greedy(model, *inputs), 0.0, None))
             continue
-        compiled, seconds = _compile(program, spec or None)
+        compiled, seconds = _compile(program, spec or None, *backend)
         built.append((label, lambda c=compiled: c(*inputs), seconds, compiled))
     times = interleaved_medians([fn for _, fn, _, _ in built], repeat)
     rows = []
