@@ -129,9 +129,10 @@ def capture(model: Any, example_inputs: Any = None, *, dynamic_shapes: Any = Non
     """Capture ``model`` as a flat, core-ATen :class:`Program`.
 
     Takes an nn.Module (or spec string, see :func:`resolve_model`), its example inputs (a tuple of
-    positional args, or a single tensor) and optional ``torch.export`` ``dynamic_shapes``. Returns a Program
-    whose nodes carry ``val``, ``provenance`` and ``cost``. Raises :class:`InputError` with one line when the
-    model cannot be captured.
+    positional args, or a single tensor) and optional ``torch.export`` ``dynamic_shapes``, or ``"batch"``:
+    dim 0 of every input tensor as ``Dim.AUTO`` (symbolic where the model allows it, static where it
+    hard-codes the size). Returns a Program whose nodes carry ``val``, ``provenance`` and ``cost``. Raises
+    :class:`InputError` with one line when the model cannot be captured.
     """
     if isinstance(model, (str, os.PathLike)) and os.fspath(model).endswith(".onnx"):
         from fxopt.ir.onnx_import import capture_onnx  # ONNX in: converted, then exported as below
@@ -140,10 +141,13 @@ def capture(model: Any, example_inputs: Any = None, *, dynamic_shapes: Any = Non
     resolved, inputs, name = resolve_model(model, example_inputs)
     source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else name
     original = resolved if isinstance(resolved, torch.nn.Module) else None
-    if original is not None and dynamic_shapes is None:
+    if original is not None and dynamic_shapes in (None, "batch"):
         from fxopt.ir import loops  # decode-loop protocol modules: encode/init_state/step captured apart
 
         if loops.is_decode_loop(original):
+            if dynamic_shapes == "batch":
+                raise InputError(f"{source}: decode-loop models are captured at the example batch; "
+                                 "capture without a dynamic batch")
             program = loops.capture_decoder(original, _as_tuple(inputs), name=name, source=source)
             provenance.mark_unowned(program.graph, "capture")
             return program
@@ -153,8 +157,20 @@ def capture(model: Any, example_inputs: Any = None, *, dynamic_shapes: Any = Non
             inputs = _inputs_from_signature(ep)
     else:
         inputs = _as_tuple(inputs)
+        if dynamic_shapes == "batch":
+            dynamic_shapes = batch_dynamic_shapes(inputs)
         ep = _export(resolved, inputs, dynamic_shapes, source)
     return program_from_exported(ep, inputs, name=name, source=source, original=original)
+
+
+def batch_dynamic_shapes(inputs: tuple) -> tuple:
+    """``torch.export`` dynamic_shapes for ``inputs`` (a tuple of positional args, nested containers
+    allowed) marking dim 0 of every tensor with at least one dim as ``Dim.AUTO``; other leaves get None."""
+    import torch.utils._pytree as pytree
+
+    auto = torch.export.Dim.AUTO
+    return tuple(pytree.tree_map(lambda t: {0: auto} if isinstance(t, torch.Tensor) and t.dim() > 0 else None,
+                                 inputs))
 
 
 def _as_tuple(inputs: Any) -> tuple:

@@ -357,3 +357,23 @@ def test_human_readable_sizes():
     assert before_after(152, 144, human_flops) == "152 → 144 FLOP"
     assert before_after(1500, 1_200_000, human_flops) == "1.5 kFLOP → 1.2 MFLOP"
     assert before_after(20_600_000, 20_599_488, human_bytes) == "20.6 MB (-512 B)"
+
+
+def test_run_dynamic_batch_gives_one_artifact_for_any_batch(tmp_path):
+    model_file = tmp_path / "mlp.py"
+    model_file.write_text(
+        "import torch\n\n"
+        "class MLP(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.lin = torch.nn.Linear(6, 3)\n\n"
+        "    def forward(self, x):\n"
+        "        return torch.relu(self.lin(x))\n\n"
+        "    def example_inputs(self):\n"
+        "        return (torch.randn(4, 6),)\n")
+    out = tmp_path / "art"
+    assert main(["run", f"{model_file}:MLP", "--dynamic-batch", "--passes", "dce", "-o", str(out)]) == 0
+    loaded = fxopt.load(str(out))
+    assert isinstance(loaded.input_specs[0]["shape"][0], str)       # the batch dim is a symbol
+    for batch in (1, 7):
+        assert loaded(torch.randn(batch, 6)).shape == (batch, 3)

@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "the final check of the compiled artifact against the captured model still runs")
     run.add_argument("--bisect-limit", metavar="N", type=_NonNegativeInt(),
                      help="run only the first N passes of the pipeline (to find a pass that breaks a model)")
+    run.add_argument("--dynamic-batch", action="store_true",
+                     help="capture dim 0 of the inputs as symbolic where the model allows (one artifact for "
+                          "any batch; needed for bucketing, e.g. --backend 'neuron{buckets=1;4;16}')")
     run.add_argument("--viz", action="store_true",
                      help="also write page.html (the pass trace, see `fxopt viz`) into the artifact directory")
     run.set_defaults(handler=cmd_run)
@@ -237,13 +240,14 @@ def _swallow_stderr(enabled: bool):
         yield
 
 
-def capture_model(spec: str, debug: bool = False):
-    """``fxopt.ir.capture.capture(spec)`` with torch's stderr chatter discarded unless ``debug``; returns
-    the captured Program (raises InputError when the model cannot be captured)."""
+def capture_model(spec: str, debug: bool = False, dynamic_batch: bool = False):
+    """``fxopt.ir.capture.capture(spec)`` with torch's stderr chatter discarded unless ``debug``; with
+    ``dynamic_batch``, dim 0 of the inputs is captured symbolic where the model allows. Returns the captured
+    Program (raises InputError when the model cannot be captured)."""
     from fxopt.ir.capture import capture
 
     with _swallow_stderr(not debug):
-        return capture(spec)
+        return capture(spec, dynamic_shapes="batch" if dynamic_batch else None)
 
 
 def _stdout_console():
@@ -371,7 +375,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     start_all = time.perf_counter()
     with Progress() as progress:
         with progress.stage(f"capturing {args.model}") as st:
-            program = capture_model(args.model, args.debug)
+            program = capture_model(args.model, args.debug, args.dynamic_batch)
             expected = program.run_flat(program.flat_example_inputs())
             st["done"] = f"captured {program.name}: {program.num_nodes()} nodes"
         timings["capture"] = st["seconds"]
