@@ -13,7 +13,7 @@ import torch.utils._pytree as pytree
 from fxopt.ir import provenance, shapes
 from fxopt.ir.aliasing import aliases_input
 from fxopt.ir.capture import set_attr
-from fxopt.ir.program import fetch_attr, fresh_attr_name
+from fxopt.ir.program import concrete_int, fetch_attr, fresh_attr_name
 from fxopt.passes.moe_match import Chain, Linear, val
 
 aten = torch.ops.aten
@@ -128,21 +128,32 @@ def fuse_horizontal(gm: torch.fx.GraphModule, lins: list[Linear], tag: str, pass
 
 def _needs_contiguous(gm, old: torch.fx.Node, part: torch.fx.Node) -> bool:
     """True when a view of ``old`` — directly or after other views — cannot view the strided slice ``part``
-    (each aliasing user is replayed on the fake value, so ``unflatten`` then ``view(-1)`` is caught)."""
-    mode = shapes.fake_mode_of(gm) or torch._subclasses.fake_tensor.FakeTensorMode()
-    return _aliasing_users_fail(old, val(part), mode)
+    (each aliasing user is replayed, so ``unflatten`` then ``view(-1)`` is caught). The replay runs on meta
+    tensors at the example sizes: fake tensors' ``view`` does not check strides."""
+    return _aliasing_users_fail(old, _as_meta(val(part)))
 
 
-def _aliasing_users_fail(node: torch.fx.Node, fake, mode) -> bool:
+def _as_meta(value):
+    """A meta tensor with ``value``'s sizes (example values of symbolic dims), strides and dtype; SymInts
+    as ints; anything else unchanged."""
+    if isinstance(value, torch.Tensor):
+        return torch.empty_strided([concrete_int(d) for d in value.shape],
+                                   [concrete_int(d) for d in value.stride()], dtype=value.dtype, device="meta")
+    if isinstance(value, torch.SymInt):
+        return concrete_int(value)
+    return value
+
+
+def _aliasing_users_fail(node: torch.fx.Node, meta: torch.Tensor) -> bool:
     for user in node.users:
         if user.op != "call_function" or not user.args or user.args[0] is not node or not aliases_input(user):
             continue
         args, kwargs = pytree.tree_map_only(torch.fx.Node, lambda n: n.meta.get("val"), (user.args[1:], user.kwargs))
+        args, kwargs = pytree.tree_map(_as_meta, (args, kwargs))
         try:
-            with mode:
-                out = user.target(fake, *args, **kwargs)
+            out = user.target(meta, *args, **kwargs)
         except Exception:  # noqa: BLE001 - any failure means the strides do not allow this view
             return True
-        if isinstance(out, torch.Tensor) and _aliasing_users_fail(user, out, mode):
+        if isinstance(out, torch.Tensor) and _aliasing_users_fail(user, out):
             return True
     return False

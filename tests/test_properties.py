@@ -284,6 +284,14 @@ REPRODUCERS = [
         init=("self.lin0 = nn.Linear(4, 2, bias=True)", "self.lin1 = nn.Linear(4, 3, bias=True)"),
         body=("v0, v1 = self.lin0(x), self.lin1(x)", "v2 = v0.view(-1)"), outputs=("v2", "v1")), "numerics",
      {}),
+    # found by a fuzz campaign (seed 13): the replay ran on fake tensors, whose view() does not check strides,
+    # so a fused slice's view -> permute -> view(-1) passed the check and failed at run time; the replay now
+    # runs on meta tensors (moe_rewrite._needs_contiguous).
+    ("horizontal-linears-permuted-view", ModelSpec(
+        inputs=(("x", (1, 1), "float32"),),
+        init=("self.lin0 = nn.Linear(1, 1, bias=False)", "self.lin1 = nn.Linear(1, 2, bias=False)"),
+        body=("v0 = x.expand(2, 1, 1).clone().view(1, 2, 1)", "v1, v2 = self.lin0(v0), self.lin1(v0)",
+              "v3 = v2.transpose(0, 1).contiguous().view(-1)"), outputs=("v3", "v1")), "numerics", {}),
 ]
 
 KNOWN_SIGNATURES = {name: [bug.signature for *_, bugs in REPRODUCERS for n, bug in bugs.items()
