@@ -19,37 +19,14 @@ import time
 import warnings
 
 import torch
-from torch import nn
 
 import fxopt
 from fxopt.backends.shared_store import load_many, save_many
 from fxopt.passes.dedupe import Dedupe, graph_views, optimize_many
 from fxopt.passes.dedupe_weights import content_key, identity_key, tensor_bytes
+from tests.conftest import TwinTowers
 
 SMALL_TENSOR = 1024
-
-
-class _Tower(nn.Module):
-    """81,224 float32 params (324,896 bytes), 840 of them in tensors of at most 1 KiB."""
-
-    def __init__(self):
-        super().__init__()
-        self.fc1, self.ln, self.fc2 = nn.Linear(242, 256), nn.LayerNorm(256), nn.Linear(256, 72)
-
-    def forward(self, x):
-        return self.fc2(torch.relu(self.ln(self.fc1(x))))
-
-
-class TwinTowers(nn.Module):
-    """The issue's anchor: two towers with identical weights (649,792 bytes; exact dedupe: 324,896)."""
-
-    def __init__(self):
-        super().__init__()
-        self.a, self.b = _Tower(), _Tower()
-        self.b.load_state_dict(self.a.state_dict())
-
-    def forward(self, x, y):
-        return torch.cat([self.a(x), self.b(y)], dim=1)
 
 
 def small_only_bytes(program) -> int:

@@ -59,6 +59,31 @@ class TinyEncoder(torch.nn.Module):
         return (torch.randint(0, 100, (2, 8)),)
 
 
+class Tower(torch.nn.Module):
+    """Linear(242, 256) -> LayerNorm -> ReLU -> Linear(256, 72): 81,224 float32 params = 324,896 bytes, of
+    which 840 floats (3,360 bytes) sit in tensors of at most 1 KiB."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.ln, self.fc2 = torch.nn.Linear(242, 256), torch.nn.LayerNorm(256), torch.nn.Linear(256, 72)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.ln(self.fc1(x))))
+
+
+class TwinTowers(torch.nn.Module):
+    """Two towers with identical weights (one pretrained encoder loaded twice), one input each: the dedupe
+    issue's anchor (649,792 bytes of weights; exact dedupe: 324,896)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = Tower(), Tower()
+        self.b.load_state_dict(self.a.state_dict())
+
+    def forward(self, x, y):
+        return torch.cat([self.a(x), self.b(y)], dim=1)
+
+
 @pytest.fixture
 def encoder():
     """A seeded TinyEncoder in eval mode and its example inputs."""

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from torch import nn
 
 import fxopt
+from conftest import Tower, TwinTowers
 from fxopt.backends.shared_store import load_many, load_member, save_many
 from fxopt.errors import InputError
 from fxopt.passes.canonicalize import RULES as CANONICAL_RULES
@@ -52,30 +53,6 @@ def _unique_bytes(tensors):
             seen.add(key)
             total += t.numel() * t.element_size()
     return total
-
-
-class Tower(nn.Module):
-    """Linear(242, 256) -> LayerNorm -> ReLU -> Linear(256, 72): 81,224 float32 params = 324,896 bytes, of
-    which 840 floats (3,360 bytes) sit in tensors of at most 1 KiB."""
-
-    def __init__(self):
-        super().__init__()
-        self.fc1, self.ln, self.fc2 = nn.Linear(242, 256), nn.LayerNorm(256), nn.Linear(256, 72)
-
-    def forward(self, x):
-        return self.fc2(torch.relu(self.ln(self.fc1(x))))
-
-
-class TwinTowers(nn.Module):
-    """Two towers with identical weights (one pretrained encoder loaded twice), one input each."""
-
-    def __init__(self):
-        super().__init__()
-        self.a, self.b = Tower(), Tower()
-        self.b.load_state_dict(self.a.state_dict())
-
-    def forward(self, x, y):
-        return torch.cat([self.a(x), self.b(y)], dim=1)
 
 
 class NaiveDecoder(nn.Module):
