@@ -22,6 +22,18 @@ from fxopt.tools.graphgen import ModelSpec, capture_spec, model_specs
 REAL_PASSES = [name for name in pass_names() if not name.startswith("test-")]
 
 
+def _apply_to_first_float_output(program, op, scalar) -> PassResult:
+    """Replace the program's first output, when it is a float tensor, by ``op(output, scalar)``."""
+    out = program.output_node()
+    outs = list(out.args[0])
+    if not outs or not isinstance(outs[0], torch.fx.Node) or not outs[0].meta["val"].dtype.is_floating_point:
+        return PassResult(modified=False)
+    with program.graph.inserting_before(out):
+        outs[0] = program.graph.call_function(op, (outs[0], scalar))
+    out.args = (tuple(outs),)
+    return PassResult(modified=True)
+
+
 @dataclass(frozen=True)
 class ScaleFirstOutput(Pass):
     """Wrong on every program: multiplies the first output by 1.5."""
@@ -29,14 +41,7 @@ class ScaleFirstOutput(Pass):
     name = "test-fuzz-scale"
 
     def run(self, program):
-        out = program.output_node()
-        outs = list(out.args[0])
-        if not outs or not isinstance(outs[0], torch.fx.Node) or not outs[0].meta["val"].dtype.is_floating_point:
-            return PassResult(modified=False)
-        with program.graph.inserting_before(out):
-            outs[0] = program.graph.call_function(torch.ops.aten.mul.Tensor, (outs[0], 1.5))
-        out.args = (tuple(outs),)
-        return PassResult(modified=True)
+        return _apply_to_first_float_output(program, torch.ops.aten.mul.Tensor, 1.5)
 
 
 @dataclass(frozen=True)
@@ -46,14 +51,7 @@ class GrowForever(Pass):
     name = "test-fuzz-grow"
 
     def run(self, program):
-        out = program.output_node()
-        outs = list(out.args[0])
-        if not outs or not isinstance(outs[0], torch.fx.Node) or not outs[0].meta["val"].dtype.is_floating_point:
-            return PassResult(modified=False)
-        with program.graph.inserting_before(out):
-            outs[0] = program.graph.call_function(torch.ops.aten.add.Tensor, (outs[0], 0.0))
-        out.args = (tuple(outs),)
-        return PassResult(modified=True)
+        return _apply_to_first_float_output(program, torch.ops.aten.add.Tensor, 0.0)
 
 
 @dataclass(frozen=True)
