@@ -20,20 +20,10 @@ import torch
 import torch.utils._pytree as pytree
 
 import fxopt
-from fxopt.zoo.ocr import OCREncoder
 from benchmarks.timing import interleaved_medians
+from benchmarks.zoo_models import zoo_model
 
 SPLIT = "canonicalize,fold-constants,dedupe,moe,dce,split{target=neuron,policy=support}"
-
-
-def _model(name: str, quick: bool):
-    if name != "ocr":
-        model, inputs = fxopt.zoo.get(name, small=quick)
-        return name, model, inputs, SPLIT
-    ocr, inputs = fxopt.zoo.get("ocr", small=True)
-    if quick:
-        return "ocr (encoder)", OCREncoder(ocr).eval(), inputs, SPLIT
-    return "ocr (small, unroll full)", ocr, inputs, "unroll{mode=full}," + SPLIT
 
 
 def _seconds(fn):
@@ -46,7 +36,7 @@ def run_zoo(names, quick: bool, repeat: int) -> list[dict]:
     """One row per zoo model: partitions, compile/load seconds, eager vs artifact latency."""
     rows = []
     for name in names:
-        label, model, inputs, pipeline = _model(name, quick)
+        label, model, inputs, pipeline = zoo_model(name, quick, SPLIT)
         program = fxopt.capture(model, inputs)
         optimized = fxopt.optimize(program, pipeline, verify=False)
         compiled, compile_s = _seconds(lambda: fxopt.compile(optimized, "neuron"))

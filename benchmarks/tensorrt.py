@@ -20,25 +20,15 @@ import time
 import torch
 
 import fxopt
-from fxopt.zoo.ocr import OCREncoder
 from benchmarks.timing import interleaved_medians
+from benchmarks.zoo_models import zoo_model
 
 PASSES = "canonicalize,fold-constants,dedupe,moe,decompose-embedding-bag,dce,split{target=tensorrt,policy=support}"
 
 
-def _model(name: str, quick: bool):
-    if name != "ocr":
-        model, inputs = fxopt.zoo.get(name, small=quick)
-        return name, model, inputs, PASSES
-    ocr, inputs = fxopt.zoo.get("ocr", small=True)
-    if quick:
-        return "ocr (encoder)", OCREncoder(ocr).eval(), inputs, PASSES
-    return "ocr (small, unroll full)", ocr, inputs, "unroll{mode=full}," + PASSES
-
-
 def measure(name: str, quick: bool, repeat: int) -> dict:
     """Compile one zoo model with ``tensorrt{fp16=true}`` and time it; returns the row as a dict."""
-    label, model, inputs, passes = _model(name, quick)
+    label, model, inputs, passes = zoo_model(name, quick, PASSES)
     program = fxopt.optimize(fxopt.capture(model, inputs), passes, verify=False)
     start = time.perf_counter()
     compiled = fxopt.compile(program, "tensorrt{fp16=true}")
