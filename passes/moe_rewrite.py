@@ -60,17 +60,24 @@ def stacked_weights(gm: torch.fx.GraphModule, chains: list[Chain], step: int) ->
 
 
 def batched_chain(b: Builder, chains: list[Chain], x3: torch.fx.Node, tag: str) -> torch.fx.Node:
-    """Emit the experts' chain once over ``x3`` [E, rows, in]: ``bmm`` + bias per linear, the elementwise
-    ops as they are. Returns the [E, rows, out] result."""
+    """Emit the experts' chain once over ``x3`` [E, rows, in]: ``baddbmm`` (``bmm`` without bias) per
+    linear, the elementwise ops as they are. Returns the [E, rows, out] result."""
     h = x3
     lead = chains[0]
     for i, step in enumerate(lead.steps):
         if isinstance(step, Linear):
             w, bias = stacked_weights(b.gm, chains, i)
             w_node = b.attr(f"{tag}_w{i}", w)
-            h = b.op(aten.bmm.default, h, w_node)
-            if bias is not None:
-                h = b.op(aten.add.Tensor, h, b.attr(f"{tag}_b{i}", bias))
+            if bias is None:
+                h = b.op(aten.bmm.default, h, w_node)
+            else:   # bias [E, 1, out] broadcast inside the matmul: one op and one pass over h fewer than bmm + add
+                bias_node = b.attr(f"{tag}_b{i}", bias)
+                rows = val(h).shape[1]
+                if not isinstance(rows, int):
+                    # baddbmm's meta kernel cannot broadcast to an unbacked size (routed capacity): expand first
+                    rows_node = b.op(aten.sym_size.int, h, 1)
+                    bias_node = b.op(aten.expand.default, bias_node, [len(chains), rows_node, bias.shape[-1]])
+                h = b.op(aten.baddbmm.default, bias_node, h, w_node)
         else:
             h = b.op(step.target, h, *step.args[1:], **step.kwargs)
     return h

@@ -194,6 +194,51 @@ def check_group(members: list[Routed]) -> str | None:
     return None
 
 
+def _ids_in_range(idx: torch.fx.Node, first: int, count: int) -> bool:
+    """True when every id in ``idx`` is provably in ``[first, first + count)``: ``idx`` is the index output of
+    ``topk``/``max``/``argmax`` over a last dim of exactly ``first + count`` entries with ``first == 0``."""
+    if first != 0 or idx.op != "call_function":
+        return False
+    src, dim = None, None
+    if idx.target is operator.getitem and idx.args[1] == 1 and isinstance(idx.args[0], torch.fx.Node):
+        op = idx.args[0]
+        if op.op == "call_function" and op.target in (aten.topk.default, aten.max.dim):
+            src = op.args[0]
+            dim = op.args[2] if op.target is aten.topk.default and len(op.args) > 2 else op.kwargs.get("dim", -1)
+            if op.target is aten.max.dim:
+                dim = op.args[1]
+    elif idx.target is aten.argmax.default and len(idx.args) > 1:
+        src, dim = idx.args[0], idx.args[1]
+    v = val(src) if isinstance(src, torch.fx.Node) else None
+    if v is None or not isinstance(dim, int) or v.dim() == 0:
+        return False
+    size = v.shape[dim]
+    return isinstance(size, int) and size == count
+
+
+def _gate_rows(lead: Routed, pairs: torch.fx.Node, b: Builder) -> dict:
+    """Mapping for gate nodes of the form ``index(w, [tok, slot])`` (``w`` laid out like ``idx``,
+    contiguous) to one row gather ``index_select(view(w, [-1]), 0, pairs)`` of the flat pair positions."""
+    found: dict = {}
+    if lead.slot is None:
+        return found
+    v_idx = val(lead.idx)
+    stack, seen = [lead.gate], set()
+    while stack:
+        node = stack.pop()
+        if not isinstance(node, torch.fx.Node) or node in seen or node.op != "call_function":
+            continue
+        seen.add(node)
+        if (node.target is aten.index.Tensor and list(node.args[1]) == [lead.tok, lead.slot]
+                and val(node.args[0]) is not None and tuple(val(node.args[0]).shape) == tuple(v_idx.shape)
+                and val(node.args[0]).is_contiguous()):
+            flat = b.op(aten.view.default, node.args[0], [-1])
+            found[node] = b.op(aten.index_select.default, flat, 0, pairs)
+            continue
+        stack.extend(node.all_input_nodes)
+    return found
+
+
 def fuse_routed(gm: torch.fx.GraphModule, members: list[Routed], tag: str, pass_name: str) -> int:
     """Rewrite a checked routed group (see module docstring); returns the number of matmuls removed."""
     members = sorted(members, key=lambda m: m.expert_id)
@@ -205,51 +250,66 @@ def fuse_routed(gm: torch.fx.GraphModule, members: list[Routed], tag: str, pass_
     v_idx, v_x = val(idx), val(x)
     k = v_idx.shape[1] if v_idx.dim() == 2 else 1
     b = Builder(gm, last_put, lead.chain.steps[0].node, pass_name)
-    flat = b.op(aten.view.default, b.op(aten.clone.default, idx, memory_format=torch.contiguous_format), [-1]) \
-        if v_idx.dim() == 2 else idx
+    flat = idx
+    if v_idx.dim() == 2:
+        if not v_idx.is_contiguous():
+            flat = b.op(aten.clone.default, flat, memory_format=torch.contiguous_format)
+        flat = b.op(aten.view.default, flat, [-1])
     if v_idx.dtype != torch.int64:
         flat = b.op(aten._to_copy.default, flat, dtype=torch.int64)
     rel = b.op(aten.sub.Tensor, flat, c0) if c0 else flat
-    valid = b.op(aten.logical_and.default, b.op(aten.ge.Scalar, rel, 0), b.op(aten.lt.Scalar, rel, e))
-    vpos = b.op(aten.squeeze.dims, b.op(aten.nonzero.default, valid), [1])        # valid pair positions
-    relv = b.op(aten.index.Tensor, rel, [vpos])
-    srt = b.op(aten.sort.stable, relv, stable=True, dim=0)
-    skey = b.op(operator.getitem, srt, 0)
-    order_v = b.op(aten.index.Tensor, vpos, [b.op(operator.getitem, srt, 1)])             # flat positions by expert
+    if _ids_in_range(idx, c0, e):
+        # every (token, slot) pair goes to an expert of the group: no filtering, no data-dependent count
+        srt = b.op(aten.sort.stable, rel, stable=True, dim=0)
+        skey = b.op(operator.getitem, srt, 0)
+        pairs = b.op(operator.getitem, srt, 1)                                       # flat positions by expert
+        nv = b.op(aten.sym_size.int, flat, 0)
+    else:
+        # ids outside the group (other experts, -1 for dropped tokens) are skipped
+        valid = b.op(aten.logical_and.default, b.op(aten.ge.Scalar, rel, 0), b.op(aten.lt.Scalar, rel, e))
+        vpos = b.op(aten.squeeze.dims, b.op(aten.nonzero.default, valid), [1])        # valid pair positions
+        relv = b.op(aten.index_select.default, rel, 0, vpos)
+        srt = b.op(aten.sort.stable, relv, stable=True, dim=0)
+        skey = b.op(operator.getitem, srt, 0)
+        pairs = b.op(aten.index_select.default, vpos, 0, b.op(operator.getitem, srt, 1))
+        nv = b.op(aten.sym_size.int, vpos, 0)
     experts = b.op(aten.arange.start_step, 0, e, dtype=torch.int64, device=v_x.device)
-    counts = b.op(aten.sum.dim_IntList, b.op(aten.eq.Tensor, b.op(aten.unsqueeze.default, relv, 1), experts), [0])
-    offsets = b.op(aten.sub.Tensor, b.op(aten.cumsum.default, counts, 0), counts)
-    nv = b.op(aten.sym_size.int, vpos, 0)
+    # expert e's pairs are skey[offsets[e]:ends[e]] (skey is sorted)
+    ends = b.op(aten.searchsorted.Tensor, skey, experts, right=True)
+    offsets = b.op(aten.searchsorted.Tensor, skey, experts)
+    counts = b.op(aten.sub.Tensor, ends, offsets)
     pos = b.op(aten.sub.Tensor, b.op(aten.arange.start_step, 0, nv, dtype=torch.int64, device=v_x.device),
-               b.op(aten.index.Tensor, offsets, [skey]))
+               b.op(aten.index_select.default, offsets, 0, skey))
     cap = b.op(aten._local_scalar_dense.default, b.op(aten.max.default, counts))
     b.op(aten.sym_constrain_range_for_size.default, cap)
-    dest = b.op(aten.add.Tensor, b.op(aten.mul.Tensor, skey, cap), pos)
-    if v_idx.dim() == 2:
-        tok = b.op(aten.div.Scalar_mode, order_v, k, rounding_mode="floor")
-        slot = b.op(aten.remainder.Scalar, order_v, k)
+    dest = b.op(aten.add.Tensor, b.op(aten.mul.Tensor, skey, cap), pos)            # row in the [E*C] buffer
+    if k == 1:
+        tok = pairs
+        slot = b.op(aten.mul.Tensor, pairs, 0) if lead.slot is not None else None
     else:
-        tok, slot = order_v, None
+        tok = b.op(aten.div.Scalar_mode, pairs, k, rounding_mode="floor")
+        slot = b.op(aten.remainder.Scalar, pairs, k)
     rows = b.op(operator.mul, cap, e)
     width = int(v_x.shape[1])
     buf = b.op(aten.full.default, [rows, width], 0, dtype=v_x.dtype, device=v_x.device)
-    buf = b.op(aten.index_put.default, buf, [dest], b.op(aten.index.Tensor, x, [tok]))
+    buf = b.op(aten.index_copy.default, buf, 0, dest, b.op(aten.index_select.default, x, 0, tok))
     x3 = b.op(aten.view.default, buf, [e, cap, width])
     y3 = batched_chain(b, [m.chain for m in members], x3, tag)
     out_width = int(val(y3).shape[2])
-    ys = b.op(aten.index.Tensor, b.op(aten.view.default, y3, [rows, out_width]), [dest])
+    ys = b.op(aten.index_select.default, b.op(aten.view.default, y3, [rows, out_width]), 0, dest)
     added = ys
     if lead.gate is not None:
         variables = {lead.tok} | ({lead.slot} if lead.slot is not None else set())
         mapping = {lead.tok: tok, **({lead.slot: slot} if lead.slot is not None else {})}
+        mapping.update(_gate_rows(lead, pairs, b))
         g = _instantiate(b, lead.gate, mapping, variables, {}, {})
         added = b.op(aten.mul.Tensor, *((g, ys) if lead.gate_first else (ys, g)))
-    acc = b.op(aten.index_put.default, first_put.args[0], [tok], added, True)
+    # index_add sums duplicates in index order, like the loop's index_put(accumulate=True) chain did
+    acc = b.op(aten.index_add.default, first_put.args[0], 0, tok, added)
     last_put.replace_all_uses_with(acc)
     for m in members:
         _drop_size_asserts(gm, m.tok)
     return sum(len(m.chain.linears) for m in members) - len(lead.chain.linears)
-
 
 
 def _drop_size_asserts(gm: torch.fx.GraphModule, tok: torch.fx.Node) -> None:
