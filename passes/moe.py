@@ -51,18 +51,25 @@ class FuseExperts(Pass):
     (auto|dense|topk|none: which expert groups to fuse), ``horizontal`` (fuse parallel linears),
     ``max_dense_rows`` (dense groups fuse only when each expert sees at most this many rows: measured on
     CPU, one bmm over [E, B, h] loses to the per-expert loop from B = 1024 on, where the loop's GEMMs are
-    already efficient and stay in cache; 0 = no limit)."""
+    already efficient and stay in cache; 0 = no limit), ``grouped`` (how routed groups run: ``padded`` one
+    batched chain over an [E, C, in] buffer, ``segment`` each expert's chain on its own slice of the sorted
+    rows, ``auto`` segment when experts average at least ``segment_rows`` rows, where padding costs more
+    than the per-expert calls)."""
 
     name = "moe"
     min_experts: int = 2
     routing: Literal["auto", "dense", "topk", "none"] = "auto"
     horizontal: bool = True
     max_dense_rows: int = 512
+    grouped: Literal["auto", "padded", "segment"] = "auto"
+    segment_rows: int = 64
 
     def __post_init__(self):
         if self.min_experts < 2:
             raise InputError(f"pass 'moe': min_experts={self.min_experts} must be at least 2 "
                              "(one expert has nothing to fuse with)")
+        if self.segment_rows < 1:
+            raise InputError(f"pass 'moe': segment_rows={self.segment_rows} must be at least 1")
 
     def run(self, program: Program) -> PassResult:
         """Find and fuse groups; report groups found, experts fused, matmul nodes and FLOPs before/after."""
@@ -70,7 +77,7 @@ class FuseExperts(Pass):
         matmuls_before, flops_before = count_matmuls(gm), _flops(gm)
         notes: list[str] = []
         stats = {"groups_found": 0, "experts_fused": 0, "dense_groups": 0, "routed_groups": 0,
-                 "horizontal_groups": 0, "linears_fused": 0}
+                 "horizontal_groups": 0, "linears_fused": 0, "padded_groups": 0, "segment_groups": 0}
         changed = False
         if self.routing != "none":
             changed |= self._fuse_experts(gm, stats, notes)
@@ -107,7 +114,9 @@ class FuseExperts(Pass):
                     notes.append(f"routed group of {len(members)} experts at '{members[0].chain.output.name}' "
                                  f"not fused: {why}")
                     continue
-                fuse_routed(gm, members, f"moe_routed{stats['routed_groups']}", self.name)
+                strategy = self._grouped_strategy(members)
+                fuse_routed(gm, members, f"moe_routed{stats['routed_groups']}", self.name, strategy)
+                stats["segment_groups" if strategy == "segment" else "padded_groups"] += 1
                 stats["routed_groups"] += 1
                 stats["experts_fused"] += len(members)
                 changed = True
@@ -129,6 +138,15 @@ class FuseExperts(Pass):
                     stats["experts_fused"] += len(group)
                     changed = True
         return changed
+
+    def _grouped_strategy(self, members: list) -> str:
+        """``padded`` or ``segment`` for a routed group: the option, or for ``auto`` segment when the mean
+        (token, slot) pairs per expert at the example size reach ``segment_rows``."""
+        if self.grouped != "auto":
+            return self.grouped
+        v_idx = val(members[0].idx)
+        pairs = _rows(members[0].idx) * (int(v_idx.shape[1]) if v_idx.dim() == 2 else 1)
+        return "segment" if pairs >= self.segment_rows * len(members) else "padded"
 
     # ------------------------------------------------------------------------------------------ horizontal
     def _fuse_horizontal(self, gm, stats: dict) -> bool:

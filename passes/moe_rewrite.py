@@ -6,6 +6,8 @@ reads them directly) and ``b [E, 1, out]``. Matching lives in :mod:`fxopt.passes
 """
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.fx
 import torch.utils._pytree as pytree
@@ -14,7 +16,7 @@ from fxopt.ir import provenance, shapes
 from fxopt.ir.aliasing import aliases_input
 from fxopt.ir.capture import set_attr
 from fxopt.ir.program import concrete_int, fetch_attr, fresh_attr_name
-from fxopt.passes.moe_match import Chain, Linear, val
+from fxopt.passes.moe_match import SPLITS, Chain, Linear, out_shape, packet, val
 
 aten = torch.ops.aten
 
@@ -60,40 +62,61 @@ def stacked_weights(gm: torch.fx.GraphModule, chains: list[Chain], step: int) ->
 
 
 def batched_chain(b: Builder, chains: list[Chain], x3: torch.fx.Node, tag: str) -> torch.fx.Node:
-    """Emit the experts' chain once over ``x3`` [E, rows, in]: ``baddbmm`` (``bmm`` without bias) per
-    linear, the elementwise ops as they are. Returns the [E, rows, out] result."""
-    h = x3
+    """Emit the experts' unit once over ``x3`` [E, rows, in] (the source's rows, per expert): ``baddbmm``
+    (``bmm`` without bias, or ``bmm`` + ``add`` at a symbolic row count) per linear, elementwise ops and
+    combines as they are, splits along the last dim, row views as nothing (every value is [E, rows, f]).
+    ``chains`` share one structural key. Returns the [E, rows, out] result."""
     lead = chains[0]
+    env: dict = {}
+
+    def get(node):
+        base, _ = lead.resolve(node)
+        return x3 if base is lead.source else env[base]
+
     for i, step in enumerate(lead.steps):
         if isinstance(step, Linear):
+            h = get(step.x)
             w, bias = stacked_weights(b.gm, chains, i)
             w_node = b.attr(f"{tag}_w{i}", w)
-            if bias is None:
+            if bias is not None and isinstance(val(h).shape[1], int):
+                # bias [E, 1, out] broadcast inside the matmul: one op and one pass over h fewer than bmm + add
+                h = b.op(aten.baddbmm.default, b.attr(f"{tag}_b{i}", bias), h, w_node)
+            else:
+                # baddbmm's meta kernel cannot broadcast to an unbacked row count (the routed capacity), and
+                # expanding the bias first measured slower than bmm + add
                 h = b.op(aten.bmm.default, h, w_node)
-            else:   # bias [E, 1, out] broadcast inside the matmul: one op and one pass over h fewer than bmm + add
-                bias_node = b.attr(f"{tag}_b{i}", bias)
-                rows = val(h).shape[1]
-                if not isinstance(rows, int):
-                    # baddbmm's meta kernel cannot broadcast to an unbacked size (routed capacity): expand first
-                    rows_node = b.op(aten.sym_size.int, h, 1)
-                    bias_node = b.op(aten.expand.default, bias_node, [len(chains), rows_node, bias.shape[-1]])
-                h = b.op(aten.baddbmm.default, bias_node, h, w_node)
+                if bias is not None:
+                    h = b.op(aten.add.Tensor, h, b.attr(f"{tag}_b{i}", bias))
+            env[step.node] = h
+        elif step.target is operator.getitem:
+            env[step] = b.op(operator.getitem, get(step.args[0]), step.args[1])
+        elif packet(step.target) in SPLITS:
+            env[step] = b.op(step.target, get(step.args[0]), step.args[1], -1)
         else:
-            h = b.op(step.target, h, *step.args[1:], **step.kwargs)
-    return h
+            args = [get(a) if isinstance(a, torch.fx.Node) else a for a in step.args]
+            env[step] = b.op(step.target, *args, **step.kwargs)
+    return get(lead.output)
 
 
 def fuse_dense(gm: torch.fx.GraphModule, chains: list[Chain], tag: str, pass_name: str) -> int:
-    """Replace E chains that read the same 2-D source with one batched chain over the source expanded to
-    [E, B, in]; each expert's result becomes ``select(Y, 0, e)``. Returns the number of matmuls removed."""
-    source = chains[0].source
+    """Replace E units that read the same source with one batched unit over the source's rows expanded to
+    [E, rows, in] (a [B, T, d] source is read through its first linear's own ``view`` to [B*T, d]); each
+    expert's result becomes ``select(Y, 0, e)``, viewed back to the exit's shape. Returns the number of
+    matmuls removed."""
+    lead = chains[0]
+    shape = out_shape(lead)
+    flat = lead.source if val(lead.source).dim() == 2 else lead.steps[0].x
     anchor = _first_use_after_all(chains)
-    b = Builder(gm, anchor, chains[0].steps[0].node, pass_name)
+    b = Builder(gm, anchor, lead.steps[0].node, pass_name)
     e = len(chains)
-    x3 = b.op(aten.expand.default, b.op(aten.unsqueeze.default, source, 0), [e, -1, -1])
+    x3 = b.op(aten.expand.default, b.op(aten.unsqueeze.default, flat, 0), [e, -1, -1])
     y = batched_chain(b, chains, x3, tag)
+    if shape is not None and not val(y).is_contiguous():
+        y = b.op(aten.clone.default, y, memory_format=torch.contiguous_format)
     for i, chain in enumerate(chains):
         out = b.op(aten.select.int, y, 0, i)
+        if shape is not None:
+            out = b.op(aten.view.default, out, shape)
         chain.output.replace_all_uses_with(out)
     removed = sum(len(c.linears) for c in chains) - len(chains[0].linears)
     return removed

@@ -180,6 +180,29 @@ def test_loop_routing_experts_without_tokens_and_tokens_without_experts():
     torch.testing.assert_close(after(same), model(same))
 
 
+@pytest.mark.parametrize("drop", [0.0, 0.4])
+def test_segment_strategy_runs_each_expert_on_its_slice(drop):
+    model, program = _capture(LoopMoE(k=2, drop=drop), 7, 8)
+    after, result = _run(FuseExperts(grouped="segment"), program)
+    after.graph.lint()
+    # Expected: no batched matmul; each expert's two linears once, on its slice of the sorted rows
+    assert result.details["segment_groups"] == 1 and result.details["padded_groups"] == 0
+    assert _bmms(after) == 0 and _count(after, "addmm") == 1 + 2 * 4
+    assert _count(after, "split_with_sizes") == 1 and _count(after, "index_add") == 1
+    assert _count(after, "nonzero") == (1 if drop else 0)
+    for seed in range(4):
+        x = torch.randn(7, 8, generator=torch.Generator().manual_seed(seed)) * (1 + 3 * seed)
+        torch.testing.assert_close(after(x), model(x))
+    same = x[:1].repeat(7, 1) + 1e-3 * x[:7]                  # most experts receive no token
+    torch.testing.assert_close(after(same), model(same))
+
+
+def test_auto_strategy_follows_rows_per_expert():
+    _, program = _loop(k=1)                     # 7 tokens over 4 experts: under 2 rows each
+    assert _run(FuseExperts(), program)[1].details["padded_groups"] == 1
+    assert _run(FuseExperts(segment_rows=1), program)[1].details["segment_groups"] == 1
+
+
 def test_routing_option_selects_groups():
     _, program = _loop(k=1)
     _, dense_only = _run(FuseExperts(routing="dense", horizontal=False), program)
@@ -276,6 +299,10 @@ def test_options_parse_and_reject_bad_values():
         build_pipeline("moe{min_experts=1}")
     with pytest.raises(InputError, match="routing"):
         build_pipeline("moe{routing=sparse}")
+    with pytest.raises(InputError, match="grouped"):
+        build_pipeline("moe{grouped=ragged}")
+    with pytest.raises(InputError, match="segment_rows"):
+        build_pipeline("moe{segment_rows=0}")
 
 
 def test_fused_ranking_saves_and_loads(ranking, tmp_path):
