@@ -121,6 +121,8 @@ class FuseExperts(Pass):
                 stats["experts_fused"] += len(members)
                 changed = True
             chains = [c for c in chains if id(c) not in taken]
+            if changed:   # a fused group's result feeds later experts: grow their chains from the live graph
+                chains = [grow_chain(lin) for lins in linears_by_source(gm.graph).values() for lin in lins]
         if self.routing in ("auto", "dense"):
             dense = [c for c in chains if len(c.steps) >= 2 and match_routed(c) is None]
             by_source: dict = {}

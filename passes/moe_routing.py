@@ -337,7 +337,8 @@ def fuse_routed(gm: torch.fx.GraphModule, members: list[Routed], tag: str, pass_
     puts = sorted({m.put for m in members}, key=order.__getitem__)
     first_put, last_put = puts[0], puts[-1]
     e, c0, lead = len(members), members[0].expert_id, members[0]
-    idx, x = lead.idx, lead.x
+    # read x and idx from the live graph: fusing an earlier group replaced the node a stale match holds
+    x, idx = lead.chain.source.args[0], _routing_of(lead.tok)[1]
     v_idx, v_x = val(idx), val(x)
     k = v_idx.shape[1] if v_idx.dim() == 2 else 1
     b = Builder(gm, last_put, lead.chain.steps[0].node, pass_name)

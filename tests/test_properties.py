@@ -292,6 +292,20 @@ REPRODUCERS = [
         init=("self.lin0 = nn.Linear(1, 1, bias=False)", "self.lin1 = nn.Linear(1, 2, bias=False)"),
         body=("v0 = x.expand(2, 1, 1).clone().view(1, 2, 1)", "v1, v2 = self.lin0(v0), self.lin1(v0)",
               "v3 = v2.transpose(0, 1).contiguous().view(-1)"), outputs=("v3", "v1")), "numerics", {}),
+    # found by a fuzz campaign with routed experts (seed 3): a routed group reading another group's result
+    # kept a stale match of that result, so the first group's experts stayed alive and a second moe run fused
+    # them again; moe now reads x/idx from the live graph and regrows chains after routed fusion.
+    ("routed-group-reads-routed-group", ModelSpec(
+        inputs=(("x", (3, 2), "float32"),),
+        init=("self.g0 = nn.Linear(2, 2)", "self.a0 = nn.Linear(2, 2)", "self.a1 = nn.Linear(2, 2)",
+              "self.g1 = nn.Linear(2, 2)", "self.b0 = nn.Linear(2, 2)", "self.b1 = nn.Linear(2, 2)"),
+        body=("w0, i0 = torch.topk(torch.softmax(self.g0(x), -1), 1); v0 = x.new_zeros(3, 2); "
+              "t, s = torch.where(i0 == 0); v0 = v0.index_add(0, t, self.a0(x[t]) * w0[t, s].unsqueeze(-1)); "
+              "t, s = torch.where(i0 == 1); v0 = v0.index_add(0, t, self.a1(x[t]) * w0[t, s].unsqueeze(-1))",
+              "w1, i1 = torch.topk(torch.softmax(self.g1(v0), -1), 1); v1 = v0.new_zeros(3, 2); "
+              "t, s = torch.where(i1 == 0); v1 = v1.index_add(0, t, self.b0(v0[t]) * w1[t, s].unsqueeze(-1)); "
+              "t, s = torch.where(i1 == 1); v1 = v1.index_add(0, t, self.b1(v0[t]) * w1[t, s].unsqueeze(-1))"),
+        outputs=("v1",)), "idempotence", {}),
 ]
 
 KNOWN_SIGNATURES = {name: [bug.signature for *_, bugs in REPRODUCERS for n, bug in bugs.items()

@@ -351,7 +351,7 @@ def write_reproducer(failure: Failure, out: str) -> str:
 # ------------------------------------------------------------------------------------------ command line
 def _pass_list(text: str) -> list[str]:
     from fxopt.errors import InputError
-    from fxopt.passes.registry import get_pass_class, pass_names
+    from fxopt.passes.registry import build_pipeline, pass_names
 
     if text == "all":
         return [name for name in pass_names() if not name.startswith("test-")]
@@ -359,7 +359,7 @@ def _pass_list(text: str) -> list[str]:
     if not names:
         raise InputError("--passes: give 'all' or pass names separated by commas")
     for name in names:
-        get_pass_class(name)  # InputError for unknown names
+        build_pipeline(name)  # InputError for unknown names and options (a spec may carry options: moe{grouped=segment})
     return names
 
 
@@ -367,7 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m fxopt.tools.fuzz``."""
     p = argparse.ArgumentParser(prog="python -m fxopt.tools.fuzz",
                                 description="Fuzz fxopt's passes with random programs (see the module docstring).")
-    p.add_argument("--passes", default="all", help="'all' or NAME[,NAME...] (default: all)")
+    p.add_argument("--passes", default="all",
+                   help="'all' or NAME[,NAME...]; a name may carry options without commas, e.g. "
+                        "moe{grouped=segment} (default: all)")
     p.add_argument("--examples", type=int, default=100, help="programs to draw (default: 100)")
     p.add_argument("--pipelines", action="store_true", help="also run one random pipeline per program")
     p.add_argument("--seed", type=int, default=0, help="campaign seed (default: 0)")

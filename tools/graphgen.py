@@ -21,7 +21,8 @@ expand (same shape or a new leading dim), slices (full ``x[:, :]``, ``x[0:100]``
 cat/stack, split/chunk, sum/mean over a dim, softmax/log_softmax, layer_norm (functional or module),
 weight-only arithmetic (``self.w * 2 + 1``, ``self.s.exp()``, ``self.w * 1``, ``self.w.t() + 1``...),
 embedding lookups on the int input, parallel linears on one value and small dense mixtures of experts (what
-`moe` fuses), a computation repeated verbatim (common subexpressions), chains of up to four layout / copy /
+`moe` fuses), top-k routed experts as the ModuleList loop (``where(idx == e)`` / ``index_add``, sometimes
+with dropped routes), a computation repeated verbatim (common subexpressions), chains of up to four layout / copy /
 identity-arithmetic links in one line, "stride chains" (a strided slice, broadcast or transpose, then a copy,
 then a view that needs the copy's contiguous layout), dead computations (steps nothing returns), and outputs:
 the last value, most unread values, and up to two more, which may repeat a value or be an input itself.
@@ -720,6 +721,32 @@ def _experts(b: _Builder):
     return _Step(init, f"{out} = {' + '.join(terms)}", [out], [v], registers=regs)
 
 
+def _routed_experts(b: _Builder):
+    """Top-k routed experts written as the ModuleList loop `moe` fuses: ``topk`` of a softmax gate, per expert
+    ``tok, slot = torch.where(idx == e)`` and ``out.index_add(0, tok, expert(x[tok]) * w[tok, slot, None])``;
+    sometimes low-probability routes are dropped (id -1: tokens with no expert, experts with no token)."""
+    v = b.pick(lambda v: v.tensor.dtype == torch.float32 and v.tensor.dim() == 2)
+    if v is None:
+        return None
+    d = int(v.tensor.shape[-1])
+    count, hidden, width = b.integers(2, 4), b.integers(1, 4), b.integers(1, 4)
+    k = b.integers(1, min(2, count))
+    act = b.choice(["torch.relu", "F.gelu"])
+    init = [f"self.{(gate := b.fresh('gate'))} = nn.Linear({d}, {count})"]
+    w, idx, out, tok, slot = (b.fresh(n) for n in ("rw", "ri", "v", "tok", "slot"))
+    lines = [f"{w}, {idx} = torch.topk(torch.softmax(self.{gate}({v.name}), -1), {k})"]
+    if b.boolean():
+        lines.append(f"{idx} = torch.where({w} >= {b.choice([0.3, 0.5])}, {idx}, -1)")
+    lines.append(f"{out} = {v.name}.new_zeros({v.name}.shape[0], {width})")
+    for e in range(count):
+        l1, l2 = b.fresh("lin"), b.fresh("lin")
+        init += [f"self.{l1} = nn.Linear({d}, {hidden})", f"self.{l2} = nn.Linear({hidden}, {width})"]
+        lines.append(f"{tok}, {slot} = torch.where({idx} == {e})")
+        lines.append(f"{out} = {out}.index_add(0, {tok}, self.{l2}({act}(self.{l1}({v.name}[{tok}]))) * "
+                     f"{w}[{tok}, {slot}].unsqueeze(-1))")
+    return _Step(init, "; ".join(lines), [out], [v])
+
+
 def _repeat(b: _Builder):
     """The same computation again (a common subexpression; with a linear, a parallel identical chain)."""
     singles = [line for line in b.body if line.split(" = ", 1)[0].count(",") == 0 and ";" not in line]
@@ -743,13 +770,13 @@ OPS = {
     "weight": _weight, "embedding": _embedding, "repeat": _repeat,
     "experts": _experts,
     "bmm": _bmm, "reduce-more": _reduce_more, "embedding-bag": _embedding_bag, "gather": _gather,
-    "repeat-block": _repeat_block,
+    "repeat-block": _repeat_block, "routed-experts": _routed_experts,
 }
 
 
 # How often each op is drawn (a list with repeats): the ops that give passes work come up more often.
 OP_CHOICES = tuple(OPS) + ("weight", "experts", "repeat", "chain", "stride-chain", "linear", "weight", "chain2",
-                           "repeat-block", "gather")
+                           "repeat-block", "gather", "routed-experts")
 
 
 @st.composite
