@@ -63,6 +63,9 @@ class Unroll(Pass):
         """Rebuild ``program``'s graph as the requested variant; returns what was built."""
         region = loops.decode_region(program)
         if region is None:
+            from fxopt.passes import unroll_hop  # loops in the graph: torch.export scan/while_loop
+            if unroll_hop.has_hop_loops(program):
+                return unroll_hop.run(self, program)
             return PassResult(False, {"loops": 0},
                               ["no decode loop (capture a decode-loop protocol module, docs/decode-loop.md); "
                                "nothing to unroll"])
