@@ -43,6 +43,11 @@ def main(argv=None) -> None:
     headlines.append("unroll: zoo:ocr vs compiled step loop: " + ", ".join(
         f"{k} {v['speedup_vs_step_loop']:.2f}x" for k, v in u.items() if k.startswith(("partitions", "full"))))
     print()
+    from benchmarks import unroll_hop
+    hop = unroll_hop.main(["--quick"] if args.quick else [])
+    headlines.append("unroll (scan/while_loop in the graph): " + "; ".join(
+        f"{r['variant']} {r['speedup']:.2f}x" for res in hop for r in res["rows"][1:]))
+    print()
     from benchmarks import split
     s = [r for r in split.main(["--quick"] if args.quick else []) if r["status"] == "ok"]
     big = max((r for r in s if r["method"] == "split-cost"), key=lambda r: r["nodes"])
