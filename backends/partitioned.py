@@ -27,6 +27,7 @@ import torch
 import torch.fx
 
 from fxopt.backends.base import Compiled, common_kwargs, io_specs
+from fxopt.backends.fast_graph import fast_forward
 from fxopt.errors import BackendError, InputError
 from fxopt.ir import serialize
 from fxopt.ir.program import Program, fetch_attr
@@ -87,6 +88,7 @@ class TorchStage(Stage):
         """``module``: the partition's GraphModule (see :class:`StagePlan`)."""
         super().__init__(name, device, inputs, outputs)
         self.module = module
+        self._forward = fast_forward(module)
 
     @classmethod
     def from_plan(cls, plan: StagePlan) -> "TorchStage":
@@ -95,7 +97,7 @@ class TorchStage(Stage):
 
     def run(self, args: list) -> tuple:
         """Run the module; returns its outputs as a tuple."""
-        out = self.module(*args)
+        out = self._forward(*args)
         return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
     def write(self, directory: str) -> dict:

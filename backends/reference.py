@@ -10,6 +10,7 @@ import os
 import torch
 
 from fxopt.backends.base import Compiled, common_kwargs, io_specs
+from fxopt.backends.fast_graph import fast_forward
 from fxopt.ir import serialize
 from fxopt.ir.program import Program
 
@@ -23,10 +24,11 @@ class ReferenceCompiled(Compiled):
         """``graph_module``: the flat graph; other keyword arguments as in :class:`Compiled`."""
         super().__init__(**kwargs)
         self.graph_module = graph_module
+        self._forward = fast_forward(graph_module)
 
     def run_flat(self, flat_inputs: list) -> tuple:
         """Run the graph; returns its flat outputs."""
-        out = self.graph_module(*flat_inputs)
+        out = self._forward(*flat_inputs)
         return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
     def write_partitions(self, directory: str) -> list[dict]:
