@@ -1279,6 +1279,9 @@ def at_example_sizes(c: "OpCost", gm: torch.fx.GraphModule, bounds: dict[str, in
     return c.evaluate(subs)
 
 
+_LARGEST_USEFUL_BOUND = 2**31
+
+
 def _upper_bound(gm: torch.fx.GraphModule, name: str) -> int:
     from fxopt.ir import shapes  # shapes imports this module
 
@@ -1286,7 +1289,9 @@ def _upper_bound(gm: torch.fx.GraphModule, name: str) -> int:
     for key, value_range in (getattr(env, "var_to_range", None) or {}).items():
         if str(key) == name:
             try:  # an unbounded range's upper end is sympy's oo or torch's int_oo: no bound to use
-                return int(value_range.upper)
+                bound = int(value_range.upper)
             except (TypeError, ValueError, AttributeError, OverflowError):
                 return 0
+            # a bound inherited from a dynamic dim's range (up to int64 max) is no size estimate either
+            return bound if bound <= _LARGEST_USEFUL_BOUND else 0
     return 0

@@ -325,7 +325,8 @@ def _cut_scipy(rows: list, cols: list, values: list, size: int) -> tuple[float, 
     import scipy.sparse as sps
     from scipy.sparse.csgraph import breadth_first_order
 
-    vals = np.asarray(values, dtype=np.int64)
+    # finite capacities are clamped so that huge size estimates cannot overflow int64 (they are rescaled next)
+    vals = np.asarray([v if v == _INF else min(int(v), 2**62) for v in values], dtype=np.int64)
     infinite = vals == _INF
     finite_total = int(vals[~infinite].sum())
     unit = max(1, -(-finite_total // 2**29))

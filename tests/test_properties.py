@@ -45,7 +45,7 @@ from fxopt.ir.capture import set_attr
 from fxopt.passes.manager import optimize
 from fxopt.passes.registry import pass_names
 from fxopt.passes.verify import first_difference
-from graphgen import ModelSpec, model_specs
+from graphgen import ModelSpec, capture_spec, model_specs
 
 EXAMPLES = int(os.environ.get("FXOPT_FUZZ_EXAMPLES", "20"))
 FUZZ_SEED = int(os.environ.get("FXOPT_FUZZ_SEED", "20240611"))
@@ -96,7 +96,7 @@ def captured(spec: ModelSpec):
     if hit is not None and _snapshot(hit[0]) == hit[1]:
         return hit[0]
     model, inputs = spec.build(), spec.make_inputs()
-    program = fxopt.capture(model, inputs)
+    program = capture_spec(spec, model)       # a dynamic batch when the spec asks for one
     with torch.no_grad():
         eager = model(*[t.clone() for t in inputs])
     eager = eager if isinstance(eager, tuple) else (eager,)
@@ -306,6 +306,16 @@ REPRODUCERS = [
               "t, s = torch.where(i1 == 0); v1 = v1.index_add(0, t, self.b0(v0[t]) * w1[t, s].unsqueeze(-1)); "
               "t, s = torch.where(i1 == 1); v1 = v1.index_add(0, t, self.b1(v0[t]) * w1[t, s].unsqueeze(-1))"),
         outputs=("v1",)), "idempotence", {}),
+    # found by the same campaign: with a dynamic batch, a routed expert's unbacked row count inherits the
+    # batch's range (up to int64 max) as its "bound", split's cost estimate became ~1e22 ps and the min-cut
+    # overflowed; such bounds now count as unknown (ir/cost._upper_bound) and capacities are clamped.
+    ("routed-experts-dynamic-batch", ModelSpec(
+        inputs=(("x", (2, 1), "float32"),),
+        init=("self.g0 = nn.Linear(1, 2)", "self.a0 = nn.Linear(1, 1)", "self.a1 = nn.Linear(1, 1)"),
+        body=("w0, i0 = torch.topk(torch.softmax(self.g0(x), -1), 1); v0 = x.new_zeros(x.shape[0], 1); "
+              "t, s = torch.where(i0 == 0); v0 = v0.index_add(0, t, self.a0(x[t]) * w0[t, s].unsqueeze(-1)); "
+              "t, s = torch.where(i0 == 1); v0 = v0.index_add(0, t, self.a1(x[t]) * w0[t, s].unsqueeze(-1))",),
+        outputs=("v0",), dynamic_batch=True), "numerics", {}),
 ]
 
 KNOWN_SIGNATURES = {name: [bug.signature for *_, bugs in REPRODUCERS for n, bug in bugs.items()
