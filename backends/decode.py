@@ -16,7 +16,10 @@ partitions), ``last_steps`` the decode steps computed.
 
 Artifact: the whole graph (with its submodules) as ``graph.json`` + ``graph.safetensors`` (as the reference
 backend writes it, so the reference backend can also load it and run every step), and in the manifest
-``"runtime": "decode-partitions"`` and ``"decode"``: the plan plus ``batch``, ``bos_id``, ``eos_id``.
+``"runtime": "decode-partitions"`` and ``"decode"``: the plan plus ``batch`` (the example's), ``bos_id``,
+``eos_id``, ``n_state`` and ``dynamic_batch``. The batch of a run is read from the encoder's output, so a
+program captured with ``dynamic_shapes="batch"`` (every piece and partition graph symbolic in the batch,
+see :mod:`fxopt.ir.loops_batch`) decodes any batch, in this process or after :func:`load`.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import os
 import torch
 
 from fxopt.backends.base import Compiled, common_kwargs, io_specs
+from fxopt.backends.fast_graph import fast_forward
 from fxopt.errors import InputError
 from fxopt.ir import loops, serialize
 from fxopt.ir.program import Program
@@ -48,7 +52,8 @@ def plan_of(program: Program) -> dict:
     if region is None:
         raise InputError(f"'{program.name}' has no decode loop; compile it with the reference backend")
     return {**region["plan"], "batch": region["batch"], "bos_id": region["bos_id"],
-            "eos_id": region["eos_id"], "n_state": len(region["state"])}
+            "eos_id": region["eos_id"], "n_state": len(region["state"]),
+            "dynamic_batch": bool(region.get("dynamic_batch"))}
 
 
 class DecodeCompiled(Compiled):
@@ -71,10 +76,11 @@ class DecodeCompiled(Compiled):
         if missing or plan["variant"] not in ("loop", "partitioned"):
             raise InputError(f"decode artifact '{self.name}': plan {plan['variant']!r} needs submodule "
                              f"{missing[0] if missing else '?'}; re-create it with `fxopt run`")
-        self._encode = getattr(graph_module, ENCODE)
-        self._init = getattr(graph_module, INIT)
-        self._step = getattr(graph_module, STEP, None)
-        self._parts = [getattr(graph_module, part_name(k)) for k in range(len(plan["parts"] or []))]
+        # each piece runs through the fast op binding (backends/fast_graph): a step is many small ops
+        self._encode = fast_forward(getattr(graph_module, ENCODE))
+        self._init = fast_forward(getattr(graph_module, INIT))
+        self._step = fast_forward(getattr(graph_module, STEP)) if hasattr(graph_module, STEP) else None
+        self._parts = [fast_forward(getattr(graph_module, part_name(k))) for k in range(len(plan["parts"] or []))]
 
     def run_flat(self, flat_inputs: list) -> tuple:
         """Decode with early stop; returns ``(tokens [batch, max_len],)``."""

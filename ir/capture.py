@@ -144,11 +144,9 @@ def capture(model: Any, example_inputs: Any = None, *, dynamic_shapes: Any = Non
     if original is not None and dynamic_shapes in (None, "batch"):
         from fxopt.ir import loops  # decode-loop protocol modules: encode/init_state/step captured apart
 
-        if loops.is_decode_loop(original):
-            if dynamic_shapes == "batch":
-                raise InputError(f"{source}: decode-loop models are captured at the example batch; "
-                                 "capture without a dynamic batch")
-            program = loops.capture_decoder(original, _as_tuple(inputs), name=name, source=source)
+        if loops.is_decode_loop(original):  # "batch": every piece exported with one symbolic batch dim
+            program = loops.capture_decoder(original, _as_tuple(inputs), name=name, source=source,
+                                            dynamic_batch=dynamic_shapes == "batch")
             provenance.mark_unowned(program.graph, "capture")
             return program
     if isinstance(resolved, torch.export.ExportedProgram):

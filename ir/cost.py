@@ -46,7 +46,9 @@ FLOPs (a multiply-add counts as 2):
   input's shape), the output written (``empty*`` writes nothing).
 * ``operator.getitem``, ``placeholder``, ``get_attr``, ``output``, export's ``_guards_fn`` module call, and
   symbolic-size arithmetic (``sym_size``, ``operator.mul`` on SymInts, ``_assert_*``) cost nothing.
-* ``torch.ops.higher_order.cond`` costs its more expensive branch (marked inexact).
+* ``torch.ops.higher_order.cond`` costs its more expensive branch (marked inexact); ``scan`` costs
+  ``length x`` its combine graph (exact when the graph is); ``while_loop`` costs one iteration (cond + body),
+  a lower bound marked inexact (the trip count is data-dependent).
 
 Bytes:
 
@@ -1123,6 +1125,50 @@ try:
     register_cost(torch.ops.higher_order.cond)(_cond_cost)
 except (AttributeError, RuntimeError):  # pragma: no cover - very old torch
     pass
+
+
+def _loop_arg_list(node: torch.fx.Node, index: int) -> list:
+    value = node.args[index] if len(node.args) > index else ()
+    return list(value) if isinstance(value, (tuple, list)) else [value]
+
+
+def _scan_cost(node: torch.fx.Node) -> OpCost:
+    """``scan(combine_fn, init, xs, additional_inputs)``: ``length x`` the combine graph's cost, ``length``
+    being dim 0 of the first xs (symbolic when the length is). Exact when the combine graph is. The combine
+    graph's nodes carry per-step shapes, so one copy is one step; the stacking of the per-step outputs is
+    counted in them (each step writes its output)."""
+    combine = _subgraph_module(node, arg(node, 0, "combine_fn"))
+    xs = [x for x in _loop_arg_list(node, 2) if isinstance(x, torch.fx.Node)]
+    val = _node_val(xs[0]) if xs else None
+    if combine is None or not _is_tensor_like(val) or len(_shape(val)) == 0:
+        return _fallback_cost(node)
+    length = to_sympy(_shape(val)[0])
+    inner = graph_cost(combine)
+    hints = inner.hints if isinstance(length, int) else inner.hints + _collect_hints(node, _free(length))
+    return OpCost(_mul(length, inner.flops), _mul(length, inner.bytes_read), _mul(length, inner.bytes_written),
+                  inner.exact, hints)
+
+
+def _free(x: Number) -> set:
+    return set(x.free_symbols) if isinstance(x, sympy.Basic) else set()
+
+
+def _while_loop_cost(node: torch.fx.Node) -> OpCost:
+    """``while_loop(cond_fn, body_fn, carried_inputs, additional_inputs)``: ONE iteration (the cond graph +
+    the body graph), a lower bound of the loop's cost, so it is marked inexact (``exact=False``); the
+    trip count is data-dependent in general (``unroll`` makes it visible when it can be proven)."""
+    graphs = [_subgraph_module(node, arg(node, i, n)) for i, n in ((0, "cond_fn"), (1, "body_fn"))]
+    if any(g is None for g in graphs):
+        return _fallback_cost(node)
+    one = graph_cost(graphs[0]) + graph_cost(graphs[1])
+    return OpCost(one.flops, one.bytes_read, one.bytes_written, False, one.hints)
+
+
+for _name, _fn in (("scan", _scan_cost), ("while_loop", _while_loop_cost)):
+    try:
+        register_cost(getattr(torch.ops.higher_order, _name))(_fn)
+    except (AttributeError, RuntimeError):  # pragma: no cover - a torch without this loop op
+        pass
 
 
 # --------------------------------------------------------------------------------------------------

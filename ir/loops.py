@@ -7,7 +7,10 @@ few steps (checking that the state chains: each state tensor keeps its dtype, ra
 one dim that grows by the same amount every step), then captures ``encode``, ``init_state`` and ``step``
 as separate Programs (``step`` with one symbolic dim per growing cache), and returns a Program whose graph
 is the *step loop*: encoder, init_state and the generic step graph called ``max_len`` times as
-``call_module`` submodules. Its ``regions`` holds one :class:`DecodeLoopRegion`.
+``call_module`` submodules. Its ``regions`` holds one :class:`DecodeLoopRegion`. With ``dynamic_batch=True``
+(``fxopt.capture(..., dynamic_shapes="batch")``) every piece is exported with one symbolic batch
+(:mod:`fxopt.ir.loops_batch`) and the region records ``dynamic_batch``, ``batch_symbol`` and per tensor
+``batch_dim``.
 
 Output convention (every variant, the reference loop and the decode runtime agree): tokens
 ``LongTensor [batch, max_len]``, BOS excluded, ``eos_id`` in every position after a row's first EOS —
@@ -23,6 +26,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from fxopt.errors import InputError
+from fxopt.ir import loops_batch
 from fxopt.ir.program import Program
 
 REGION_KIND = "decode_loop"
@@ -227,14 +231,17 @@ class _Step(torch.nn.Module):
 
 
 def capture_decoder(model: torch.nn.Module, example_inputs: Any = None, *, name: str | None = None,
-                    source: str | None = None) -> Program:
+                    source: str | None = None, dynamic_batch: bool = False) -> Program:
     """Capture a decode-loop protocol module as a step-loop :class:`Program` with a decode-loop region.
 
     Takes the module and ``encode``'s example inputs (a tuple, a tensor, or None for the model's
-    ``example_inputs()``). Returns a Program whose graph takes ``encode``'s inputs and returns tokens
+    ``example_inputs()``); ``dynamic_batch=True`` exports every piece with a symbolic batch (dim 0 of the
+    inputs, memory, state and token; see :mod:`fxopt.ir.loops_batch`), so the program and every ``unroll``
+    variant decode any batch. Returns a Program whose graph takes ``encode``'s inputs and returns tokens
     ``[batch, max_len]`` (running every step), and whose ``regions`` is ``[DecodeLoopRegion]`` holding the
     ``encode``/``init_state``/``step`` Programs. Raises :class:`InputError` (one line) when the module does
-    not follow the protocol, its state does not chain, or a piece cannot be exported.
+    not follow the protocol, its state does not chain, a piece cannot be exported, or (dynamic batch)
+    torch.export specialises the batch.
     """
     from fxopt.ir.capture import capture as capture_program
     from fxopt.passes import unroll_graphs
@@ -257,10 +264,16 @@ def capture_decoder(model: torch.nn.Module, example_inputs: Any = None, *, name:
     model.eval()
     try:
         info = probe(model, inputs, name)
-        memory = model.encode(*inputs)
-        encode = capture_program(_Method(model, "encode"), inputs)
-        init = capture_program(_Method(model, "init_state"), (memory,))
-        step = _capture_step(model, info, memory, capture_program, name)
+        with torch.no_grad():
+            memory = model.encode(*inputs)
+        batch = loops_batch.batch_spec(info, inputs, name) if dynamic_batch else None
+        encode = _capture_piece(_Method(model, "encode"), inputs, batch and batch.encode_shapes(inputs),
+                                capture_program, name, "encode", batch)
+        init = _capture_piece(_Method(model, "init_state"), (memory,), batch and batch.init_shapes(memory),
+                              capture_program, name, "init_state", batch)
+        step = _capture_step(model, info, memory, capture_program, name, batch)
+        if batch is not None:
+            batch.check(step, "step")
     finally:
         for m, flag in flags:
             m.training = flag
@@ -272,18 +285,37 @@ def capture_decoder(model: torch.nn.Module, example_inputs: Any = None, *, name:
         memory=[{"shape": list(x.shape), "dtype": str(x.dtype).replace("torch.", "")} for x in info["memory"]],
         state=[{"shape": list(x.shape), "dtype": str(x.dtype).replace("torch.", ""), "growth": g}
                for x, g in zip(info["states"][0], info["growth"])],
-        cache_symbols=_cache_symbols(step, len(info["states"][0])),
+        cache_symbols=_cache_symbols(step, len(info["states"][0]), batch),
         encode=encode, init_state=init, step=step,
         plan=plan_for("loop", None, int(model.max_len)),
     )
+    if batch is not None:
+        batch.record(region, step)
     gm = unroll_graphs.build_top(region, None, region["max_len"], pass_name="capture")
     _, out_spec = pytree.tree_flatten(torch.zeros(1))
-    return Program(graph_module=gm, example_inputs=inputs, in_spec=encode.in_spec, out_spec=out_spec,
-                   name=name, source=source, original=model, regions=[region])
+    program = Program(graph_module=gm, example_inputs=inputs, in_spec=encode.in_spec, out_spec=out_spec,
+                      name=name, source=source, original=model, regions=[region])
+    program.dynamic_dims = loops_batch.input_dims(program)
+    return program
 
 
-def _capture_step(model, info: dict, memory: Any, capture_program, name: str) -> Program:
-    """Export ``step`` at the state before step ``min(2, max_len - 1)`` with one Dim per growing cache."""
+def _capture_piece(module: torch.nn.Module, args: tuple, dynamic: Any, capture_program, name: str,
+                   label: str, batch=None) -> Program:
+    """Export one protocol method (``encode`` / ``init_state``); ``dynamic``: its dynamic_shapes or None;
+    ``batch``: the :class:`~fxopt.ir.loops_batch.BatchSpec` whose batch its outputs must keep symbolic."""
+    if dynamic is None:
+        return capture_program(module, args)
+    try:
+        piece = capture_program(module, args, dynamic_shapes=dynamic)
+    except InputError as exc:
+        raise loops_batch.specialized_error(name, label, exc) from exc
+    batch.check(piece, label)
+    return piece
+
+
+def _capture_step(model, info: dict, memory: Any, capture_program, name: str, batch=None) -> Program:
+    """Export ``step`` at the state before step ``min(2, max_len - 1)`` with one Dim per growing cache
+    (and, with ``batch`` a :class:`~fxopt.ir.loops_batch.BatchSpec`, the batch Dim on dim 0)."""
     from torch.export import Dim
 
     t = min(2, model.max_len - 1, len(info["states"]) - 1)
@@ -302,19 +334,26 @@ def _capture_step(model, info: dict, memory: Any, capture_program, name: str) ->
                 spec[d] = dims[key]
         state_shapes.append(spec or None)
     dynamic = (None, tuple(state_shapes), pytree.tree_map(lambda _: None, memory)) if dims else None
+    if batch is not None:
+        dynamic = batch.step_shapes(state_shapes, memory)
     try:
         return capture_program(_Step(model), (token, state, memory), dynamic_shapes=dynamic)
     except InputError as exc:
+        if batch is not None and loops_batch.is_specialization(exc):
+            raise loops_batch.specialized_error(name, "step", exc) from exc
         raise InputError(f"{name}: capturing step with a symbolic cache length failed: {exc}; step must "
                          "not specialise on the cache length (no Python branches on state shapes)") from exc
 
 
-def _cache_symbols(step: Program, n_state: int) -> dict:
-    """``{symbol name: [state index, dim]}`` for the symbolic dims of the step graph's state inputs."""
+def _cache_symbols(step: Program, n_state: int, batch=None) -> dict:
+    """``{symbol name: [state index, dim]}`` for the symbolic dims of the step graph's state inputs (the
+    batch dim, when dynamic, excluded)."""
     out: dict = {}
     for i, node in enumerate(step.placeholders()[1:1 + n_state]):
         val = node.meta.get("val")
         for d, size in enumerate(getattr(val, "shape", ())):
+            if batch is not None and d == 0 and batch.state_dims[i]:
+                continue
             if isinstance(size, torch.SymInt):
                 out.setdefault(str(size.node.expr), [i, d])
     return out
@@ -334,7 +373,7 @@ def step_cost(region: dict, t: int):
     total = cost.graph_cost(region["step"].graph_module)
     if not total.is_symbolic:
         return total
-    subs = {}
+    subs = {region["batch_symbol"]: region["batch"]} if region.get("batch_symbol") else {}
     for sym, (i, d) in region["cache_symbols"].items():
         layout = region["state"][i]
         subs[sym] = layout["shape"][d] + layout["growth"][d] * t

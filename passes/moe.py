@@ -172,12 +172,18 @@ class FuseExperts(Pass):
 
 
 def _rows(source: torch.fx.Node) -> int:
-    """Rows of a 2-D source (its example size when the batch is symbolic)."""
-    d = val(source).shape[0]
-    try:
-        return int(d)
-    except Exception:  # noqa: BLE001 - unbacked without a hint: treat as small
-        return 0
+    """Rows of a source: the product of its dims but the last (B*T for [B, T, d]), at the example size
+    when dims are symbolic, 0 when a dim has no example size (unbacked). Never guards: ``int()`` of a
+    symbolic dim would specialize the program's batch to the example's."""
+    rows = 1
+    for d in val(source).shape[:-1]:
+        if isinstance(d, torch.SymInt):
+            hint = d.node.hint
+            if hint is None:
+                return 0
+            d = hint
+        rows *= int(d)
+    return rows
 
 
 def _input_key(x: torch.fx.Node):

@@ -54,11 +54,16 @@ def stacked_weights(gm: torch.fx.GraphModule, chains: list[Chain], step: int) ->
     """``(W [E, in, out], b [E, 1, out] or None)`` for linear step ``step`` of ``chains``: the experts'
     weights transposed and stacked (new tensors; the experts' own tensors are untouched)."""
     lins = [c.steps[step] for c in chains]
-    w = torch.stack([fetch_attr(gm, lin.weight.target).detach().t() for lin in lins]).contiguous()
+    w = torch.stack([_in_out(fetch_attr(gm, lin.weight.target).detach(), lin) for lin in lins]).contiguous()
     if lins[0].bias is None:
         return w, None
     b = torch.stack([fetch_attr(gm, lin.bias.target).detach() for lin in lins]).unsqueeze(1).contiguous()
     return w, b
+
+
+def _in_out(weight: torch.Tensor, lin: Linear) -> torch.Tensor:
+    """``weight`` as [in, out]: transposed for an ``nn.Linear`` weight, as it is for a direct matmul's."""
+    return weight.t() if lin.transposed else weight
 
 
 def batched_chain(b: Builder, chains: list[Chain], x3: torch.fx.Node, tag: str) -> torch.fx.Node:

@@ -338,7 +338,7 @@ def fuse_routed(gm: torch.fx.GraphModule, members: list[Routed], tag: str, pass_
     first_put, last_put = puts[0], puts[-1]
     e, c0, lead = len(members), members[0].expert_id, members[0]
     # read x and idx from the live graph: fusing an earlier group replaced the node a stale match holds
-    x, idx = lead.chain.source.args[0], _routing_of(lead.tok)[1]
+    x, idx = _gathered_rows(lead.chain.source)[0], _routing_of(lead.tok)[1]
     v_idx, v_x = val(idx), val(x)
     k = v_idx.shape[1] if v_idx.dim() == 2 else 1
     b = Builder(gm, last_put, lead.chain.steps[0].node, pass_name)
@@ -392,6 +392,8 @@ def fuse_routed(gm: torch.fx.GraphModule, members: list[Routed], tag: str, pass_
     acc = b.op(aten.index_add.default, first_put.args[0], 0, tok, added)
     last_put.replace_all_uses_with(acc)
     for m in members:
+        for a in m.asserts:     # impure metadata asserts of the old products (HF's `.to(dtype)`)
+            gm.graph.erase_node(a)
         _drop_size_asserts(gm, m.tok)
     return sum(len(m.chain.linears) for m in members) - len(lead.chain.linears)
 

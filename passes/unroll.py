@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from fxopt.errors import InputError
-from fxopt.ir import devices, loops
+from fxopt.ir import devices, loops, loops_batch
 from fxopt.ir.program import Program
 from fxopt.passes import unroll_boundaries as bnd
 from fxopt.passes import unroll_graphs
@@ -96,6 +96,8 @@ class Unroll(Pass):
             details["nodes_per_graph"] = [len(getattr(gm, unroll_graphs.part_name(k)).graph.nodes)
                                           for k in range(len(plan["parts"]))]
         program.graph_module = gm
+        if region.get("dynamic_batch"):
+            program.dynamic_dims = loops_batch.input_dims(program)
         region["plan"] = plan
         notes.append(f"built {self._describe(plan)}")
         return PassResult(True, details, notes)

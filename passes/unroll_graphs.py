@@ -29,7 +29,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.node import map_arg
 
 from fxopt.errors import InputError
-from fxopt.ir import cost, provenance
+from fxopt.ir import cost, loops_batch, provenance
 from fxopt.ir.capture import set_attr
 from fxopt.ir.program import fetch_attr
 
@@ -58,31 +58,43 @@ class GraphBuilder:
     ``pass_name`` as the pass that made them.
     """
 
-    def __init__(self, pass_name: str = "unroll", share: "GraphBuilder | None" = None) -> None:
+    def __init__(self, pass_name: str = "unroll", share: "GraphBuilder | None" = None,
+                 batch_hint: int | None = None) -> None:
         """``pass_name``: recorded in every new node's provenance; ``share``: a builder whose fake mode and
-        value memo to reuse (graphs built together, e.g. the partitions of one program)."""
+        value memo to reuse (graphs built together, e.g. the partitions of one program); ``batch_hint``:
+        build with a symbolic batch (example size ``batch_hint``) in a ShapeEnv-backed fake mode."""
         self.pass_name = pass_name
         self.root = torch.nn.Module()
         self.graph = torch.fx.Graph()
-        self.mode = share.mode if share else FakeTensorMode(allow_non_fake_inputs=True)
+        self.batch_sym = share.batch_sym if share else None
+        if share:
+            self.mode = share.mode
+        elif batch_hint is not None:
+            self.mode, self.batch_sym = loops_batch.symbolic_mode(batch_hint)
+        else:
+            self.mode = FakeTensorMode(allow_non_fake_inputs=True)
         self._attrs: dict[str, torch.fx.Node] = {}
         # (source node, metadata of its inputs) -> value: steps inlined again reuse the values of earlier
         # steps whose inputs had the same shapes (only cache-dependent nodes are re-inferred).
         self._memo: dict[tuple, Any] = share._memo if share else {}
 
     # ------------------------------------------------------------------------------------------ values
-    def fake(self, like: Any) -> Any:
-        """A FakeTensor of this builder's mode with the shape/dtype of tensor ``like`` (fake or real)."""
+    def fake(self, like: Any, batch_dim: int | None = None) -> Any:
+        """A FakeTensor of this builder's mode with the shape/dtype of tensor ``like`` (fake or real); dim
+        ``batch_dim`` (if given) becomes the builder's symbolic batch. SymInt sizes (of this mode) are kept."""
         if isinstance(like, torch.Tensor):
-            shape = [int(d) for d in like.shape]
-            with self.mode:
-                return torch.empty(shape, dtype=like.dtype)
+            return self.fake_of_shape(like.shape, like.dtype, batch_dim)
         return like
 
-    def fake_of_shape(self, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
-        """A FakeTensor of ``shape`` and ``dtype`` in this builder's mode."""
+    def fake_of_shape(self, shape: Sequence[int], dtype: torch.dtype,
+                      batch_dim: int | None = None) -> torch.Tensor:
+        """A FakeTensor of ``shape`` and ``dtype`` in this builder's mode; dim ``batch_dim`` (if given and
+        the builder has a symbolic batch) becomes the batch symbol."""
+        dims = [d if isinstance(d, torch.SymInt) else int(d) for d in shape]
+        if batch_dim is not None and self.batch_sym is not None:
+            dims[batch_dim] = self.batch_sym
         with self.mode:
-            return torch.empty([int(d) for d in shape], dtype=dtype)
+            return torch.empty(dims, dtype=dtype)
 
     def _val(self, a: Any) -> Any:
         return map_arg(a, lambda n: n.meta["val"])
@@ -92,10 +104,11 @@ class GraphBuilder:
             return target(*self._val(args), **self._val(kwargs))
 
     # ------------------------------------------------------------------------------------------ nodes
-    def placeholder(self, name: str, like: Any) -> torch.fx.Node:
-        """A new input node called ``name`` whose value has the shape/dtype of ``like``."""
+    def placeholder(self, name: str, like: Any, batch_dim: int | None = None) -> torch.fx.Node:
+        """A new input node called ``name`` whose value has the shape/dtype of ``like`` (dim ``batch_dim``
+        symbolic when the builder has a symbolic batch)."""
         node = self.graph.placeholder(name)
-        node.meta["val"] = self.fake(like)
+        node.meta["val"] = self.fake(like, batch_dim)
         node.meta["provenance"] = {"source": None, "module": "", "origin": None, "pass": self.pass_name}
         return node
 
@@ -191,15 +204,24 @@ class GraphBuilder:
         """Finish the graph returning the tuple ``values``."""
         self.graph.output(tuple(values))
 
-    def module(self) -> torch.fx.GraphModule:
-        """The finished GraphModule (plain flat codegen, costs annotated)."""
+    def module(self, what: str = "the graph") -> torch.fx.GraphModule:
+        """The finished GraphModule (plain flat codegen, costs annotated). With a symbolic batch, raises
+        InputError when building ``what`` specialised it."""
         gm = torch.fx.GraphModule(self.root, self.graph)
+        if self.batch_sym is not None:
+            loops_batch.check_symbolic(self.batch_sym, gm, what)
         cost.annotate_costs(gm)
         return gm
 
+    def batch_size(self, region: dict, like: torch.fx.Node) -> Any:
+        """The batch: ``region["batch"]`` (an int) or, with a symbolic batch, a ``sym_size(like, 0)`` node."""
+        if self.batch_sym is None:
+            return region["batch"]
+        return self.call(aten.sym_size.int, (like, 0))
+
     # ------------------------------------------------------------------------------------------ greedy
-    def full(self, batch: int, value: Any, dtype: torch.dtype) -> torch.fx.Node:
-        """A ``[batch]`` tensor filled with ``value``."""
+    def full(self, batch: Any, value: Any, dtype: torch.dtype) -> torch.fx.Node:
+        """A ``[batch]`` tensor filled with ``value`` (``batch`` an int or a SymInt-valued node)."""
         return self.call(aten.full.default, ([batch], value), {"dtype": dtype})
 
     def greedy_update(self, logits: torch.fx.Node, finished: torch.fx.Node, eos_full: torch.fx.Node,
@@ -216,7 +238,9 @@ def _meta_key(a: Any) -> Any:
     if isinstance(a, torch.fx.Node):
         v = a.meta.get("val")
         if isinstance(v, torch.Tensor):
-            return (tuple(v.shape), tuple(v.stride()), v.dtype, v.storage_offset())
+            return (_sizes(v.shape), _sizes(v.stride()), v.dtype, _sizes([v.storage_offset()]))
+        if isinstance(v, torch.SymInt):
+            return ("sym", str(v.node.expr))
         return ("node", type(v).__name__, v if isinstance(v, (int, float, bool)) else id(a))
     if isinstance(a, (tuple, list)):
         return tuple(_meta_key(x) for x in a)
@@ -226,6 +250,11 @@ def _meta_key(a: Any) -> Any:
                       torch.memory_format)):
         return a
     raise _Undescribable
+
+
+def _sizes(sizes: Any) -> tuple:
+    """Sizes as a hashable key (a SymInt by its expression)."""
+    return tuple(str(d.node.expr) if isinstance(d, torch.SymInt) else d for d in sizes)
 
 
 class _Undescribable(Exception):
@@ -259,19 +288,35 @@ def build_full(region: dict, max_len: int) -> torch.fx.GraphModule:
     Takes the decode-loop region (its ``encode``/``init_state``/``step`` Programs) and the step count;
     returns a GraphModule taking the encoder's flat inputs and returning ``(tokens [B, max_len],)``.
     """
-    b = GraphBuilder()
+    b = GraphBuilder(batch_hint=_batch_hint(region))
     enc = region["encode"]
-    inputs = [b.placeholder(p.name, x) for p, x in zip(enc.placeholders(), enc.flat_example_inputs())]
+    inputs = _inputs(b, enc)
     memory = b.inline(enc.graph_module, inputs, "encode.")
     state = b.inline(region["init_state"].graph_module, memory, "init_state.")
-    batch = region["batch"]
+    batch = b.batch_size(region, memory[0])
     token = b.full(batch, region["bos_id"], torch.long)
     finished = b.full(batch, False, torch.bool)
     eos_full = b.full(batch, region["eos_id"], torch.long)
     cols, *_ = _steps(b, region, region["step"].graph_module, token, finished, state, memory, 0, max_len,
                       eos_full)
     b.output([b.call(aten.cat.default, (cols, 1))])
-    return b.module()
+    return b.module("the full unroll")
+
+
+def _batch_hint(region: dict) -> int | None:
+    """The example batch when ``region`` was captured with a dynamic batch, else None (static)."""
+    return int(region["batch"]) if region.get("dynamic_batch") else None
+
+
+def _inputs(b: GraphBuilder, enc) -> list:
+    """Placeholders for the encoder's flat inputs (dims that are symbolic in the encoder graph, i.e. the
+    batch, symbolic in ``b``)."""
+    out = []
+    for p, x in zip(enc.placeholders(), enc.flat_example_inputs()):
+        val = p.meta.get("val")
+        dyn = [d for d, s in enumerate(getattr(val, "shape", ())) if isinstance(s, torch.SymInt)]
+        out.append(b.placeholder(p.name, x, dyn[0] if dyn else None))
+    return out
 
 
 def state_shape(region: dict, index: int, t: int) -> list[int]:
@@ -288,20 +333,22 @@ def build_partition(region: dict, start: int, stop: int,
     finished, *state)``; the state comes in with the shapes it has before step ``start``. ``share``: a
     builder whose fake mode and memo to reuse.
     """
-    b = GraphBuilder(share=share)
+    b = GraphBuilder(share=share, batch_hint=None if share else _batch_hint(region))
     batch = region["batch"]
-    token = b.placeholder("token", b.fake_of_shape([batch], torch.long))
-    finished = b.placeholder("finished", b.fake_of_shape([batch], torch.bool))
-    state = [b.placeholder(f"state_{i}", b.fake_of_shape(state_shape(region, i, start), getattr(torch, s["dtype"])))
+    token = b.placeholder("token", b.fake_of_shape([batch], torch.long, 0))
+    finished = b.placeholder("finished", b.fake_of_shape([batch], torch.bool, 0))
+    state = [b.placeholder(f"state_{i}", b.fake_of_shape(state_shape(region, i, start), getattr(torch, s["dtype"]),
+                                                         s.get("batch_dim")))
              for i, s in enumerate(region["state"])]
-    memory = [b.placeholder(f"memory_{i}", b.fake_of_shape(m["shape"], getattr(torch, m["dtype"])))
+    memory = [b.placeholder(f"memory_{i}", b.fake_of_shape(m["shape"], getattr(torch, m["dtype"]),
+                                                           m.get("batch_dim")))
               for i, m in enumerate(region["memory"])]
-    eos_full = b.full(batch, region["eos_id"], torch.long)
+    eos_full = b.full(b.batch_size(region, token), region["eos_id"], torch.long)
     cols, token, finished, state = _steps(b, region, region["step"].graph_module, token, finished, state,
                                           memory, start, stop, eos_full)
     tokens = b.call(aten.cat.default, (cols, 1))
     b.output([tokens, token, finished, *state])
-    return b.module()
+    return b.module(f"partition [{start}, {stop})")
 
 
 def build_top(region: dict, parts: Sequence[tuple[int, int]] | None, max_len: int,
@@ -312,12 +359,12 @@ def build_top(region: dict, parts: Sequence[tuple[int, int]] | None, max_len: in
     Submodules are named ``decode_encode``, ``decode_init``, ``decode_step`` / ``decode_part{k}``. Returns a
     GraphModule taking the encoder's flat inputs and returning ``(tokens [B, max_len],)`` (every step runs).
     """
-    b = GraphBuilder(pass_name)
+    b = GraphBuilder(pass_name, batch_hint=_batch_hint(region))
     enc = region["encode"]
-    inputs = [b.placeholder(p.name, x) for p, x in zip(enc.placeholders(), enc.flat_example_inputs())]
+    inputs = _inputs(b, enc)
     memory = b.call_module(ENCODE, enc.graph_module, inputs)
     state = b.call_module(INIT, region["init_state"].graph_module, memory)
-    batch, eos_id = region["batch"], region["eos_id"]
+    batch, eos_id = b.batch_size(region, memory[0]), region["eos_id"]
     token = b.full(batch, region["bos_id"], torch.long)
     finished = b.full(batch, False, torch.bool)
     chunks = []
@@ -335,4 +382,4 @@ def build_top(region: dict, parts: Sequence[tuple[int, int]] | None, max_len: in
             chunks.append(out[0])
             token, finished, state = out[1], out[2], out[3:]
     b.output([b.call(aten.cat.default, (chunks, 1))])
-    return b.module()
+    return b.module("the step loop" if parts is None else "the partitioned graph")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import textwrap
 
 import pytest
@@ -87,9 +88,9 @@ def leftovers(out_dir: str) -> list:
     return [n for n in os.listdir(parent) if n == os.path.basename(out_dir) or n.startswith(".fxopt-tmp")]
 
 
-@pytest.fixture
-def artifact(tmp_path):
-    """A saved reference artifact of Tiny (2 inputs: f32[2, 4], f32[2, 3])."""
+@pytest.fixture(scope="module")
+def pristine_artifact(tmp_path_factory):
+    """A saved reference artifact of Tiny (2 inputs: f32[2, 4], f32[2, 3]), made once per module, never edited."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 3))
 
@@ -102,7 +103,14 @@ def artifact(tmp_path):
             return self.m(x) + y
 
     program = fxopt.capture(Two().eval(), (torch.randn(2, 4), torch.randn(2, 3)))
-    return fxopt.compile(fxopt.optimize(program, "canonicalize,dce")).save(str(tmp_path / "art"))
+    return fxopt.compile(fxopt.optimize(program, "canonicalize,dce")).save(
+        str(tmp_path_factory.mktemp("bad_inputs") / "art"))
+
+
+@pytest.fixture
+def artifact(pristine_artifact, tmp_path):
+    """This test's own copy of the saved Tiny artifact (tests corrupt it)."""
+    return shutil.copytree(pristine_artifact, str(tmp_path / "art"))
 
 
 # ------------------------------------------------------------------------------------------ capture

@@ -8,6 +8,8 @@ from fxopt.passes.canonicalize import Canonicalize
 from fxopt.passes.dce import DeadCodeElimination
 from fxopt.passes.fold_constants import FoldConstants
 
+from conftest import captured
+
 
 def _ops(program):
     return [str(n.target).replace("aten.", "").replace(".default", "").replace(".Tensor", "")
@@ -144,9 +146,8 @@ def test_fold_constants_folds_weight_only_work():
     assert not second.modified
 
 
-def test_fold_constants_keeps_layout_ops_of_weights(block):
-    model, inputs = block
-    program = fxopt.capture(model, inputs)
+def test_fold_constants_keeps_layout_ops_of_weights():
+    model, inputs, program = captured("block")
     after, result = _run(FoldConstants(), program)
     assert not result.modified  # permute(weight) feeding addmm stays: it is free and marks a linear
     assert _ops(after).count("permute") == _ops(program).count("permute")
@@ -167,9 +168,8 @@ def test_fold_constants_skips_results_larger_than_inputs():
     assert result.details["nodes_folded"] == 1  # only b * 2
 
 
-def test_default_pipeline_on_transformer_encoder_keeps_numerics(encoder):
-    model, inputs = encoder
-    program = fxopt.capture(model, inputs)
+def test_default_pipeline_on_transformer_encoder_keeps_numerics():
+    model, inputs, program = captured("encoder")
     optimized = fxopt.optimize(program, "canonicalize,fold-constants,dce")
     torch.testing.assert_close(optimized(*inputs), model(*inputs))
     assert optimized.num_nodes() <= program.num_nodes()

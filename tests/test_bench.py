@@ -21,6 +21,8 @@ from fxopt.tools.bench_measure import (Timing, measure, measure_side_by_side, pe
                                        peak_torch_memory, percentile)
 from fxopt.tools.cli import main as cli_main
 
+from conftest import captured
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -285,9 +287,9 @@ def test_artifact_with_a_static_batch_runs_only_at_its_batch(tmp_path, capsys):
     assert doc["results"][1]["max_abs_error_vs_eager"] < 1e-5
 
 
-def test_artifact_without_a_resolvable_source_benches_alone(encoder, tmp_path):
-    model, inputs = encoder
-    fxopt.compile(fxopt.capture(model, inputs)).save(str(tmp_path / "art"))
+def test_artifact_without_a_resolvable_source_benches_alone(tmp_path):
+    model, inputs, program = captured("encoder")
+    fxopt.compile(program).save(str(tmp_path / "art"))
     result = B.bench(str(tmp_path / "art"), None, against=("eager",), warmup=0, reps=1,
                      clock=ticking_clock())
     assert result.systems == ["fxopt:reference"] and result.batches == [2]

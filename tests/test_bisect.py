@@ -81,11 +81,9 @@ def broken_passes():
 
 @pytest.fixture(scope="module")
 def block_program():
-    torch.manual_seed(0)
-    from conftest import AttentionBlock
+    from conftest import captured
 
-    model = AttentionBlock().eval()
-    return fxopt.capture(model, model.example_inputs())
+    return captured("block")[2]
 
 
 PIPELINE = "canonicalize,fold-constants,dedupe,test-gelu-to-relu,moe,dce"

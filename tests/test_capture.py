@@ -11,27 +11,27 @@ import torch
 import fxopt
 from fxopt.errors import InputError
 
+from conftest import captured
+
 
 def _ops(program):
     return {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
 
 
-def test_capture_module_matches_model(encoder):
-    model, inputs = encoder
-    program = fxopt.capture(model, inputs)
+def test_capture_module_matches_model():
+    model, inputs, program = captured("encoder")
     torch.testing.assert_close(program(*inputs), model(*inputs))
 
 
-def test_capture_gives_core_aten_ops(block):
-    model, inputs = block
-    ops = _ops(fxopt.capture(model, inputs))
+def test_capture_gives_core_aten_ops():
+    model, inputs, program = captured("block")
+    ops = _ops(program)
     assert "aten.addmm.default" in ops or "aten.mm.default" in ops
     assert not any("linear" in op for op in ops)  # decomposed to core ATen
 
 
-def test_every_node_has_shape_provenance_and_cost(block):
-    model, inputs = block
-    program = fxopt.capture(model, inputs)
+def test_every_node_has_shape_provenance_and_cost():
+    model, inputs, program = captured("block")
     for node in program.graph.nodes:
         assert "provenance" in node.meta
         assert "cost" in node.meta
@@ -39,9 +39,8 @@ def test_every_node_has_shape_provenance_and_cost(block):
             assert "val" in node.meta, node.name
 
 
-def test_provenance_points_at_model_source_line(block):
-    model, inputs = block
-    program = fxopt.capture(model, inputs)
+def test_provenance_points_at_model_source_line():
+    model, inputs, program = captured("block")
     softmax = next(n for n in program.graph.nodes if "softmax" in str(n.target))
     source = softmax.meta["provenance"]["source"]
     assert source.startswith(os.path.join(os.path.dirname(__file__), "conftest.py") + ":")
@@ -50,9 +49,8 @@ def test_provenance_points_at_model_source_line(block):
         assert "softmax" in f.read().splitlines()[line - 1]
 
 
-def test_provenance_records_module_path(encoder):
-    model, inputs = encoder
-    program = fxopt.capture(model, inputs)
+def test_provenance_records_module_path():
+    model, inputs, program = captured("encoder")
     modules = {n.meta["provenance"]["module"] for n in program.graph.nodes}
     assert "blocks.1.fc1" in modules
 
@@ -179,9 +177,8 @@ def test_corrupt_pt2_is_a_clear_error(tmp_path):
         fxopt.capture(str(path))
 
 
-def test_networkx_view_mirrors_the_graph(block):
-    model, inputs = block
-    program = fxopt.capture(model, inputs)
+def test_networkx_view_mirrors_the_graph():
+    model, inputs, program = captured("block")
     g = program.to_networkx()
     assert g.number_of_nodes() == program.num_nodes()
     assert g.number_of_edges() == sum(len(n.users) for n in program.graph.nodes)
@@ -192,8 +189,7 @@ def test_networkx_view_mirrors_the_graph(block):
 
 @pytest.mark.parametrize("name", fxopt.zoo.names())
 def test_capture_every_zoo_model(name):
-    model, inputs = fxopt.zoo.get(name, small=True)
-    program = fxopt.capture(model, inputs)
+    model, inputs, program = captured(name)
     expected, got = model(*inputs), program(*inputs)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)  # integer outputs (ocr tokens): exact
     assert all("cost" in n.meta and "provenance" in n.meta for n in program.graph.nodes)

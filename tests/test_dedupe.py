@@ -14,6 +14,8 @@ from torch import nn
 
 import fxopt
 from conftest import Tower, TwinTowers
+
+from conftest import captured
 from fxopt.backends.shared_store import load_many, load_member, save_many
 from fxopt.errors import InputError
 from fxopt.passes.canonicalize import RULES as CANONICAL_RULES
@@ -95,15 +97,14 @@ def twin():
 
 @pytest.fixture(scope="module")
 def moderation():
-    model, inputs = fxopt.zoo.get("moderation", small=True)
-    return model, inputs, fxopt.capture(model, inputs)
+    return captured("moderation")
 
 
 @pytest.fixture(scope="module")
 def ocr():
     """zoo:ocr small with its decode loop fully unrolled by `unroll` (the step graphs live in submodules)."""
-    model, inputs = fxopt.zoo.get("ocr", small=True)
-    return model, inputs, fxopt.optimize(fxopt.capture(model, inputs), "unroll", verify=False)
+    model, inputs, program = captured("ocr")
+    return model, inputs, fxopt.optimize(program, "unroll", verify=False)
 
 
 # ------------------------------------------------------------------------------------------------ weights
@@ -487,8 +488,7 @@ def test_property_duplicated_subtrees(spec):
 
 
 def test_fxopt_load_reads_one_member_of_a_shared_store(tmp_path):
-    model, inputs = fxopt.zoo.get("moderation", small=True)
-    program = fxopt.capture(model, inputs)
+    model, inputs, program = captured("moderation")
     compiled = [fxopt.compile(p) for p in fxopt.optimize_many([program, program], "dedupe")]
     result = save_many(compiled, str(tmp_path / "store"))
     member = os.path.join(result["directory"], result["artifacts"][0])

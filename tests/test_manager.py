@@ -11,6 +11,8 @@ from fxopt.errors import FxoptError, VerificationError
 from fxopt.passes.base import Pass, PassResult
 from fxopt.passes.registry import register_pass, unregister_pass
 
+from conftest import captured
+
 
 @dataclass(frozen=True)
 class ScaleOutput(Pass):
@@ -60,9 +62,9 @@ def test_passes():
 
 
 @pytest.fixture
-def program(block):
-    model, inputs = block
-    return fxopt.capture(model, inputs)
+def program():
+    """A fresh copy of the captured AttentionBlock (captured once per session, see conftest.captured)."""
+    return captured("block")[2]
 
 
 def test_verify_names_the_pass_that_changed_numerics(program):

@@ -203,6 +203,22 @@ def test_auto_strategy_follows_rows_per_expert():
     assert _run(FuseExperts(segment_rows=1), program)[1].details["segment_groups"] == 1
 
 
+@pytest.mark.parametrize("model", [LoopMoE(k=2), MaskMoE(k=2)], ids=["routed", "dense"])
+def test_a_dynamic_batch_stays_symbolic(model):
+    torch.manual_seed(1)
+    model = model.eval()
+    program = fxopt.capture(model, (torch.randn(6, 8),), dynamic_shapes="batch")
+    out = fxopt.optimize(program, "moe", verify=True)
+    assert out.reports[-1].details["experts_fused"] == 4
+    # choosing a strategy reads example sizes without guarding: the batch is not specialized to 6
+    (x,) = out.placeholders()
+    assert not x.meta["val"].shape[0].node.expr.is_number
+    compiled = fxopt.compile(out, "reference")       # its input spec would reject other batches if specialized
+    for batch in (1, 11):
+        x = torch.randn(batch, 8, generator=torch.Generator().manual_seed(batch))
+        torch.testing.assert_close(compiled(x), model(x))
+
+
 def test_routing_option_selects_groups():
     _, program = _loop(k=1)
     _, dense_only = _run(FuseExperts(routing="dense", horizontal=False), program)

@@ -15,25 +15,19 @@ import torch
 import torch.utils._pytree as pytree
 
 import fxopt
-from fxopt.zoo.ocr import OCREncoder
 from fxopt.backends import base
 from fxopt.backends.neuron import LOAD_ENV, NeuronBackend, NeuronCompiled, TorchScriptStage
 from fxopt.errors import BackendError, InputError
 
+from conftest import captured
+
 SPLIT = "canonicalize,fold-constants,dedupe,moe,dce,split{target=neuron,policy=support}"
-_PROGRAMS: dict = {}
 
 
 def _zoo(name: str):
-    """(model, inputs, captured program) of a small zoo model, captured once per test module."""
-    if name not in _PROGRAMS:
-        if name == "ocr_encoder":
-            ocr, inputs = fxopt.zoo.get("ocr", small=True)
-            model = OCREncoder(ocr).eval()
-        else:
-            model, inputs = fxopt.zoo.get(name, small=True)
-        _PROGRAMS[name] = (model, inputs, fxopt.capture(model, inputs))
-    return _PROGRAMS[name]
+    """(model, inputs, captured program) of a small zoo model ("ocr_encoder": the OCR model's encoder); the
+    capture is shared across the session (conftest.captured), each call gets its own copies."""
+    return captured(name)
 
 
 @pytest.fixture(autouse=True, scope="module")

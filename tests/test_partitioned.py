@@ -14,6 +14,8 @@ from fxopt.backends.partitioned import (PartitionedCompiled, Stage, TorchStage, 
                                         load_partitioned, plan_stages, safe_file)
 from fxopt.errors import BackendError, InputError
 
+from conftest import captured
+
 
 class _EchoStage(TorchStage):
     """An 'accelerator' stage that is PyTorch underneath, with its own runtime name."""
@@ -46,8 +48,7 @@ def _register():
 
 
 def _ranking():
-    model, inputs = fxopt.zoo.get("ranking", small=True)
-    return model, inputs, fxopt.capture(model, inputs)
+    return captured("ranking")
 
 
 def test_split_program_runs_as_stages_and_matches():
@@ -62,9 +63,8 @@ def test_split_program_runs_as_stages_and_matches():
         torch.testing.assert_close(g, e)
 
 
-def test_unsplit_program_is_one_accelerator_stage(encoder):
-    model, inputs = encoder
-    program = fxopt.capture(model, inputs)
+def test_unsplit_program_is_one_accelerator_stage():
+    model, inputs, program = captured("encoder")
     plans = plan_stages(program, "neuron")
     assert [(p.name, p.device) for p in plans] == [("main", "neuron")]
     torch.testing.assert_close(fxopt.compile(program, "test-echo")(*inputs), model(*inputs))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 
 import pytest
 import torch
@@ -27,13 +28,20 @@ class TwoLayer(torch.nn.Module):
 INPUTS = (torch.randn(3, 4, generator=torch.Generator().manual_seed(1)),)
 
 
-@pytest.fixture
-def artifact(tmp_path):
-    """A saved reference artifact of TwoLayer and its expected output."""
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    """A reference artifact of TwoLayer saved once per module, and its expected output (never edited)."""
     model = TwoLayer().eval()
     program = fxopt.optimize(fxopt.capture(model, INPUTS), "canonicalize,dce")
-    path = fxopt.compile(program).save(str(tmp_path / "art"))
+    path = fxopt.compile(program).save(str(tmp_path_factory.mktemp("safety") / "art"))
     return path, model(*INPUTS).detach()
+
+
+@pytest.fixture
+def artifact(pristine, tmp_path):
+    """This test's own copy of the saved TwoLayer artifact (tests edit it) and its expected output."""
+    path, expected = pristine
+    return shutil.copytree(path, str(tmp_path / "art")), expected.clone()
 
 
 def edit_json(path: str, fn) -> None:

@@ -49,10 +49,8 @@ def ranking():
 
 @pytest.fixture(scope="module")
 def encoder_program():
-    from conftest import TinyEncoder
-    torch.manual_seed(0)
-    model = TinyEncoder().eval()
-    return fxopt.capture(model, model.example_inputs())
+    from conftest import captured
+    return captured("encoder")[2]
 
 
 # ------------------------------------------------------------------------------------------ support tables

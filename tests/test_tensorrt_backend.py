@@ -14,21 +14,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fxopt
-from fxopt.zoo.ocr import OCREncoder
 from fxopt.backends.onnx_export import unsupported_nodes
 from fxopt.backends.partitioned import PartitionedCompiled
 from fxopt.backends.tensorrt import DEFAULT_PIPELINE, OnnxStage, trtexec_command
 from fxopt.errors import BackendError
 
+from conftest import captured
+
 # The passes the backend needs (the full default pipeline is the lead's; its passes have their own tests).
 PIPELINE = "decompose-embedding-bag,dce"
-
-
-def _zoo(name):
-    model, inputs = fxopt.zoo.get(name, small=True)
-    if name == "ocr":
-        model = OCREncoder(model).eval()
-    return model, inputs
 
 
 def _flat(value):
@@ -46,8 +40,8 @@ def _assert_matches(got, want, atol=1e-4):
 @pytest.fixture(scope="module", params=["ranking", "resnet50", "moderation", "ocr"])
 def zoo_artifact(request, tmp_path_factory):
     """(name, model, inputs, compiled, saved directory) for each zoo model, compiled once."""
-    model, inputs = _zoo(request.param)
-    program = fxopt.optimize(fxopt.capture(model, inputs), PIPELINE, verify=False)
+    model, inputs, program = captured("ocr_encoder" if request.param == "ocr" else request.param)
+    program = fxopt.optimize(program, PIPELINE, verify=False)
     compiled = fxopt.compile(program, "tensorrt")
     path = compiled.save(tmp_path_factory.mktemp("trt") / request.param)
     return request.param, model, inputs, compiled, path
@@ -179,9 +173,8 @@ def test_support_walk_enters_loop_bodies():
 
 
 # ------------------------------------------------------------------------------------------ options
-def test_fp16_writes_model_and_accuracy_report(encoder, tmp_path):
-    model, inputs = encoder
-    program = fxopt.capture(model, inputs)
+def test_fp16_writes_model_and_accuracy_report(tmp_path):
+    model, inputs, program = captured("encoder")
     compiled = fxopt.compile(program, "tensorrt{fp16=true}")
     path = compiled.save(tmp_path / "fp16")
     entry = _manifest(path)["partitions"][0]
@@ -222,9 +215,9 @@ def test_trtexec_command_lists_every_dynamic_input():
         "--maxShapes=a:32x4,b:32")
 
 
-def test_engine_false_and_options_are_in_manifest(block, tmp_path):
-    model, inputs = block
-    compiled = fxopt.compile(fxopt.capture(model, inputs), "tensorrt{engine=false}")
+def test_engine_false_and_options_are_in_manifest(tmp_path):
+    model, inputs, program = captured("block")
+    compiled = fxopt.compile(program, "tensorrt{engine=false}")
     manifest = _manifest(compiled.save(tmp_path / "opt"))
     assert manifest["backend_options"] == {"engine": False, "fp16": False, "max_dim": 0, "optimize": False}
     assert manifest["partitions"][0]["engine"]["not_built_because"].startswith("engine builds disabled")
@@ -277,8 +270,7 @@ def _ops(program):
 
 
 def test_pass_removes_embedding_bag_from_ranking():
-    model, inputs = fxopt.zoo.get("ranking", small=True)
-    before = fxopt.capture(model, inputs)
+    model, inputs, before = captured("ranking")
     after = fxopt.optimize(before, "decompose-embedding-bag,dce")
     hist = after.op_histogram()
     assert "aten._embedding_bag.default" in before.op_histogram()
@@ -325,8 +317,8 @@ def test_decomposed_bags_export_and_run_in_onnxruntime(bag_programs):
 
 
 def test_pass_uses_plain_reduction_for_folded_fixed_size_offsets():
-    model, inputs = fxopt.zoo.get("ranking", small=True)
-    after = fxopt.optimize(fxopt.capture(model, inputs), "fold-constants,decompose-embedding-bag,dce")
+    model, inputs, program = captured("ranking")
+    after = fxopt.optimize(program, "fold-constants,decompose-embedding-bag,dce")
     ops = _ops(after)
     assert "aten._embedding_bag.default" not in ops and "aten.scatter_add.default" not in ops
     assert "aten.cumsum.default" not in ops

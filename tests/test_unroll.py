@@ -25,6 +25,8 @@ from fxopt.ir.program import Program
 from fxopt.passes import unroll_boundaries as bnd
 from fxopt.zoo import ocr
 
+from conftest import captured as shared_capture
+
 aten = torch.ops.aten
 
 
@@ -209,9 +211,8 @@ def test_unroll_is_idempotent():
         assert once.reports[0].modified and not again.reports[0].modified
 
 
-def test_no_decode_loop_is_left_untouched(block):
-    model, inputs = block
-    program = fxopt.capture(model, inputs)
+def test_no_decode_loop_is_left_untouched():
+    model, inputs, program = shared_capture("block")
     out = fxopt.optimize(program, "unroll")
     assert not out.reports[0].modified and "nothing to unroll" in out.reports[0].notes[0]
     assert [n.name for n in out.graph.nodes] == [n.name for n in program.graph.nodes]

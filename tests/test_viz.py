@@ -14,14 +14,15 @@ from fxopt.tools.viz import build_page, default_page_path, write_page
 from fxopt.tools.viz_data import load_trace, pack_trace, unpack_trace
 from fxopt.tools.viz_synthetic import synthetic_trace
 
+from conftest import captured
+
 DATA_RE = re.compile(r'<script type="application/json" id="fxopt-trace">(.*?)</script>', re.S)
 
 
 @pytest.fixture(scope="module")
 def ranking_trace():
     """The trace of zoo:ranking (small) after dedupe, moe and split for xla."""
-    model, inputs = fxopt.zoo.get("ranking", small=True)
-    program = fxopt.optimize(fxopt.capture(model, inputs), "dedupe,moe,split{target=xla}")
+    program = fxopt.optimize(captured("ranking")[2], "dedupe,moe,split{target=xla}")
     return program.trace_json()
 
 

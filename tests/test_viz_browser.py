@@ -16,6 +16,8 @@ import fxopt
 from fxopt.tools.viz import write_page
 from fxopt.tools.viz_synthetic import synthetic_trace
 
+from conftest import captured
+
 CHROMIUM = os.environ.get("FXOPT_CHROMIUM", "/usr/bin/chromium")
 LOAD_BOUND_50K_S = 30.0  # measured ~1.5-3 s on a shared 2-core machine (docs/viz.md)
 
@@ -44,8 +46,7 @@ def browser():
 @pytest.fixture(scope="module")
 def ranking_page(tmp_path_factory):
     """(page path, trace) for zoo:ranking (small: moe fuses its 4 experts) after dedupe, moe, split."""
-    model, inputs = fxopt.zoo.get("ranking", small=True)
-    program = fxopt.optimize(fxopt.capture(model, inputs), "dedupe,moe,split{target=xla}")
+    program = fxopt.optimize(captured("ranking")[2], "dedupe,moe,split{target=xla}")
     trace = program.trace_json()
     path = write_page(trace, str(tmp_path_factory.mktemp("viz") / "ranking.html"))
     return path, trace
@@ -83,10 +84,13 @@ def test_ranking_page_loads_and_draws_without_console_errors(ranking):
     assert ranking.evaluate("fxviz.stats.groups") > 0  # modules start collapsed
 
 
-def test_timeline_switches_passes(ranking):
+def test_timeline_switches_passes(ranking, ranking_page):
+    snapshots = ranking_page[1]["snapshots"]
     ranking.click("#timeline button[data-index='2']")
     assert ranking.inner_text("#pass-name") == "moe"
-    assert "126 → 105" in ranking.inner_text("#pass-info")
+    # the pass's node counts before -> after (moe removes the experts' nodes)
+    assert f"{len(snapshots[1]['nodes'])} → {len(snapshots[2]['nodes'])}" in ranking.inner_text("#pass-info")
+    assert len(snapshots[2]["nodes"]) < len(snapshots[1]["nodes"])
     ranking.press("#canvas", "ArrowRight")
     assert ranking.inner_text("#pass-name") == "split"
     assert "current" in ranking.get_attribute("#timeline button[data-index='3']", "class")
@@ -132,15 +136,15 @@ def test_clicking_a_node_opens_its_panel_with_the_source_line(ranking):
 def test_search_finds_a_node_and_n_steps_through_matches(ranking):
     ranking.click("#timeline button[data-index='2']")
     ranking.press("#canvas", "/")
-    ranking.keyboard.type("bmm_default")
+    ranking.keyboard.type("baddbmm_default")
     ranking.keyboard.press("Enter")
-    assert ranking.inner_text("#panel-name") == "bmm_default"
+    assert ranking.inner_text("#panel-name") == "baddbmm_default"
     assert ranking.inner_text("#panel-pass") == "moe"  # created by the fusion
     assert "ranking.py:" in ranking.inner_text("#panel-source")
     first = ranking.inner_text("#search-count")
     ranking.press("#canvas", "n")
     assert ranking.inner_text("#search-count") != first
-    assert ranking.evaluate("fxviz.state.selected") in ("n:bmm_default", "n:bmm_default_1")
+    assert ranking.evaluate("fxviz.state.selected") in ("n:baddbmm_default", "n:baddbmm_default_1")
     assert ranking.errors == []
 
 

@@ -15,9 +15,10 @@ import pytest
 import torch
 
 import fxopt
-from fxopt.zoo.ocr import OCREncoder
 from fxopt.backends import base
 from fxopt.errors import InputError
+
+from conftest import captured
 
 pytest.importorskip("jax")
 
@@ -27,21 +28,14 @@ PIPELINE = "canonicalize,fold-constants,dedupe,moe,dce,split{target=xla,policy=s
 TOL = dict(rtol=1e-4, atol=1e-4)
 
 
-def _zoo(name):
-    model, inputs = fxopt.zoo.get(name, small=True)
-    if name == "ocr":
-        model = OCREncoder(model).eval()
-    return model, inputs
-
-
 @pytest.fixture(scope="module")
 def zoo_runs(tmp_path_factory):
     """Per zoo model: (model, inputs, compiled, saved artifact path, compiled's outputs)."""
     out = {}
     root = tmp_path_factory.mktemp("xla_zoo")
     for name in ("ranking", "resnet50", "moderation", "ocr"):
-        model, inputs = _zoo(name)
-        program = fxopt.optimize(fxopt.capture(model, inputs), PIPELINE, verify=False)
+        model, inputs, program = captured("ocr_encoder" if name == "ocr" else name)
+        program = fxopt.optimize(program, PIPELINE, verify=False)
         compiled = fxopt.compile(program, "xla")
         with torch.no_grad():
             got = compiled(*inputs)  # XLA-compiles for cpu before saving, as `fxopt run` does

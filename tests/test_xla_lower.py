@@ -14,7 +14,7 @@ import torch
 jax = pytest.importorskip("jax")
 
 import fxopt  # noqa: E402
-from conftest import AttentionBlock, TinyEncoder  # noqa: E402
+from conftest import AttentionBlock, captured  # noqa: E402
 from fxopt.backends.xla import lower as xl  # noqa: E402
 from fxopt.errors import InputError  # noqa: E402
 
@@ -63,11 +63,8 @@ def _programs():
     """name -> zero-argument builder of the Program to lower."""
     def zoo(name, passes=None):
         def build():
-            if name not in _CAPTURED:
-                model, inputs = fxopt.zoo.get(name, small=True)
-                _CAPTURED[name] = fxopt.capture(model, inputs)
-            prog = _CAPTURED[name]
-            return fxopt.optimize(prog, passes) if passes else prog   # optimize copies; the capture is reused
+            prog = captured(name)[2]   # captured once per session (conftest), each call gets a copy
+            return fxopt.optimize(prog, passes) if passes else prog
         return build
 
     def local(cls):
@@ -83,12 +80,11 @@ def _programs():
         "ranking": zoo("ranking"),
         "ranking+canonicalize,dedupe,moe": zoo("ranking", "canonicalize,dedupe,moe"),
         "ocr": zoo("ocr"),
-        "tiny_encoder": local(TinyEncoder),
+        "tiny_encoder": lambda: captured("encoder")[2],
         "gpt_block": local(GPTBlockModel),
     }
 
 
-_CAPTURED: dict = {}
 PROGRAMS = _programs()
 _CACHE: dict = {}
 # plain "ranking" is covered op-for-op (below) but run only after moe, which adds bmm/index: compile time counts
