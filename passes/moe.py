@@ -79,12 +79,13 @@ class FuseExperts(Pass):
         stats = {"groups_found": 0, "experts_fused": 0, "dense_groups": 0, "routed_groups": 0,
                  "horizontal_groups": 0, "linears_fused": 0, "padded_groups": 0, "segment_groups": 0}
         changed = False
+        large: set = set()      # first linears of dense experts left alone for their row count
         if self.routing != "none":
-            changed |= self._fuse_experts(gm, stats, notes)
+            changed |= self._fuse_experts(gm, stats, notes, large)
         if changed:
             DeadCodeElimination().run(program)
         if self.horizontal:
-            changed |= self._fuse_horizontal(gm, stats)
+            changed |= self._fuse_horizontal(gm, stats, large)
         if not changed:
             return PassResult(modified=False, details={**stats, "matmul_nodes_before": matmuls_before,
                                                        "matmul_nodes_after": matmuls_before}, notes=notes)
@@ -96,7 +97,7 @@ class FuseExperts(Pass):
         })
 
     # ------------------------------------------------------------------------------------------ experts
-    def _fuse_experts(self, gm, stats: dict, notes: list) -> bool:
+    def _fuse_experts(self, gm, stats: dict, notes: list, large: set) -> bool:
         chains = [grow_chain(lin) for lins in linears_by_source(gm.graph).values() for lin in lins]
         changed = False
         if self.routing in ("auto", "topk"):
@@ -130,6 +131,9 @@ class FuseExperts(Pass):
                 by_source.setdefault(c.source, []).append(c)
             for source, members in by_source.items():
                 if self.max_dense_rows and _rows(source) > self.max_dense_rows:
+                    # nor horizontally: one wide [rows, E*h] output measured ~10% slower than E cache-sized
+                    # ones at 1024 rows (benchmarks.moe, dense B=1024)
+                    large.update(c.steps[0].node for c in members)
                     notes.append(f"dense experts on '{source.name}' not fused: {_rows(source)} rows per expert "
                                  f"> max_dense_rows={self.max_dense_rows}")
                     continue
@@ -146,16 +150,15 @@ class FuseExperts(Pass):
         (token, slot) pairs per expert at the example size reach ``segment_rows``."""
         if self.grouped != "auto":
             return self.grouped
-        v_idx = val(members[0].idx)
-        pairs = _rows(members[0].idx) * (int(v_idx.shape[1]) if v_idx.dim() == 2 else 1)
+        pairs = _example_numel(members[0].idx)
         return "segment" if pairs >= self.segment_rows * len(members) else "padded"
 
     # ------------------------------------------------------------------------------------------ horizontal
-    def _fuse_horizontal(self, gm, stats: dict) -> bool:
+    def _fuse_horizontal(self, gm, stats: dict, large: set) -> bool:
         groups: dict = {}
         for node in gm.graph.nodes:
             lin = as_linear(node)
-            if lin is None or len(lin.permute.users) != 1 or not node.users:
+            if lin is None or len(lin.permute.users) != 1 or not node.users or node in large:
                 continue
             w = val(lin.weight)
             key = (_input_key(lin.x), str(w.dtype), int(w.shape[1]), lin.bias is None)
@@ -173,17 +176,23 @@ class FuseExperts(Pass):
 
 def _rows(source: torch.fx.Node) -> int:
     """Rows of a source: the product of its dims but the last (B*T for [B, T, d]), at the example size
-    when dims are symbolic, 0 when a dim has no example size (unbacked). Never guards: ``int()`` of a
-    symbolic dim would specialize the program's batch to the example's."""
-    rows = 1
-    for d in val(source).shape[:-1]:
+    when dims are symbolic, 0 when a dim has no example size (unbacked)."""
+    return _example_numel(source, val(source).shape[:-1])
+
+
+def _example_numel(node: torch.fx.Node, dims=None) -> int:
+    """Product of ``dims`` (default: all of ``node``'s) at the example size, 0 when one has no example size
+    (unbacked). Never guards: ``int()`` of a symbolic dim would specialize the program's batch to the
+    example's."""
+    total = 1
+    for d in (val(node).shape if dims is None else dims):
         if isinstance(d, torch.SymInt):
             hint = d.node.hint
             if hint is None:
                 return 0
             d = hint
-        rows *= int(d)
-    return rows
+        total *= int(d)
+    return total
 
 
 def _input_key(x: torch.fx.Node):

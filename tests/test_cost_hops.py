@@ -12,6 +12,7 @@ from torch._higher_order_ops import scan, while_loop
 
 import fxopt
 from fxopt.ir import cost
+from tests.test_unroll_hop import CountLoop
 
 HOPS = (torch.ops.higher_order.scan, torch.ops.higher_order.while_loop)
 
@@ -41,25 +42,6 @@ class GRUStep(torch.nn.Module):
 
     def forward(self, x, h):
         return self.cell(x, h)
-
-
-class CountLoop(torch.nn.Module):
-    """``for i in range(n): h = tanh(fc(h))`` as a while_loop over a counter: x [B, 8] -> (i, h)."""
-
-    def __init__(self, n: int = 5):
-        super().__init__()
-        torch.manual_seed(0)
-        self.fc = torch.nn.Linear(8, 8)
-        self.n = n
-
-    def forward(self, x):
-        def cond(i, h):
-            return i < self.n
-
-        def body(i, h):
-            return i + 1, torch.tanh(self.fc(h))
-
-        return while_loop(cond, body, (torch.tensor(0), x))
 
 
 class RNNThreeTimes(torch.nn.Module):

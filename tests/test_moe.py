@@ -31,6 +31,7 @@ def _run(pass_, program):
     work = program.copy()
     result = pass_.run(work)
     work.dirty = True
+    work.graph.lint()
     return work, result
 
 
@@ -350,3 +351,12 @@ def test_dense_groups_above_max_dense_rows_are_left_alone():
     _, program = _capture(MaskMoE(num_experts=4), 6, 8)
     _, result = _run(FuseExperts(max_dense_rows=4, horizontal=False), program)
     assert not result.modified and "max_dense_rows=4" in result.notes[0]
+
+
+def test_dense_experts_left_for_their_rows_are_not_fused_horizontally_either():
+    _, program = _capture(MaskMoE(num_experts=4), 6, 8)
+    # the gate linear and the 4 experts' first linears read x: only their horizontal fusion would remain
+    assert _run(FuseExperts(routing="none"), program)[1].details["linears_fused"] == 5
+    after, result = _run(FuseExperts(max_dense_rows=4), program)
+    assert result.details["experts_fused"] == 0 and result.details["linears_fused"] == 0
+    assert not result.modified and _count(after, "addmm") == _count(program, "addmm")

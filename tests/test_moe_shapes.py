@@ -17,28 +17,11 @@ from fxopt.passes.moe import FuseExperts
 from fxopt.passes.moe_match import as_linear, grow_chain
 from fxopt.passes.moe_routing import _column_of, check_group, match_routed
 from tests.conftest import AttentionBlock
-
-
-def _count(program, name):
-    return sum(1 for n in program.graph.nodes
-               if n.op == "call_function" and getattr(n.target, "__name__", "").split(".")[0] == name)
+from tests.test_moe import _bmms, _count, _run
 
 
 def _matmuls(program):
     return sum(_count(program, n) for n in ("mm", "addmm", "bmm", "baddbmm"))
-
-
-def _bmms(program):
-    return _count(program, "bmm") + _count(program, "baddbmm")
-
-
-def _run(pass_, program):
-    """Run a pass on a copy of ``program``; returns (copy, result)."""
-    work = program.copy()
-    result = pass_.run(work)
-    work.dirty = True
-    work.graph.lint()
-    return work, result
 
 
 def _capture(model, *shape):
