@@ -20,7 +20,7 @@ import warnings
 import torch
 
 import fxopt
-from benchmarks.timing import interleaved_medians
+from benchmarks.timing import interleaved_medians, one_thread
 from fxopt.backends import decode
 from fxopt.ir import loops
 
@@ -74,13 +74,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeat", type=int, default=None)
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # shared 2-core machine: one intra-op thread keeps both sides comparable
     repeat = args.repeat or (5 if args.quick else 20)
-    try:
+    with one_thread():
         res = run(repeat)
-    finally:
-        torch.set_num_threads(threads)
     cap = res["capture"]
     print(f"zoo:ocr small: one dynamic-batch capture {cap['dynamic_s']:.1f} s vs static captures "
           + ", ".join(f"batch {b} {s:.1f} s" for b, s in cap["static_s"].items())

@@ -1,6 +1,7 @@
 """Timing helpers shared by the benchmarks."""
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 
@@ -20,3 +21,15 @@ def interleaved_medians(fns: list, repeat: int) -> list[float]:
                 fn()
                 samples[i].append(time.perf_counter() - start)
     return [statistics.median(s) for s in samples]
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run the block with one torch intra-op thread (on a shared 2-core machine that keeps variants
+    comparable), restoring the previous count afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

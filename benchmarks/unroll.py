@@ -18,7 +18,7 @@ import warnings
 import torch
 
 import fxopt
-from benchmarks.timing import interleaved_medians
+from benchmarks.timing import interleaved_medians, one_thread
 from fxopt.backends import decode
 from fxopt.ir import loops
 from fxopt.zoo import ocr
@@ -86,12 +86,11 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--repeat", type=int, default=None)
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a shared 2-core machine: one intra-op thread keeps every variant comparable
     repeat = args.repeat or (5 if args.quick else 10)
     results = []
     for small in ((True,) if args.quick else (True, False)):
-        res = run(small, repeat)
+        with one_thread():
+            res = run(small, repeat)
         results.append(res)
         f = res["flops"]
         print(f"zoo:ocr {res['size']} (batch {res['batch']}, max_len {res['max_len']}, all rows finished after "
@@ -103,7 +102,6 @@ def main(argv=None) -> list[dict]:
             calls = "-" if r["calls_per_seq"] is None else f"{r['calls_per_seq']:.2f}"
             print(f"  {r['variant']:<27}{r['compile_s']:>10.2f}{r['ms_per_seq']:>9.3f}{calls:>11}"
                   f"{r['speedup_vs_step_loop']:>13.2f}x  {r['same_tokens']}")
-    torch.set_num_threads(threads)
     return results
 
 

@@ -21,7 +21,7 @@ import torch
 from torch._higher_order_ops import scan, while_loop
 
 import fxopt
-from benchmarks.timing import interleaved_medians
+from benchmarks.timing import interleaved_medians, one_thread
 
 
 class GRUScan(torch.nn.Module):
@@ -148,18 +148,16 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--repeat", type=int, default=None)
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # shared 2-core machine: one intra-op thread keeps the variants comparable
     repeat = args.repeat or (5 if args.quick else 20)
-    results = [run_scan(16 if args.quick else 64, repeat),
-               run_while(16 if args.quick else 48, [4, 8] if args.quick else [4, 8, 16], repeat)]
+    with one_thread():
+        results = [run_scan(16 if args.quick else 64, repeat),
+                   run_while(16 if args.quick else 48, [4, 8] if args.quick else [4, 8, 16], repeat)]
     for res in results:
         print(f"{res['model']} (median of {repeat}, one thread):")
         print(f"  {'variant':<30}{'build s':>9}{'nodes':>7}{'ms/call':>9}{'host checks':>13}{'vs loop':>9}  same")
         for r in res["rows"]:
             print(f"  {r['variant']:<30}{r['build_s']:>9.2f}{r['nodes']:>7}{r['ms']:>9.3f}{r['checks']:>13}"
                   f"{r['speedup']:>8.2f}x  {r['same']}")
-    torch.set_num_threads(threads)
     return results
 
 
