@@ -4,7 +4,7 @@ through its C++ handle instead of the ``OpOverload`` Python wrapper.
 ``torch.ops.aten.relu.default(x)`` walks four attribute lookups and a Python ``__call__`` frame before it
 reaches the dispatcher; ``OpOverload.__call__`` is exactly ``self._op(*args, **kwargs)``, so binding ``_op``
 once per op is the same call without the wrapper. On graphs of many small ops (routed experts, decoder
-steps) that wrapper was ~15-20% of the run time on this machine (measured in docs/performance.md). The
+steps) that wrapper was ~25% of the run time on this machine (measured in docs/performance.md). The
 graph, its node order, frees and runtime asserts are unchanged: only the name an op is reached by differs.
 """
 from __future__ import annotations
