@@ -20,7 +20,6 @@ torch.compile at E=16, batch 256, top-1.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 import warnings
 
@@ -28,6 +27,7 @@ import torch
 from torch import nn
 
 import fxopt
+from benchmarks.timing import warm_round_robin
 
 D_IN, HIDDEN, D_OUT = 64, 128, 64
 
@@ -107,29 +107,6 @@ def hand_segment(model, x):
     return x.new_zeros(x.shape[0], D_OUT).index_put((tok,), ys, accumulate=True)
 
 
-def _interleaved(fns: dict, repeat: int, budget_s: float, burst: int = 3) -> dict:
-    """Median seconds per call of each fn, timed round-robin (stops early once ``budget_s`` is spent). Each
-    turn runs the fn once untimed, then times ``burst`` calls in a row: measured first after another fn,
-    a fn paid for that fn's cache footprint (running right after the eager loop cost the next fn ~20% here),
-    so each is timed warm, as a serving loop calling one model runs."""
-    samples = {k: [] for k in fns}
-    with torch.no_grad():
-        for fn in fns.values():
-            fn()
-            fn()
-        start = time.perf_counter()
-        for _ in range(repeat):
-            for name, fn in fns.items():
-                fn()
-                t0 = time.perf_counter()
-                for _ in range(burst):
-                    fn()
-                samples[name].append((time.perf_counter() - t0) / burst)
-            if time.perf_counter() - start > budget_s and len(samples[next(iter(fns))]) >= 3:
-                break
-    return {k: statistics.median(v) for k, v in samples.items()}
-
-
 def _xla_compiled(fused, x, model):
     """The fused program through the XLA backend (after split), or None with a note when it cannot run."""
     try:
@@ -180,7 +157,7 @@ def run_config(num_experts: int, batch: int, mode: str, repeat: int, use_compile
     rows_m = max(1, flops // (2 * 128 * 128))
     a, b = torch.randn(rows_m, 128), torch.randn(128, 128)
     fns["plain mm"] = lambda: torch.mm(a, b)
-    times = _interleaved(fns, repeat, budget_s)
+    times = warm_round_robin(fns, repeat, budget_s)
     details = result.details
     strategy = "segment" if details.get("segment_groups") else "padded" if details.get("padded_groups") else "-"
     row = {"E": num_experts, "batch": batch, "mode": mode, "experts_fused": details["experts_fused"],

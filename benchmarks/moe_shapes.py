@@ -4,7 +4,7 @@ FX graph run by PyTorch).
 Cases: dense softmax-gated SwiGLU experts (``down(silu(gate(x)) * up(x))``) on a [B, T, d] input, the same with
 one ``gate_up`` linear + ``chunk``, and top-2 routed SwiGLU experts in the HF Mixtral loop form
 (``one_hot(idx, E).permute(2, 1, 0)``, ``x[None, tok]``, ``index_add_``) and in fxopt's ``where(idx == e)``
-form. d=64, hidden 128, E experts, B*T rows. Eager and fused run round-robin in one process; the ratio is
+form. d=64, hidden 128, E experts, B*T rows. Every case goes through `fxopt.optimize(..., "moe", verify=True)`. Eager and fused run round-robin in one process (warm: `benchmarks.timing.warm_round_robin`); the ratio is
 what compares across this noisy shared machine. A routed case whose rewrite did not apply says so in the
 ``fused`` column (matmul nodes before -> after).
 
@@ -13,72 +13,48 @@ what compares across this noisy shared machine. A routed case whose rewrite did 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 import fxopt
-from fxopt.passes.moe import FuseExperts, count_matmuls
+from benchmarks.timing import warm_round_robin
+from fxopt.passes.moe import count_matmuls
 from tests.test_moe_shapes import DenseMoE, GateUp, HFLoopMoE, SwiGLU, WhereMoE
 
 D, H = 64, 128
 
 
 def _cases(quick: bool) -> list:
-    """``(name, factory, input shape, run through optimize?)`` per configuration."""
+    """``(name, factory, input shape)`` per configuration."""
     grid = [(8, 2, 32)] if quick else [(8, 2, 32), (8, 4, 128), (16, 4, 64)]
     out = []
     for e, b, t in grid:
         out.append((f"dense swiglu 3-D E{e} {b}x{t}", lambda e=e: DenseMoE([SwiGLU(D, H) for _ in range(e)], D),
-                    (b, t, D), True))
+                    (b, t, D)))
         out.append((f"dense gate_up 3-D E{e} {b}x{t}", lambda e=e: DenseMoE([GateUp(D, H) for _ in range(e)], D),
-                    (b, t, D), True))
+                    (b, t, D)))
         out.append((f"routed HF top2 E{e} {b}x{t}",
-                    lambda e=e: HFLoopMoE(torch.nn.ModuleList(SwiGLU(D, H) for _ in range(e)), d=D), (b, t, D), False))
+                    lambda e=e: HFLoopMoE(torch.nn.ModuleList(SwiGLU(D, H) for _ in range(e)), d=D), (b, t, D)))
         out.append((f"routed where top2 E{e} {b * t}",
-                    lambda e=e: WhereMoE(num_experts=e, d=D, h=H), (b * t, D), False))
+                    lambda e=e: WhereMoE(num_experts=e, d=D, h=H), (b * t, D)))
     return out
 
 
-def _time(fns: dict, x, repeat: int, budget_s: float) -> dict:
-    """Median seconds per call of each function, timed round-robin."""
-    samples = {k: [] for k in fns}
-    with torch.no_grad():
-        for fn in fns.values():
-            fn(x)
-        start = time.perf_counter()
-        for _ in range(repeat):
-            for name, fn in fns.items():
-                t0 = time.perf_counter()
-                fn(x)
-                samples[name].append(time.perf_counter() - t0)
-            if time.perf_counter() - start > budget_s and len(samples[next(iter(fns))]) >= 3:
-                break
-    return {k: statistics.median(v) for k, v in samples.items()}
-
-
-def run_case(name, factory, shape, through_optimize: bool, repeat: int, budget_s: float) -> dict:
-    """Capture, fuse (``optimize`` with verification for dense; the pass directly for routed graphs, see the
-    docs' Limits), check numerics, time. Returns one result row."""
+def run_case(name, factory, shape, repeat: int, budget_s: float) -> dict:
+    """Capture, fuse (``optimize`` with verification), check numerics, time. Returns one result row."""
     torch.manual_seed(0)
     model = factory().eval()
     x = torch.randn(*shape)
     program = fxopt.capture(model, (x,))
     before = count_matmuls(program.graph_module)
     try:
-        if through_optimize:
-            fused = fxopt.optimize(program, "moe", verify=True)
-        else:
-            fused = program.copy()
-            FuseExperts().run(fused)
-            fused.dirty = True
+        fused = fxopt.optimize(program, "moe", verify=True)
         after = count_matmuls(fused.graph_module)
         torch.testing.assert_close(fused(x), model(x), rtol=1e-4, atol=1e-4)
     except Exception as exc:  # noqa: BLE001 - a rewrite that does not apply is reported, not hidden
         return {"case": name, "matmuls": f"{before}->?", "eager_us": float("nan"), "fused_us": float("nan"),
                 "speedup": float("nan"), "note": f"{type(exc).__name__}: {str(exc)[:60]}"}
-    t = _time({"eager": model, "fused": fused}, x, repeat, budget_s)
+    t = warm_round_robin({"eager": lambda: model(x), "fused": lambda: fused(x)}, repeat, budget_s)
     return {"case": name, "matmuls": f"{before}->{after}", "eager_us": t["eager"] * 1e6,
             "fused_us": t["fused"] * 1e6, "speedup": t["eager"] / t["fused"], "note": ""}
 
