@@ -29,6 +29,7 @@ import torch
 
 from fxopt.backends.base import Compiled, common_kwargs, io_specs
 from fxopt.backends.fast_graph import fast_forward
+from fxopt.backends.reinplace import inplace_plan
 from fxopt.errors import InputError
 from fxopt.ir import loops, serialize
 from fxopt.ir.program import Program
@@ -61,9 +62,11 @@ class DecodeCompiled(Compiled):
 
     backend = "reference"
 
-    def __init__(self, graph_module: torch.fx.GraphModule, plan: dict, **kwargs):
+    def __init__(self, graph_module: torch.fx.GraphModule, plan: dict,
+                 inplace_ops: dict[str, list[str]] | None = None, **kwargs):
         """``graph_module``: the program's graph (holding the pieces as submodules); ``plan``: see
-        :func:`plan_of`; other keyword arguments as in :class:`Compiled`."""
+        :func:`plan_of`; ``inplace_ops``: per piece, its ops run in place (saved with the artifact; None
+        plans them from the pieces' shapes); other keyword arguments as in :class:`Compiled`."""
         super().__init__(**kwargs)
         self.graph_module = graph_module
         self.plan = dict(plan)
@@ -77,10 +80,18 @@ class DecodeCompiled(Compiled):
             raise InputError(f"decode artifact '{self.name}': plan {plan['variant']!r} needs submodule "
                              f"{missing[0] if missing else '?'}; re-create it with `fxopt run`")
         # each piece runs through the fast op binding (backends/fast_graph): a step is many small ops
-        self._encode = fast_forward(getattr(graph_module, ENCODE))
-        self._init = fast_forward(getattr(graph_module, INIT))
-        self._step = fast_forward(getattr(graph_module, STEP)) if hasattr(graph_module, STEP) else None
-        self._parts = [fast_forward(getattr(graph_module, part_name(k))) for k in range(len(plan["parts"] or []))]
+        self.inplace_ops: dict[str, list[str]] = {}
+
+        def piece(name):
+            module = getattr(graph_module, name)
+            ops = inplace_plan(module.graph) if inplace_ops is None else inplace_ops.get(name, [])
+            self.inplace_ops[name] = list(ops)
+            return fast_forward(module, ops)
+
+        self._encode = piece(ENCODE)
+        self._init = piece(INIT)
+        self._step = piece(STEP) if hasattr(graph_module, STEP) else None
+        self._parts = [piece(part_name(k)) for k in range(len(plan["parts"] or []))]
 
     def run_flat(self, flat_inputs: list) -> tuple:
         """Decode with early stop; returns ``(tokens [batch, max_len],)``."""
@@ -121,6 +132,7 @@ class DecodeCompiled(Compiled):
                                   else [part_name(k) for k in range(len(self._parts))])
         return [{
             "name": n, "device": "cpu", "runtime": "pytorch-eager", "files": files, "submodule": n,
+            "inplace_ops": self.inplace_ops.get(n, []),
             "steps": {"done_here": ["graph serialized", "weights saved (safetensors)",
                                     f"driven by the {RUNTIME} runtime (early stop on the host)"],
                       "left_for_target": []},
@@ -156,4 +168,5 @@ def load(directory: str, manifest: dict | None = None) -> DecodeCompiled:
     gm = serialize.load_graph_module(directory, stem="graph")
     kwargs = common_kwargs(manifest)
     kwargs["extra"] = {k: manifest[k] for k in ("dynamic_dims", "source") if k in manifest}
-    return DecodeCompiled(gm, manifest["decode"], **kwargs)
+    inplace = {p["name"]: p.get("inplace_ops", []) for p in manifest["partitions"] if "name" in p}
+    return DecodeCompiled(gm, manifest["decode"], inplace_ops=inplace, **kwargs)

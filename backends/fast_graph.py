@@ -5,15 +5,18 @@ through its C++ handle instead of the ``OpOverload`` Python wrapper.
 reaches the dispatcher; ``OpOverload.__call__`` is exactly ``self._op(*args, **kwargs)``, so binding ``_op``
 once per op is the same call without the wrapper. On graphs of many small ops (routed experts, decoder
 steps) that wrapper was ~25% of the run time on this machine (measured in docs/performance.md). The
-graph, its node order, frees and runtime asserts are unchanged: only the name an op is reached by differs.
+graph's node order, frees and runtime asserts are unchanged: only the name an op is reached by differs, and
+ops on dead scratch buffers write into them (``add`` -> ``add_``; see :mod:`fxopt.backends.reinplace`).
 """
 from __future__ import annotations
 
 import ast
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.fx
+
+from fxopt.backends.reinplace import reinplaced_graph
 
 
 def _dotted(node: ast.AST) -> str | None:
@@ -56,11 +59,15 @@ class _BindOps(ast.NodeTransformer):
         return self.generic_visit(node)
 
 
-def fast_forward(gm: torch.fx.GraphModule) -> Callable[..., Any]:
-    """Takes a GraphModule; returns ``run(*inputs)`` computing what ``gm(*inputs)`` computes, with ATen ops
-    bound to their C++ handles. Falls back to ``gm`` itself when its code cannot be rebuilt."""
+def fast_forward(gm: torch.fx.GraphModule, inplace_ops: Iterable[str] | None = None) -> Callable[..., Any]:
+    """Takes a GraphModule and optionally the names of its ops to run in place (``reinplace.inplace_plan``
+    of it, saved with an artifact; None plans them from the graph's shape metadata). Returns
+    ``run(*inputs)`` computing what ``gm(*inputs)`` computes, with dead scratch buffers reused in place
+    (:mod:`fxopt.backends.reinplace`) and ATen ops bound to their C++ handles. Falls back to ``gm`` itself
+    when its code cannot be rebuilt."""
     try:
-        code = gm.graph.python_code(root_module="self")
+        graph, _ = reinplaced_graph(gm.graph, inplace_ops)
+        code = graph.python_code(root_module="self")
         tree = _BindOps()
         module = ast.fix_missing_locations(tree.visit(ast.parse(code.src)))
         namespace = dict(code.globals)

@@ -28,6 +28,7 @@ import torch.fx
 
 from fxopt.backends.base import Compiled, common_kwargs, io_specs
 from fxopt.backends.fast_graph import fast_forward
+from fxopt.backends.reinplace import inplace_plan
 from fxopt.errors import BackendError, InputError
 from fxopt.ir import serialize
 from fxopt.ir.program import Program, fetch_attr
@@ -84,11 +85,13 @@ class TorchStage(Stage):
     runtime = "pytorch-eager"
 
     def __init__(self, module: torch.fx.GraphModule, name: str, device: str, inputs: list[str],
-                 outputs: list[str]):
-        """``module``: the partition's GraphModule (see :class:`StagePlan`)."""
+                 outputs: list[str], inplace_ops: list[str] | None = None):
+        """``module``: the partition's GraphModule (see :class:`StagePlan`); ``inplace_ops``: its ops run in
+        place (saved with the artifact; None plans them from the module's shapes)."""
         super().__init__(name, device, inputs, outputs)
         self.module = module
-        self._forward = fast_forward(module)
+        self.inplace_ops = inplace_plan(module.graph) if inplace_ops is None else list(inplace_ops)
+        self._forward = fast_forward(module, self.inplace_ops)
 
     @classmethod
     def from_plan(cls, plan: StagePlan) -> "TorchStage":
@@ -103,7 +106,7 @@ class TorchStage(Stage):
     def write(self, directory: str) -> dict:
         """Write ``<name>.json`` + ``<name>.safetensors`` (the safe graph format)."""
         files = serialize.save_graph_module(self.module, directory, stem=self.name)
-        return {"files": sorted(os.path.basename(f) for f in files),
+        return {"files": sorted(os.path.basename(f) for f in files), "inplace_ops": self.inplace_ops,
                 "steps": {"done_here": ["graph serialized", "weights saved (safetensors)",
                                         "runs with PyTorch eager on the host CPU"],
                           "left_for_target": []}}
@@ -112,7 +115,8 @@ class TorchStage(Stage):
     def load(cls, directory: str, entry: dict) -> "TorchStage":
         """Rebuild a saved TorchStage from its manifest entry."""
         gm = serialize.load_graph_module(directory, stem=safe_stem(entry["name"]))
-        return cls(gm, entry["name"], entry.get("device", "cpu"), entry["inputs"], entry["outputs"])
+        return cls(gm, entry["name"], entry.get("device", "cpu"), entry["inputs"], entry["outputs"],
+                   inplace_ops=entry.get("inplace_ops", []))
 
 
 # ------------------------------------------------------------------------------------------ planning

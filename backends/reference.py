@@ -11,6 +11,7 @@ import torch
 
 from fxopt.backends.base import Compiled, common_kwargs, io_specs
 from fxopt.backends.fast_graph import fast_forward
+from fxopt.backends.reinplace import inplace_plan
 from fxopt.ir import serialize
 from fxopt.ir.program import Program
 
@@ -20,11 +21,14 @@ class ReferenceCompiled(Compiled):
 
     backend = "reference"
 
-    def __init__(self, graph_module: torch.fx.GraphModule, **kwargs):
-        """``graph_module``: the flat graph; other keyword arguments as in :class:`Compiled`."""
+    def __init__(self, graph_module: torch.fx.GraphModule, inplace_ops: list[str] | None = None, **kwargs):
+        """``graph_module``: the flat graph; ``inplace_ops``: its ops the runtime writes in place (saved
+        with the artifact; None plans them from the graph's shapes); other keyword arguments as in
+        :class:`Compiled`."""
         super().__init__(**kwargs)
         self.graph_module = graph_module
-        self._forward = fast_forward(graph_module)
+        self.inplace_ops = inplace_plan(graph_module.graph) if inplace_ops is None else list(inplace_ops)
+        self._forward = fast_forward(graph_module, self.inplace_ops)
 
     def run_flat(self, flat_inputs: list) -> tuple:
         """Run the graph; returns its flat outputs."""
@@ -39,6 +43,7 @@ class ReferenceCompiled(Compiled):
             "device": "cpu",
             "runtime": "pytorch-eager",
             "files": sorted(os.path.basename(f) for f in files),
+            "inplace_ops": self.inplace_ops,
             "steps": {
                 "done_here": ["graph serialized", "weights saved (safetensors)", "runs with PyTorch eager"],
                 "left_for_target": [],
@@ -75,4 +80,5 @@ class ReferenceBackend:
 
             return decode.load(directory, manifest)
         gm = serialize.load_graph_module(directory, stem="graph")
-        return ReferenceCompiled(gm, **common_kwargs(manifest))
+        inplace = manifest["partitions"][0].get("inplace_ops", []) if manifest["partitions"] else []
+        return ReferenceCompiled(gm, inplace_ops=inplace, **common_kwargs(manifest))
