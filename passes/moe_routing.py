@@ -305,9 +305,10 @@ def _ids_in_range(idx: torch.fx.Node, first: int, count: int) -> bool:
     return isinstance(size, int) and size == count
 
 
-def _gate_rows(lead: Routed, pairs: torch.fx.Node, b: Builder) -> dict:
+def _gate_rows(lead: Routed, pairs: torch.fx.Node | None, b: Builder) -> dict:
     """Mapping for gate nodes of the form ``index(w, [tok, slot])`` (``w`` laid out like ``idx``,
-    contiguous) to one row gather ``index_select(view(w, [-1]), 0, pairs)`` of the flat pair positions."""
+    contiguous) to one row gather ``index_select(view(w, [-1]), 0, pairs)`` of the flat pair positions
+    (``view(w, [-1])`` itself when ``pairs`` is None: every pair, in order)."""
     found: dict = {}
     if lead.slot is None:
         return found
@@ -322,7 +323,7 @@ def _gate_rows(lead: Routed, pairs: torch.fx.Node, b: Builder) -> dict:
                 and val(node.args[0]) is not None and tuple(val(node.args[0]).shape) == tuple(v_idx.shape)
                 and val(node.args[0]).is_contiguous()):
             flat = b.op(aten.view.default, node.args[0], [-1])
-            found[node] = b.op(aten.index_select.default, flat, 0, pairs)
+            found[node] = flat if pairs is None else b.op(aten.index_select.default, flat, 0, pairs)
             continue
         stack.extend(node.all_input_nodes)
     return found
@@ -350,7 +351,8 @@ def fuse_routed(gm: torch.fx.GraphModule, members: list[Routed], tag: str, pass_
     if v_idx.dtype != torch.int64:
         flat = b.op(aten._to_copy.default, flat, dtype=torch.int64)
     rel = b.op(aten.sub.Tensor, flat, c0) if c0 else flat
-    if _ids_in_range(idx, c0, e):
+    in_range = _ids_in_range(idx, c0, e)
+    if in_range:
         # every (token, slot) pair goes to an expert of the group: no filtering, no data-dependent count
         srt = b.op(aten.sort.stable, rel, stable=True, dim=0)
         skey = b.op(operator.getitem, srt, 0)
@@ -365,11 +367,15 @@ def fuse_routed(gm: torch.fx.GraphModule, members: list[Routed], tag: str, pass_
         skey = b.op(operator.getitem, srt, 0)
         pairs = b.op(aten.index_select.default, vpos, 0, b.op(operator.getitem, srt, 1))
         nv = b.op(aten.sym_size.int, vpos, 0)
-    experts = b.op(aten.arange.start_step, 0, e, dtype=torch.int64, device=v_x.device)
+    experts = b.attr(f"{tag}_ids", torch.arange(e, dtype=torch.int64, device=v_x.device))
     # expert e's pairs are skey[offsets[e]:ends[e]] (skey is sorted)
     ends = b.op(aten.searchsorted.Tensor, skey, experts, right=True)
     offsets = b.op(aten.searchsorted.Tensor, skey, experts)
     counts = b.op(aten.sub.Tensor, ends, offsets)
+    if k == 1 and in_range and strategy != "segment":
+        # top-1 with every token routed: (token, slot) pairs are the tokens themselves, a permutation, so
+        # rows go to and come back from the padded buffer in token order and no scatter-add is needed
+        return _top1_in_token_order(b, members, first_put, last_put, x, skey, pairs, offsets, counts, nv, tag)
     if k == 1:
         tok = pairs
         slot = b.op(aten.mul.Tensor, pairs, 0) if lead.slot is not None else None
@@ -381,40 +387,89 @@ def fuse_routed(gm: torch.fx.GraphModule, members: list[Routed], tag: str, pass_
         ys = _segment_rows(b, members, xs, counts, nv, tag)
     else:
         ys = _padded_rows(b, members, xs, skey, offsets, counts, nv, tag)
-    added = ys
-    if lead.gate is not None:
-        variables = {lead.tok} | ({lead.slot} if lead.slot is not None else set())
-        mapping = {lead.tok: tok, **({lead.slot: slot} if lead.slot is not None else {})}
-        mapping.update(_gate_rows(lead, pairs, b))
-        g = _instantiate(b, lead.gate, mapping, variables, {}, {})
-        added = b.op(aten.mul.Tensor, *((g, ys) if lead.gate_first else (ys, g)))
+    added = _gated(b, lead, ys, tok, slot, _gate_rows(lead, pairs, b))
     # index_add sums duplicates in index order, like the loop's index_put(accumulate=True) chain did
     acc = b.op(aten.index_add.default, first_put.args[0], 0, tok, added)
+    _finish(gm, members, last_put, acc)
+    return sum(len(m.chain.linears) for m in members) - len(lead.chain.linears)
+
+
+def _gated(b: Builder, lead: Routed, ys, tok, slot, mapping: dict):
+    """``ys`` times the group's gate expression instantiated for rows ``tok``/``slot`` (``mapping``: nodes of
+    the expression already replaced), or ``ys`` when the experts are not gated."""
+    if lead.gate is None:
+        return ys
+    variables = {lead.tok} | ({lead.slot} if lead.slot is not None else set())
+    mapping = {lead.tok: tok, **({lead.slot: slot} if lead.slot is not None else {}), **mapping}
+    g = _instantiate(b, lead.gate, mapping, variables, {}, {})
+    return b.op(aten.mul.Tensor, *((g, ys) if lead.gate_first else (ys, g)))
+
+
+def _top1_in_token_order(b: Builder, members: list[Routed], first_put, last_put, x, skey, pairs, offsets,
+                         counts, nv, tag: str) -> int:
+    """The padded strategy for top-1 routing with every token routed: each token's row in the [E*C] buffer
+    is scattered once (an int64 index per token), the buffer is filled from ``x`` and read back in token
+    order, the gate applies to the tokens as they are (``w[tok, 0]`` is ``w``), and the accumulator gets
+    each token's single product added. Returns the number of matmuls removed."""
+    lead, gm = members[0], b.gm
+    dest, cap = _padded_dest(b, skey, offsets, counts, nv)
+    row_of_token = b.op(aten.index_copy.default,
+                        b.op(aten.full.default, [nv], -1, dtype=torch.int64, device=val(x).device),
+                        0, pairs, dest)
+    y = _padded_rows(b, members, x, skey, offsets, counts, nv, tag, placed=(dest, cap), order=row_of_token)
+    tok = b.op(aten.arange.start_step, 0, nv, dtype=torch.int64, device=val(x).device)
+    slot = b.op(aten.mul.Tensor, tok, 0) if lead.slot is not None else None
+    added = _gated(b, lead, y, tok, slot, _gate_rows(lead, None, b))   # w[tok, 0] over all tokens is w
+    init = first_put.args[0]
+    acc = added if _is_zeros_like(init, added) else b.op(aten.add.Tensor, init, added)
+    _finish(gm, members, last_put, acc)
+    return sum(len(m.chain.linears) for m in members) - len(lead.chain.linears)
+
+
+def _is_zeros_like(init: torch.fx.Node, added: torch.fx.Node) -> bool:
+    """True when ``init`` is a ``full(..., 0)`` of ``added``'s shape and dtype (adding it changes nothing)."""
+    v_i, v_a = val(init), val(added)
+    return (init.op == "call_function" and init.target is aten.full.default and init.args[1] == 0
+            and v_i is not None and v_a is not None and v_i.dtype == v_a.dtype
+            and tuple(v_i.shape) == tuple(v_a.shape))
+
+
+def _finish(gm: torch.fx.GraphModule, members: list[Routed], last_put, acc) -> None:
+    """Route the accumulator's users to ``acc`` and drop the old experts' asserts."""
     last_put.replace_all_uses_with(acc)
     for m in members:
         for a in m.asserts:     # impure metadata asserts of the old products (HF's `.to(dtype)`)
             gm.graph.erase_node(a)
         _drop_size_asserts(gm, m.tok)
-    return sum(len(m.chain.linears) for m in members) - len(lead.chain.linears)
 
 
-def _padded_rows(b: Builder, members: list[Routed], xs, skey, offsets, counts, nv, tag: str) -> torch.fx.Node:
-    """The padded strategy: rows ``xs`` (sorted by expert) scattered into a zero [E, C, in] buffer (C = the
-    largest expert load, read at run time), one batched chain over stacked weights, rows gathered back.
-    Returns the experts' outputs [N, out] in ``xs``'s order."""
-    e, v_x = len(members), val(xs)
-    pos = b.op(aten.sub.Tensor, b.op(aten.arange.start_step, 0, nv, dtype=torch.int64, device=v_x.device),
+def _padded_dest(b: Builder, skey, offsets, counts, nv) -> tuple:
+    """``(dest, C)``: each sorted pair's row in the padded [E*C] buffer (``skey * C + rank within its
+    expert``) and C, the largest expert load, read at run time."""
+    v = val(skey)
+    pos = b.op(aten.sub.Tensor, b.op(aten.arange.start_step, 0, nv, dtype=torch.int64, device=v.device),
                b.op(aten.index_select.default, offsets, 0, skey))
     cap = b.op(aten._local_scalar_dense.default, b.op(aten.max.default, counts))
     b.op(aten.sym_constrain_range_for_size.default, cap)
-    dest = b.op(aten.add.Tensor, b.op(aten.mul.Tensor, skey, cap), pos)            # row in the [E*C] buffer
+    return b.op(aten.add.Tensor, b.op(aten.mul.Tensor, skey, cap), pos), cap
+
+
+def _padded_rows(b: Builder, members: list[Routed], xs, skey, offsets, counts, nv, tag: str, placed=None,
+                 order=None) -> torch.fx.Node:
+    """The padded strategy: rows ``xs`` scattered into a zero [E, C, in] buffer (C = the largest expert load,
+    read at run time) at ``order`` (default: each sorted pair's row, for ``xs`` sorted by expert), one
+    batched chain over stacked weights, rows gathered back the same way. ``placed``: ``_padded_dest``'s
+    result when the caller made it. Returns the experts' outputs [N, out] in ``xs``'s order."""
+    e, v_x = len(members), val(xs)
+    dest, cap = _padded_dest(b, skey, offsets, counts, nv) if placed is None else placed
+    order = dest if order is None else order
     rows = b.op(operator.mul, cap, e)
     width = int(v_x.shape[1])
     buf = b.op(aten.full.default, [rows, width], 0, dtype=v_x.dtype, device=v_x.device)
-    buf = b.op(aten.index_copy.default, buf, 0, dest, xs)
+    buf = b.op(aten.index_copy.default, buf, 0, order, xs)
     y3 = batched_chain(b, [m.chain for m in members], b.op(aten.view.default, buf, [e, cap, width]), tag)
     out_width = int(val(y3).shape[2])
-    return b.op(aten.index_select.default, b.op(aten.view.default, y3, [rows, out_width]), 0, dest)
+    return b.op(aten.index_select.default, b.op(aten.view.default, y3, [rows, out_width]), 0, order)
 
 
 def _segment_rows(b: Builder, members: list[Routed], xs, counts, nv, tag: str) -> torch.fx.Node:

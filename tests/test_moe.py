@@ -153,13 +153,55 @@ def test_loop_routing_becomes_one_grouped_chain(k):
     after, result = _run(FuseExperts(), program)
     after.graph.lint()
     # Expected: no nonzero (topk's ids are all in range), one padded bmm chain, one index_add accumulate
+    # (top-1: every token has exactly one product, so rows come back in token order and nothing is added up)
     assert _count(after, "nonzero") == 0 and _bmms(after) == 2 and _count(after, "addmm") == 1
-    assert _count(after, "index_add") == 1 and _count(after, "index_put") == 0
+    assert _count(after, "index_add") == (1 if k == 2 else 0) and _count(after, "index_put") == 0
     assert result.details["routed_groups"] == 1 and result.details["experts_fused"] == 4
     assert not any(n.target is torch.ops.aten._assert_scalar.default for n in after.graph.nodes)
     for seed in range(4):
         x = torch.randn(7, 8, generator=torch.Generator().manual_seed(seed)) * (1 + 3 * seed)
         torch.testing.assert_close(after(x), model(x))
+
+
+class ResidualTop1(nn.Module):
+    """Top-1 loop accumulating into the input itself (a residual), experts ungated."""
+
+    def __init__(self, d=8, num_experts=4):
+        super().__init__()
+        self.gate = nn.Linear(d, num_experts)
+        self.experts = nn.ModuleList(_expert(d, 16, d) for _ in range(num_experts))
+
+    def forward(self, x):
+        idx = torch.argmax(self.gate(x), -1, keepdim=True)
+        out = x * 2
+        for e, expert in enumerate(self.experts):
+            tok, _ = torch.where(idx == e)
+            out = out.index_add(0, tok, expert(x[tok]))
+        return out
+
+
+def test_top1_with_every_token_routed_reads_rows_back_in_token_order():
+    # Before: one index_put per expert into a zero accumulator; Expected: no scatter at all, the gated rows
+    # in token order are the result (each token has exactly one product)
+    model, program = _loop(k=1)
+    after, _ = _run(FuseExperts(), program)
+    assert _count(after, "index_add") == 0 and _count(after, "index_put") == 0
+    x = torch.randn(7, 8, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(after(x), model(x))
+
+
+def test_top1_into_a_non_zero_accumulator_adds_each_token_once():
+    torch.manual_seed(0)
+    model, program = _capture(ResidualTop1(), 7, 8)
+    after, result = _run(FuseExperts(), program)
+    assert result.details["routed_groups"] == 1 and _count(after, "index_add") == 0
+    result_node = after.output_node().args[0][0]     # x * 2 + each token's one expert output
+    assert result_node.target is torch.ops.aten.add.Tensor
+    assert result_node.args[0].target is torch.ops.aten.mul.Tensor
+    for seed in range(3):
+        x = torch.randn(7, 8, generator=torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(after(x), model(x))
+    assert _run(FuseExperts(), after)[1].modified is False
 
 
 def test_loop_routing_experts_without_tokens_and_tokens_without_experts():
