@@ -280,6 +280,8 @@ class SupportTable:
             return f"higher-order op {node.target.name()} is not lowered for {self.target}"
         if not isinstance(node.target, torch._ops.OpOverload):
             return f"{packet_name(node.target)} is not an ATen op"
+        if node.target.namespace != "aten":   # e.g. fxopt::grouped_mm: the tables below name ATen ops only
+            return f"{node.target.namespace}::{packet_name(node.target)} is not an ATen op"
         return self.check(node, node.target._opname)
 
     def supports(self, node: torch.fx.Node) -> bool:

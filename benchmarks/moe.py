@@ -12,7 +12,7 @@ same FLOPs. The ``fxopt-xla`` column compiles the fused program with the XLA bac
 ``split{target=xla,policy=support}`` (top-1 routing has data-dependent sizes — ``where``/``nonzero`` — which
 stay on the CPU in PyTorch; the XLA partitions are jit-compiled per shape signature, and the first timed
 calls of a new signature are excluded by the warm-up). The `grouped` column is the routed strategy the pass chose
-(`moe{grouped=auto}`: padded, or segment when experts average >= `segment_rows` rows). Headline: fxopt speedup over eager and over
+(`moe{grouped=auto}`: padded, or grouped_mm when experts average >= `segment_rows` rows). Headline: fxopt speedup over eager and over
 torch.compile at E=16, batch 256, top-1.
 
     python -m benchmarks.moe [--quick] [--no-compile] [--no-xla] [--repeat N] [--threads N]
@@ -159,7 +159,7 @@ def run_config(num_experts: int, batch: int, mode: str, repeat: int, use_compile
     fns["plain mm"] = lambda: torch.mm(a, b)
     times = warm_round_robin(fns, repeat, budget_s)
     details = result.details
-    strategy = "segment" if details.get("segment_groups") else "padded" if details.get("padded_groups") else "-"
+    strategy = next((s for s in ("grouped_mm", "segment", "padded") if details.get(f"{s}_groups")), "-")
     row = {"E": num_experts, "batch": batch, "mode": mode, "experts_fused": details["experts_fused"],
            "strategy": strategy,
            "matmuls": f"{result.details['matmul_nodes_before']}->{result.details['matmul_nodes_after']}",
@@ -204,13 +204,13 @@ def main(argv=None) -> list[dict]:
         grid = [(e, b, m) for m in ("top1", "dense") for e in (8, 16, 32) for b in (64, 256, 1024)]
     budget = 1.0 if args.quick else 2.5
     rows = [run_config(e, b, m, args.repeat, not args.no_compile, budget, not args.no_xla) for e, b, m in grid]
-    head = (f"{'mode':5} {'E':>3} {'B':>5} {'matmuls':>8} {'grouped':>7} {'eager us':>9} {'fxopt us':>9} {'tc us':>8} "
+    head = (f"{'mode':5} {'E':>3} {'B':>5} {'matmuls':>8} {'grouped':>10} {'eager us':>9} {'fxopt us':>9} {'tc us':>8} "
             f"{'x eager':>8} {'x tc':>6} {'tc/eager':>8} {'xla us':>7} {'xla x eager':>11} {'xla x tc':>8} {'GF/s':>6} "
             f"{'mm GF/s':>7} {'padded us':>9} {'segment us':>10}")
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['mode']:5} {r['E']:>3} {r['batch']:>5} {r['matmuls']:>8} {r['strategy']:>7} {r['eager_us']:>9.0f} "
+        print(f"{r['mode']:5} {r['E']:>3} {r['batch']:>5} {r['matmuls']:>8} {r['strategy']:>10} {r['eager_us']:>9.0f} "
               f"{r['fxopt_us']:>9.0f} {_fmt(r.get('torch.compile_us')):>8} {r['speedup_vs_eager']:>8.2f} "
               f"{_fmt(r.get('speedup_vs_compile'), '.2f'):>6} {_fmt(r.get('compile_vs_eager'), '.2f'):>8} "
               f"{_fmt(r.get('fxopt-xla_us')):>7} {_fmt(r.get('xla_vs_eager'), '.2f'):>11} "

@@ -751,6 +751,10 @@ def _matmul_cost(node: torch.fx.Node) -> OpCost:
     return _cost(node, _mul(_mul(2, _numel_out(node)), k))
 
 
+# fxopt::grouped_mm (fxopt.ir.ops): each of the N rows [in] times its group's [in, out] matrix = 2*N*out*in
+register_cost(torch.ops.fxopt.grouped_mm)(_matmul_cost)
+
+
 @register_cost(*_aten_ops(["addmm", "baddbmm", "addmv", "_addmm_activation"]))
 def _addmm_cost(node: torch.fx.Node) -> OpCost:
     """``bias + a @ b``: ``2 * numel(out) * K`` plus one add per output element."""

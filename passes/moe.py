@@ -28,7 +28,7 @@ from fxopt.ir.program import Program
 from fxopt.passes.base import Pass, PassResult
 from fxopt.passes.dce import DeadCodeElimination
 from fxopt.passes.moe_match import as_linear, group_chains, grow_chain, linears_by_source, packet, val
-from fxopt.passes.moe_rewrite import fuse_dense, fuse_horizontal
+from fxopt.passes.moe_rewrite import fuse_dense, fuse_horizontal, grouped_mm_ok
 from fxopt.passes.moe_routing import check_group, fuse_routed, match_routed
 
 aten = torch.ops.aten
@@ -49,19 +49,22 @@ class FuseExperts(Pass):
     """Fuse structurally identical experts into batched matmuls (dense and top-k routed) and parallel
     linears into one wider linear. Options: ``min_experts`` (smallest group fused), ``routing``
     (auto|dense|topk|none: which expert groups to fuse), ``horizontal`` (fuse parallel linears),
-    ``max_dense_rows`` (dense groups fuse only when each expert sees at most this many rows: measured on
-    CPU, one bmm over [E, B, h] loses to the per-expert loop from B = 1024 on, where the loop's GEMMs are
-    already efficient and stay in cache; 0 = no limit), ``grouped`` (how routed groups run: ``padded`` one
-    batched chain over an [E, C, in] buffer, ``segment`` each expert's chain on its own slice of the sorted
-    rows, ``auto`` segment when experts average at least ``segment_rows`` rows, where padding costs more
-    than the per-expert calls)."""
+    ``max_dense_rows`` (dense groups fuse only when each expert sees at most this many rows; 0 = no limit,
+    the default: with the reference runtime writing dead buffers in place, the bmm over [E, B, h] beats
+    the per-expert loop at B = 1024 too, where it lost when every intermediate was a fresh allocation —
+    see docs/passes/moe.md), ``grouped`` (how routed groups run: ``grouped_mm`` one grouped matmul per
+    linear over the rows sorted by expert, no padding (``fxopt::grouped_mm``: PyTorch runtimes only);
+    ``padded`` one batched chain over an [E, C, in] buffer; ``segment`` each expert's chain on its own
+    slice of the sorted rows; ``auto``: padded while experts average fewer than ``segment_rows`` rows, else unpadded —
+    ``grouped_mm`` for a program whose target is the reference backend when its shapes and dtype allow
+    (``moe_rewrite.grouped_mm_ok``), ``segment`` otherwise)."""
 
     name = "moe"
     min_experts: int = 2
     routing: Literal["auto", "dense", "topk", "none"] = "auto"
     horizontal: bool = True
-    max_dense_rows: int = 512
-    grouped: Literal["auto", "padded", "segment"] = "auto"
+    max_dense_rows: int = 0
+    grouped: Literal["auto", "grouped_mm", "padded", "segment"] = "auto"
     segment_rows: int = 64
 
     def __post_init__(self):
@@ -77,11 +80,12 @@ class FuseExperts(Pass):
         matmuls_before, flops_before = count_matmuls(gm), _flops(gm)
         notes: list[str] = []
         stats = {"groups_found": 0, "experts_fused": 0, "dense_groups": 0, "routed_groups": 0,
-                 "horizontal_groups": 0, "linears_fused": 0, "padded_groups": 0, "segment_groups": 0}
+                 "horizontal_groups": 0, "linears_fused": 0, "grouped_mm_groups": 0, "padded_groups": 0,
+                 "segment_groups": 0}
         changed = False
         large: set = set()      # first linears of dense experts left alone for their row count
         if self.routing != "none":
-            changed |= self._fuse_experts(gm, stats, notes, large)
+            changed |= self._fuse_experts(gm, stats, notes, large, program.target)
         if changed:
             DeadCodeElimination().run(program)
         if self.horizontal:
@@ -97,7 +101,7 @@ class FuseExperts(Pass):
         })
 
     # ------------------------------------------------------------------------------------------ experts
-    def _fuse_experts(self, gm, stats: dict, notes: list, large: set) -> bool:
+    def _fuse_experts(self, gm, stats: dict, notes: list, large: set, target: str) -> bool:
         chains = [grow_chain(lin) for lins in linears_by_source(gm.graph).values() for lin in lins]
         changed = False
         if self.routing in ("auto", "topk"):
@@ -115,9 +119,9 @@ class FuseExperts(Pass):
                     notes.append(f"routed group of {len(members)} experts at '{members[0].chain.output.name}' "
                                  f"not fused: {why}")
                     continue
-                strategy = self._grouped_strategy(members)
+                strategy = self._grouped_strategy(members, target, notes)
                 fuse_routed(gm, members, f"moe_routed{stats['routed_groups']}", self.name, strategy)
-                stats["segment_groups" if strategy == "segment" else "padded_groups"] += 1
+                stats[f"{strategy}_groups"] += 1
                 stats["routed_groups"] += 1
                 stats["experts_fused"] += len(members)
                 changed = True
@@ -145,13 +149,22 @@ class FuseExperts(Pass):
                     changed = True
         return changed
 
-    def _grouped_strategy(self, members: list) -> str:
-        """``padded`` or ``segment`` for a routed group: the option, or for ``auto`` segment when the mean
-        (token, slot) pairs per expert at the example size reach ``segment_rows``."""
+    def _grouped_strategy(self, members: list, target: str, notes: list) -> str:
+        """``grouped_mm``, ``padded`` or ``segment`` for a routed group: the option, or for ``auto`` padded
+        while the mean (token, slot) pairs per expert at the example size stay below ``segment_rows`` (the
+        padding is cheaper than per-expert matmuls of a few rows), else unpadded: ``grouped_mm`` for the
+        reference target when ATen's kernel applies (a note says why not), ``segment`` otherwise."""
         if self.grouped != "auto":
             return self.grouped
-        pairs = _example_numel(members[0].idx)
-        return "segment" if pairs >= self.segment_rows * len(members) else "padded"
+        if _example_numel(members[0].idx) < self.segment_rows * len(members):
+            return "padded"
+        if target != "reference":
+            return "segment"            # fxopt::grouped_mm runs only where PyTorch runs the graph
+        why_not = grouped_mm_ok([m.chain for m in members])
+        if why_not is None:
+            return "grouped_mm"
+        notes.append(f"routed group at '{members[0].chain.output.name}': segment, not grouped_mm ({why_not})")
+        return "segment"
 
     # ------------------------------------------------------------------------------------------ horizontal
     def _fuse_horizontal(self, gm, stats: dict, large: set) -> bool:

@@ -25,7 +25,7 @@ import torch.fx
 
 from fxopt.ir.program import fetch_attr
 from fxopt.passes.moe_match import Chain, packet, val
-from fxopt.passes.moe_rewrite import Builder, batched_chain
+from fxopt.passes.moe_rewrite import Builder, batched_chain, grouped_chain
 
 aten = torch.ops.aten
 
@@ -331,8 +331,8 @@ def _gate_rows(lead: Routed, pairs: torch.fx.Node | None, b: Builder) -> dict:
 
 def fuse_routed(gm: torch.fx.GraphModule, members: list[Routed], tag: str, pass_name: str,
                 strategy: str = "padded") -> int:
-    """Rewrite a checked routed group (see module docstring) with the ``padded`` or ``segment`` strategy;
-    returns the number of matmuls removed."""
+    """Rewrite a checked routed group (see module docstring) with the ``grouped_mm``,
+    ``padded`` or ``segment`` strategy; returns the number of matmuls removed."""
     members = sorted(members, key=lambda m: m.expert_id)
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     puts = sorted({m.put for m in members}, key=order.__getitem__)
@@ -372,9 +372,18 @@ def fuse_routed(gm: torch.fx.GraphModule, members: list[Routed], tag: str, pass_
     ends = b.op(aten.searchsorted.Tensor, skey, experts, right=True)
     offsets = b.op(aten.searchsorted.Tensor, skey, experts)
     counts = b.op(aten.sub.Tensor, ends, offsets)
-    if k == 1 and in_range and strategy != "segment":
+    chains = [m.chain for m in members]
+    if k == 1 and in_range and strategy == "grouped_mm":
         # top-1 with every token routed: (token, slot) pairs are the tokens themselves, a permutation, so
-        # rows go to and come back from the padded buffer in token order and no scatter-add is needed
+        # the sorted results are scattered back once in token order and no scatter-add is needed
+        ys = grouped_chain(b, chains, b.op(aten.index_select.default, x, 0, pairs), skey,
+                           b.op(aten._to_copy.default, ends, dtype=torch.int32), tag)
+        v_y = val(ys)
+        zeros = b.op(aten.full.default, [nv, int(v_y.shape[1])], 0, dtype=v_y.dtype, device=v_y.device)
+        return _add_in_token_order(b, members, first_put, last_put,
+                                   b.op(aten.index_copy.default, zeros, 0, pairs, ys), nv)
+    if k == 1 and in_range and strategy == "padded":
+        # as above, through the padded buffer: rows go to and come back from it in token order
         return _top1_in_token_order(b, members, first_put, last_put, x, skey, pairs, offsets, counts, nv, tag)
     if k == 1:
         tok = pairs
@@ -385,6 +394,8 @@ def fuse_routed(gm: torch.fx.GraphModule, members: list[Routed], tag: str, pass_
     xs = b.op(aten.index_select.default, x, 0, tok)                                  # rows sorted by expert
     if strategy == "segment":
         ys = _segment_rows(b, members, xs, counts, nv, tag)
+    elif strategy == "grouped_mm":
+        ys = grouped_chain(b, chains, xs, skey, b.op(aten._to_copy.default, ends, dtype=torch.int32), tag)
     else:
         ys = _padded_rows(b, members, xs, skey, offsets, counts, nv, tag)
     added = _gated(b, lead, ys, tok, slot, _gate_rows(lead, pairs, b))
@@ -411,18 +422,25 @@ def _top1_in_token_order(b: Builder, members: list[Routed], first_put, last_put,
     is scattered once (an int64 index per token), the buffer is filled from ``x`` and read back in token
     order, the gate applies to the tokens as they are (``w[tok, 0]`` is ``w``), and the accumulator gets
     each token's single product added. Returns the number of matmuls removed."""
-    lead, gm = members[0], b.gm
     dest, cap = _padded_dest(b, skey, offsets, counts, nv)
     row_of_token = b.op(aten.index_copy.default,
                         b.op(aten.full.default, [nv], -1, dtype=torch.int64, device=val(x).device),
                         0, pairs, dest)
     y = _padded_rows(b, members, x, skey, offsets, counts, nv, tag, placed=(dest, cap), order=row_of_token)
-    tok = b.op(aten.arange.start_step, 0, nv, dtype=torch.int64, device=val(x).device)
+    return _add_in_token_order(b, members, first_put, last_put, y, nv)
+
+
+def _add_in_token_order(b: Builder, members: list[Routed], first_put, last_put, y, nv) -> int:
+    """Top-1 with every token routed, given each token's expert output ``y`` in token order: the gate
+    applies to the tokens as they are (``w[tok, 0]`` is ``w``) and the accumulator gets each token's single
+    product added. Returns the number of matmuls removed."""
+    lead = members[0]
+    tok = b.op(aten.arange.start_step, 0, nv, dtype=torch.int64, device=val(y).device)
     slot = b.op(aten.mul.Tensor, tok, 0) if lead.slot is not None else None
     added = _gated(b, lead, y, tok, slot, _gate_rows(lead, None, b))   # w[tok, 0] over all tokens is w
     init = first_put.args[0]
     acc = added if _is_zeros_like(init, added) else b.op(aten.add.Tensor, init, added)
-    _finish(gm, members, last_put, acc)
+    _finish(b.gm, members, last_put, acc)
     return sum(len(m.chain.linears) for m in members) - len(lead.chain.linears)
 
 

@@ -240,10 +240,40 @@ def test_segment_strategy_runs_each_expert_on_its_slice(drop):
     torch.testing.assert_close(after(same), model(same))
 
 
-def test_auto_strategy_follows_rows_per_expert():
+def test_auto_strategy_follows_rows_per_expert_and_target():
     _, program = _loop(k=1)                     # 7 tokens over 4 experts: under 2 rows each
     assert _run(FuseExperts(), program)[1].details["padded_groups"] == 1
-    assert _run(FuseExperts(segment_rows=1), program)[1].details["segment_groups"] == 1
+    # enough rows per expert: unpadded, one grouped matmul per linear where PyTorch runs the graph ...
+    assert _run(FuseExperts(segment_rows=1), program)[1].details["grouped_mm_groups"] == 1
+    # ... and per-expert slices for a target whose compiler cannot take fxopt::grouped_mm
+    elsewhere = program.copy()
+    elsewhere.target = "xla"
+    assert _run(FuseExperts(segment_rows=1), elsewhere)[1].details["segment_groups"] == 1
+
+
+@pytest.mark.parametrize("kwargs", [dict(k=1), dict(k=2), dict(k=2, drop=0.3)], ids=["top1", "top2", "dropped"])
+def test_grouped_mm_strategy_is_one_grouped_matmul_per_linear(kwargs):
+    model, program = _loop(**kwargs)
+    after, result = _run(FuseExperts(grouped="grouped_mm"), program)
+    grouped = [n for n in after.graph.nodes if n.target is torch.ops.fxopt.grouped_mm.default]
+    assert len(grouped) == 2 and _count(after, "addmm") == 1 and _bmms(after) == 0    # addmm: the gate
+    assert result.details["grouped_mm_groups"] == 1
+    for seed in range(4):
+        x = torch.randn(7, 8, generator=torch.Generator().manual_seed(seed)) * (1 + 3 * seed)
+        torch.testing.assert_close(after(x), model(x))
+        torch.testing.assert_close(fxopt.compile(after, "reference")(x), model(x))
+    assert _run(FuseExperts(grouped="grouped_mm"), after)[1].modified is False
+
+
+def test_grouped_mm_strategy_with_widths_the_aten_kernel_rejects():
+    # 6 float32 features = 24-byte rows: ATen's _grouped_mm refuses the stride, fxopt::grouped_mm loops
+    torch.manual_seed(0)
+    model, program = _capture(LoopMoE(d=6, h=10, o=6, k=2), 9, 6)
+    after, _ = _run(FuseExperts(grouped="grouped_mm"), program)
+    x = torch.randn(9, 6)
+    torch.testing.assert_close(after(x), model(x))
+    _, auto = _run(FuseExperts(segment_rows=1), program)
+    assert auto.details["segment_groups"] == 1 and "not grouped_mm" in " ".join(auto.notes)
 
 
 @pytest.mark.parametrize("model", [LoopMoE(k=2), MaskMoE(k=2)], ids=["routed", "dense"])
@@ -351,7 +381,7 @@ def test_horizontal_on_a_whole_encoder_and_multitask_heads(encoder):
 # ------------------------------------------------------------------------------------------------ options, artifact
 def test_options_parse_and_reject_bad_values():
     (p,) = build_pipeline("moe{min_experts=3,routing=dense,horizontal=false}")
-    assert FuseExperts().max_dense_rows == 512
+    assert FuseExperts().max_dense_rows == 0          # no limit: see docs/passes/moe.md
     assert (p.min_experts, p.routing, p.horizontal) == (3, "dense", False)
     assert p.spec() == "moe{min_experts=3,routing=dense,horizontal=false}"
     with pytest.raises(InputError, match="min_experts"):
