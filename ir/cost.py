@@ -900,7 +900,8 @@ def _max_min_cost(node: torch.fx.Node) -> OpCost:
 def _log2_ceil(n: Number) -> Number:
     if isinstance(n, int):
         return max(1, (max(n, 1) - 1).bit_length())
-    return sympy.Max(1, sympy.ceiling(sympy.log(n, 2)))
+    # log of at least 2: a data-dependent size with no known bound counts as 0, and log(0) is complex infinity
+    return sympy.Max(1, sympy.ceiling(sympy.log(sympy.Max(n, 2), 2)))
 
 
 @register_cost(*_aten_ops(["sort", "argsort", "msort"]))

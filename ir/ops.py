@@ -29,7 +29,10 @@ def grouped_mm(rows: torch.Tensor, weights: torch.Tensor, ends: torch.Tensor) ->
     """Takes rows [N, in] sorted by group, weights [E, in, out] and each group's int32 end offset [E] (the
     last equal to N); returns [N, out], row ``i`` of group ``e`` times ``weights[e]``."""
     if _aten_kernel_applies(rows, weights):
-        return torch.ops.aten._grouped_mm.default(rows, weights, ends)
+        try:
+            return torch.ops.aten._grouped_mm.default(rows, weights, ends)
+        except RuntimeError:   # a layout rule of the kernel's (checked before it computes): loop instead
+            pass
     out = rows.new_empty(rows.shape[0], weights.shape[2])
     start = 0
     for e, end in enumerate(ends.tolist()):

@@ -238,6 +238,19 @@ def step_key(step, node: torch.fx.Node) -> tuple:
     return (str(node.target), args, kwargs, _trailing(val(node)) if val(node) is not None else None)
 
 
+#: binary ops whose two tensor operands can be swapped without changing a bit of the result
+COMMUTATIVE = frozenset([aten.add.Tensor, aten.mul.Tensor, aten.maximum.default, aten.minimum.default,
+                         aten.logical_and.default, aten.logical_or.default, aten.logical_xor.default,
+                         aten.bitwise_and.Tensor, aten.bitwise_or.Tensor, aten.bitwise_xor.Tensor,
+                         aten.eq.Tensor, aten.ne.Tensor])
+
+
+def _commutes(node: torch.fx.Node) -> bool:
+    """True for a commutative op on two tensors (``add`` only without ``alpha``)."""
+    return (node.target in COMMUTATIVE and len(node.args) == 2 and not node.kwargs
+            and all(isinstance(a, torch.fx.Node) for a in node.args))
+
+
 def _unit_key(chain: Chain) -> tuple:
     """The structural key of a whole unit: per step its :func:`step_key` and where each tensor input comes
     from (the source or step i, through which row views), then the exit's wiring."""
@@ -251,7 +264,10 @@ def _unit_key(chain: Chain) -> tuple:
     for s in chain.steps:
         node = s.node if isinstance(s, Linear) else s
         inputs = [s.x] if isinstance(s, Linear) else [a for a in node.args if isinstance(a, torch.fx.Node)]
-        key.append((step_key(s, node), tuple(ref(a) for a in inputs)))
+        refs = tuple(ref(a) for a in inputs)
+        if _commutes(node):
+            refs = tuple(sorted(refs, key=repr))     # `a * u` and `u * a` experts group (the rewrite emits
+        key.append((step_key(s, node), refs))        # the lead's order: the same bits, IEEE + and * commute)
     key.append(("exit", ref(chain.output), _trailing(val(chain.output))))
     return tuple(key)
 

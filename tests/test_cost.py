@@ -347,3 +347,13 @@ def test_measure_cpu_profile_is_quick_and_positive():
     p = measure_cpu_profile(budget_s=0.2)
     assert p.kind == "cpu"
     assert p.peak_flops > 1e8 and p.mem_bandwidth > 1e8 and math.isfinite(p.peak_flops)
+
+
+def test_sort_of_a_data_dependent_length_without_a_bound_evaluates_finitely():
+    # a fuzz campaign found it: an unbacked length with no known bound counts as 0 at example sizes, and the
+    # n*log2(n) sort formula then took log(0) (sympy's complex infinity) and raised
+    from fxopt.ir.cost import _log2_ceil
+
+    n = sympy.Symbol("u0", integer=True, nonnegative=True)
+    assert (n * _log2_ceil(n)).subs(n, 0) == 0
+    assert _log2_ceil(n).subs(n, 1000) == 10

@@ -119,6 +119,31 @@ def test_gated_mlp_experts_become_three_bmms():
     _check_numerics(after, model, (5, 8))
 
 
+def test_experts_that_multiply_in_either_order_are_one_group():
+    # Before: silu(gate(x)) * up(x) in experts 0 and 2, up(x) * silu(gate(x)) in expert 1
+    model, program = _capture(DenseMoE([SwiGLU(8, 16, swap=s) for s in (False, True, False)], 8), 5, 8)
+    after, result = _run(FuseExperts(horizontal=False), program)
+    # Expected: one group of all three (the product commutes), one bmm per linear
+    assert result.details["experts_fused"] == 3 and _count(after, "mm") == 0 and _bmms(after) == 3
+    _check_numerics(after, model, (5, 8))
+
+
+def test_experts_that_subtract_in_opposite_orders_are_not_grouped():
+    class SubMLP(MLP):
+        def __init__(self, d, h, flip):
+            super().__init__(d, h)
+            self.other, self.flip = nn.Linear(d, h), flip
+
+        def forward(self, x):
+            a, b = torch.relu(self.fc1(x)), self.other(x)
+            return self.fc2(b - a if self.flip else a - b)
+
+    model, program = _capture(DenseMoE([SubMLP(8, 16, flip) for flip in (False, True, False)], 8), 5, 8)
+    after, result = _run(FuseExperts(horizontal=False), program)
+    assert result.details["experts_fused"] == 2          # the two `a - b` experts only
+    _check_numerics(after, model, (5, 8))
+
+
 def test_gate_up_chunk_experts_become_two_bmms():
     model, program = _capture(_dense(GateUp), 5, 8)
     assert _count(program, "mm") == 6 and _count(program, "split_with_sizes") == 3

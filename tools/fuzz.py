@@ -11,7 +11,9 @@ program and each selected pass the campaign checks, in this order:
 3. when the pass changed the graph: the result matches the captured program on fresh random inputs, and,
    when the batch dim stayed dynamic and the eager model accepts another batch size, on inputs of that size;
    when it said it changed nothing: the graph is exactly the input's;
-4. idempotence: running the pass again on its own result changes nothing.
+4. idempotence: running the pass again on its own result changes nothing;
+5. the reference backend's runtime (which writes dead scratch buffers in place, ``backends/reinplace.py``)
+   returns the optimized program's outputs bit for bit and leaves its inputs as they were.
 
 With ``--pipelines`` each program also runs one random pipeline of 2-5 selected passes (``verify=True`` and a
 fresh-input comparison). Any failure is a *difference*: hypothesis shrinks the program (``Phase.shrink``, at
@@ -137,6 +139,32 @@ def _compare(reference, candidate, input_sets: list, where: str) -> None:
             raise Difference(where, f"{problem} ({label} inputs)")
 
 
+def _compare_runtime(program, input_sets: list, where: str) -> None:
+    """The reference backend's compiled ``program`` against the program itself: equal outputs bit for bit
+    (NaNs where NaNs are), inputs untouched."""
+    import torch
+
+    from fxopt.backends.reference import ReferenceBackend
+
+    try:
+        compiled = ReferenceBackend().compile(program)
+    except Exception as exc:  # noqa: BLE001
+        raise Difference(where, f"reference backend: {_first_line(exc)}") from exc
+    for label, inputs in input_sets:
+        flat = program.flatten_inputs(tuple(t.clone() for t in inputs))
+        kept = [t.clone() if isinstance(t, torch.Tensor) else t for t in flat]
+        try:
+            got = compiled.run_flat(flat)
+        except Exception as exc:  # noqa: BLE001
+            raise Difference(where, f"reference runtime fails to run: {_first_line(exc)} ({label} inputs)") from exc
+        for i, (a, b) in enumerate(zip(got, _run(program, inputs))):
+            if isinstance(a, torch.Tensor) and not torch.equal(torch.nan_to_num(a), torch.nan_to_num(b)):
+                raise Difference(where, f"reference runtime output {i} differs from the graph's ({label} inputs)")
+        for i, (a, b) in enumerate(zip(flat, kept)):
+            if isinstance(a, torch.Tensor) and not torch.equal(torch.nan_to_num(a), torch.nan_to_num(b)):
+                raise Difference(where, f"reference runtime wrote input {i} ({label} inputs)")
+
+
 def check_program(spec, passes: list[str], pipelines: bool, counts: dict) -> bool:
     """Run every check of the module docstring for ``spec`` on ``passes`` (and one random pipeline when
     ``pipelines``); adds 1 to ``counts[pass]`` per pass that passed. Raises :class:`Difference` at the first
@@ -185,6 +213,7 @@ def check_program(spec, passes: list[str], pipelines: bool, counts: dict) -> boo
             raise Difference(name, _first_line(exc)) from exc
         if optimized.reports[-1].modified:
             _compare(program, optimized, sets, name)
+            _compare_runtime(optimized, sets, name)
         elif str(optimized.graph) != str(program.graph):
             raise Difference(name, "reported no change but changed the graph")
         try:
