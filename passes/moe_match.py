@@ -17,7 +17,6 @@ Core ATen spells ``nn.Linear`` on a 2-D input as ``addmm(bias, x, permute(weight
 from __future__ import annotations
 
 import operator
-import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -272,38 +271,16 @@ def _unit_key(chain: Chain) -> tuple:
     return tuple(key)
 
 
-_ORDER: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-class _Order:
-    """Graph positions of nodes, shared by every unit grown in one graph (keyed by ``id`` so the cache holds
-    no node, and so no graph, alive); rebuilt when the node count changed or a node is missing."""
-
-    def __init__(self, graph: torch.fx.Graph):
-        self.graph = weakref.ref(graph)
-        self.pos: dict = {}
-        self.refresh()
-
-    def refresh(self) -> None:
-        """Recompute every position from the graph."""
-        self.pos = {id(n): i for i, n in enumerate(self.graph().nodes)}
-
-    def __getitem__(self, node) -> int:
-        found = self.pos.get(id(node))
-        if found is None:
-            self.refresh()
-            found = self.pos[id(node)]
-        return found
-
-
-def _order_of(graph: torch.fx.Graph) -> _Order:
-    """Positions of ``graph``'s nodes (cached while the node count stays the same)."""
-    order = _ORDER.get(graph)
-    if order is None:
-        order = _ORDER[graph] = _Order(graph)
-    elif len(order.pos) != len(graph.nodes):
-        order.refresh()
-    return order
+def graph_position(node: torch.fx.Node):
+    """A sort key of ``node``'s place in its graph: FX's own ``_sort_key``, which FX keeps in order as nodes
+    are inserted. (A cache of positions by ``id(node)`` used to stand here: in a long process an erased
+    node's id was reused by a new node with the same node count, so a stale position ordered a unit's
+    nodes wrongly and made moe non-idempotent — found by a fuzz campaign, not reproducible in a fresh
+    process.)"""
+    key = getattr(node, "_sort_key", None)
+    if key is not None:
+        return key
+    return next(i for i, n in enumerate(node.graph.nodes) if n is node)
 
 
 class _Growth:
@@ -314,7 +291,6 @@ class _Growth:
 
     def __init__(self, first: Linear):
         self.source = entry_source(first)
-        self.order = _order_of(first.node.graph)
         self.steps: dict = {}
         self.views: set = set()
         self.entries: set = set()
@@ -375,7 +351,7 @@ class _Growth:
         if _is_binary(user):
             out: dict = {}
             if all(self._pull(a, 0, members, out) for a in user.args):
-                return [n for n in sorted(out, key=self.order.__getitem__) if n is not user] + [user]
+                return [n for n in sorted(out, key=graph_position) if n is not user] + [user]
         return None
 
     def exits(self, members: set) -> list:
@@ -386,7 +362,7 @@ class _Growth:
         best, pending = 1, False
         while len(self.steps) < MAX_STEPS:
             members = self.members()
-            users = sorted({u for n in members for u in n.users if u not in members}, key=self.order.__getitem__)
+            users = sorted({u for n in members for u in n.users if u not in members}, key=graph_position)
             for user in users:
                 taken = self._takes(user, members)
                 if taken is not None:
@@ -411,8 +387,7 @@ def grow_chain(first: Linear) -> Chain:
     ``partial``: ``first`` alone, with a key that matches nothing."""
     g = _Growth(first)
     keep = set(g.added[:g.run()])
-    order = g.order
-    nodes = sorted((n for n in keep if n in g.steps), key=order.__getitem__)
+    nodes = sorted((n for n in keep if n in g.steps), key=graph_position)
     steps = [g.steps[n] for n in nodes]
     views = {n for n in keep if n in g.views}
     entries = {n for n in g.entries if n in keep or any(u in keep for u in n.users)}
