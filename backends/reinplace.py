@@ -26,12 +26,15 @@ import torch
 import torch.fx
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
+from fxopt.ir.aliasing import HIDDEN_ALIASES
+
 _NO_VARIANT = object()
 
 
 def _returns_fresh(target: Any) -> bool:
-    """True when ``target`` is an ATen overload whose results alias none of its arguments."""
-    if not isinstance(target, torch._ops.OpOverload):
+    """True when ``target`` is an operator overload whose results alias none of its arguments (by its
+    schema, less the ops whose schema hides a view: ``ir.aliasing.HIDDEN_ALIASES``)."""
+    if not isinstance(target, torch._ops.OpOverload) or target.overloadpacket in HIDDEN_ALIASES:
         return False
     return all(r.alias_info is None for r in target._schema.returns)
 
@@ -41,6 +44,8 @@ def _aliased_argument(node: torch.fx.Node) -> torch.fx.Node | None:
     target = node.target
     if not isinstance(target, torch._ops.OpOverload):
         return None
+    if target.overloadpacket in HIDDEN_ALIASES:       # `_unsafe_view(a)` shares a's storage
+        return node.args[0] if node.args and isinstance(node.args[0], torch.fx.Node) else None
     sets = {s for r in target._schema.returns if r.alias_info is not None and not r.alias_info.is_write
             for s in r.alias_info.before_set}
     if not sets:
@@ -56,13 +61,15 @@ _variants: dict[Any, Any] = {}
 
 
 def inplace_variant(target: Any) -> Any:
-    """The in-place ATen overload computing what ``target`` computes into its first argument, or None."""
+    """The in-place overload (same namespace) computing what ``target`` computes into its first argument,
+    or None."""
     cached = _variants.get(target, _NO_VARIANT)
     if cached is not _NO_VARIANT:
         return cached
     variant = None
     if _returns_fresh(target) and torch.Tag.nondeterministic_seeded not in target.tags:
-        packet = getattr(torch.ops.aten, target._schema.name.split("::")[-1] + "_", None)
+        namespace = getattr(torch.ops, target.namespace)
+        packet = getattr(namespace, target._schema.name.split("::")[-1] + "_", None)
         candidate = getattr(packet, target._overloadname, None) if packet is not None else None
         if isinstance(candidate, torch._ops.OpOverload):
             same_args = [(a.name, str(a.type)) for a in candidate._schema.arguments] == [

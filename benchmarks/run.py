@@ -26,6 +26,11 @@ def main(argv=None) -> None:
     headlines.append("zoo_reference: eager/fxopt latency " +
                      ", ".join(f"{r['model']} {r['speedup']:.2f}x" for r in rows))
     print()
+    from benchmarks import runtime
+    rt = runtime.main(["--quick"] if args.quick else [])
+    headlines.append("runtime: writing dead buffers in place vs the op binding alone: " +
+                     ", ".join(f"{r['graph']} {r['in_place_vs_bound']:.2f}x" for r in rt))
+    print()
     from benchmarks import moe
     rows = moe.main(["--quick"] if args.quick else [])
     key = next(r for r in rows if (r["E"], r["batch"], r["mode"]) == (16, 256, "top1"))

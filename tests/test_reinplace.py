@@ -129,6 +129,27 @@ def test_storage_handed_to_an_opaque_callable_is_never_written():
     assert torch.equal(got_b, example + 1)
 
 
+def test_a_view_hidden_behind_a_fresh_schema_keeps_its_buffer_alive():
+    # _unsafe_view's schema claims a fresh result, but it shares its input's storage: relu(a) must not
+    # overwrite a while v (that storage) is read afterwards
+    graph = torch.fx.Graph()
+    x = graph.placeholder("x")
+    a = graph.call_function(aten.add.Tensor, (x, 1.0))
+    v = graph.call_function(aten._unsafe_view.default, (a, [12]))
+    b = graph.call_function(aten.relu.default, (a,))
+    w = graph.call_function(aten.mul.Tensor, (v, 2.0))
+    graph.output((b, w))
+    example = torch.randn(3, 4)
+    values = {x: example, a: example + 1, v: (example + 1).view(12), b: torch.relu(example + 1),
+              w: (example + 1).view(12) * 2}
+    for node, value in values.items():
+        node.meta["val"] = value
+    new, changed = reinplaced_graph(graph)
+    assert "relu" not in changed
+    got_b, got_w = fast_forward(torch.fx.GraphModule(nn.Module(), graph))(example)
+    assert torch.equal(got_w, (example + 1).view(12) * 2)
+
+
 def test_random_ops_have_no_in_place_variant_here():
     assert inplace_variant(aten.bernoulli.p) is None
     assert inplace_variant(aten.add.Tensor) is aten.add_.Tensor
