@@ -66,33 +66,21 @@ def _in_out(weight: torch.Tensor, lin: Linear) -> torch.Tensor:
     return weight.t() if lin.transposed else weight
 
 
-def batched_chain(b: Builder, chains: list[Chain], x3: torch.fx.Node, tag: str) -> torch.fx.Node:
-    """Emit the experts' unit once over ``x3`` [E, rows, in] (the source's rows, per expert): ``baddbmm``
-    (``bmm`` without bias, or ``bmm`` + ``add`` at a symbolic row count) per linear, elementwise ops and
-    combines as they are, splits along the last dim, row views as nothing (every value is [E, rows, f]).
-    ``chains`` share one structural key. Returns the [E, rows, out] result."""
+def _emit_unit(b: Builder, chains: list[Chain], rows: torch.fx.Node, linear) -> torch.fx.Node:
+    """Emit the unit of ``chains`` (one structural key) once over ``rows``: ``linear(i, h, w, bias)`` emits
+    linear step ``i`` on ``h`` with the stacked weights; elementwise ops and combines are copied, splits run
+    along the last dim, row views are nothing. Returns the unit's result."""
     lead = chains[0]
     env: dict = {}
 
     def get(node):
         base, _ = lead.resolve(node)
-        return x3 if base is lead.source else env[base]
+        return rows if base is lead.source else env[base]
 
     for i, step in enumerate(lead.steps):
         if isinstance(step, Linear):
-            h = get(step.x)
             w, bias = stacked_weights(b.gm, chains, i)
-            w_node = b.attr(f"{tag}_w{i}", w)
-            if bias is not None and isinstance(val(h).shape[1], int):
-                # bias [E, 1, out] broadcast inside the matmul: one op and one pass over h fewer than bmm + add
-                h = b.op(aten.baddbmm.default, b.attr(f"{tag}_b{i}", bias), h, w_node)
-            else:
-                # baddbmm's meta kernel cannot broadcast to an unbacked row count (the routed capacity), and
-                # expanding the bias first measured slower than bmm + add
-                h = b.op(aten.bmm.default, h, w_node)
-                if bias is not None:
-                    h = b.op(aten.add.Tensor, h, b.attr(f"{tag}_b{i}", bias))
-            env[step.node] = h
+            env[step.node] = linear(i, get(step.x), w, bias)
         elif step.target is operator.getitem:
             env[step] = b.op(operator.getitem, get(step.args[0]), step.args[1])
         elif packet(step.target) in SPLITS:
@@ -101,6 +89,24 @@ def batched_chain(b: Builder, chains: list[Chain], x3: torch.fx.Node, tag: str) 
             args = [get(a) if isinstance(a, torch.fx.Node) else a for a in step.args]
             env[step] = b.op(step.target, *args, **step.kwargs)
     return get(lead.output)
+
+
+def batched_chain(b: Builder, chains: list[Chain], x3: torch.fx.Node, tag: str) -> torch.fx.Node:
+    """Emit the experts' unit once over ``x3`` [E, rows, in] (the source's rows, per expert): ``baddbmm``
+    (``bmm`` without bias, or ``bmm`` + ``add`` at a symbolic row count) per linear, the rest as
+    :func:`_emit_unit` does (every value is [E, rows, f]). Returns the [E, rows, out] result."""
+
+    def linear(i, h, w, bias):
+        w_node = b.attr(f"{tag}_w{i}", w)
+        if bias is not None and isinstance(val(h).shape[1], int):
+            # bias [E, 1, out] broadcast inside the matmul: one op and one pass over h fewer than bmm + add
+            return b.op(aten.baddbmm.default, b.attr(f"{tag}_b{i}", bias), h, w_node)
+        # baddbmm's meta kernel cannot broadcast to an unbacked row count (the routed capacity), and
+        # expanding the bias first measured slower than bmm + add
+        h = b.op(aten.bmm.default, h, w_node)
+        return h if bias is None else b.op(aten.add.Tensor, h, b.attr(f"{tag}_b{i}", bias))
+
+    return _emit_unit(b, chains, x3, linear)
 
 
 GROUPED_MM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -134,34 +140,18 @@ def grouped_chain(b: Builder, chains: list[Chain], rows: torch.fx.Node, skey: to
     """Emit the experts' unit once over ``rows`` [N, in], sorted by expert (``skey``: each row's expert;
     ``offs``: int32 end offset of each expert's rows): every linear is one grouped matmul over the stacked
     weights (``fxopt::grouped_mm``, see :mod:`fxopt.ir.ops`: expert e multiplies rows ``offs[e-1]:offs[e]``
-    by its own matrix; no padding) plus each row's
-    expert bias, elementwise ops and splits as they are. ``chains`` share one structural key. Returns the
-    [N, out] result, rows in ``rows``' order."""
-    lead = chains[0]
-    env: dict = {}
+    by its own matrix; no padding) plus each row's expert bias, the rest as :func:`_emit_unit` does.
+    Returns the [N, out] result, rows in ``rows``' order."""
 
-    def get(node):
-        base, _ = lead.resolve(node)
-        return rows if base is lead.source else env[base]
+    def linear(i, h, w, bias):
+        # [E, in, out] contiguous: measured 1.2-2.5x faster than the transposed layout on CPU
+        h = b.op(torch.ops.fxopt.grouped_mm.default, h, b.attr(f"{tag}_w{i}", w), offs)
+        if bias is None:
+            return h
+        per_row = b.op(aten.index_select.default, b.attr(f"{tag}_b{i}", bias.squeeze(1).contiguous()), 0, skey)
+        return b.op(aten.add.Tensor, h, per_row)
 
-    for i, step in enumerate(lead.steps):
-        if isinstance(step, Linear):
-            w, bias = stacked_weights(b.gm, chains, i)
-            # [E, in, out] contiguous: measured 1.2-2.5x faster than the transposed layout on CPU
-            h = b.op(torch.ops.fxopt.grouped_mm.default, get(step.x), b.attr(f"{tag}_w{i}", w), offs)
-            if bias is not None:
-                per_row = b.op(aten.index_select.default, b.attr(f"{tag}_b{i}", bias.squeeze(1).contiguous()),
-                               0, skey)
-                h = b.op(aten.add.Tensor, h, per_row)
-            env[step.node] = h
-        elif step.target is operator.getitem:
-            env[step] = b.op(operator.getitem, get(step.args[0]), step.args[1])
-        elif packet(step.target) in SPLITS:
-            env[step] = b.op(step.target, get(step.args[0]), step.args[1], -1)
-        else:
-            args = [get(a) if isinstance(a, torch.fx.Node) else a for a in step.args]
-            env[step] = b.op(step.target, *args, **step.kwargs)
-    return get(lead.output)
+    return _emit_unit(b, chains, rows, linear)
 
 
 def fuse_dense(gm: torch.fx.GraphModule, chains: list[Chain], tag: str, pass_name: str) -> int:
