@@ -1,5 +1,6 @@
 """A faster way to run an FX GraphModule eagerly: the same generated Python code, with every ATen op called
-through its C++ handle instead of the ``OpOverload`` Python wrapper.
+through its public Python binding where one dispatches exactly that overload (:mod:`fxopt.backends.public_ops`)
+and through its C++ handle otherwise, instead of the ``OpOverload`` Python wrapper.
 
 ``torch.ops.aten.relu.default(x)`` walks four attribute lookups and a Python ``__call__`` frame before it
 reaches the dispatcher; ``OpOverload.__call__`` is exactly ``self._op(*args, **kwargs)``, so binding ``_op``
@@ -16,6 +17,7 @@ from typing import Any, Callable, Iterable
 import torch
 import torch.fx
 
+from fxopt.backends.public_ops import public_binding
 from fxopt.backends.reinplace import reinplaced_graph
 
 
@@ -39,7 +41,8 @@ def _resolve(dotted: str) -> Any:
 
 
 class _BindOps(ast.NodeTransformer):
-    """Replaces ``torch.ops.<ns>.<op>.<overload>`` by a global bound to the overload's C++ handle."""
+    """Replaces ``torch.ops.<ns>.<op>.<overload>`` by a global bound to the overload's public binding (where
+    one is listed) or its C++ handle."""
 
     def __init__(self):
         self.bound: dict[str, Callable] = {}
@@ -54,7 +57,7 @@ class _BindOps(ast.NodeTransformer):
                 target = None
             if isinstance(target, torch._ops.OpOverload):
                 name = self._names.setdefault(dotted, f"_fxopt_op{len(self._names)}")
-                self.bound[name] = target._op
+                self.bound[name] = public_binding(target) or target._op
                 return ast.copy_location(ast.Name(id=name, ctx=ast.Load()), node)
         return self.generic_visit(node)
 
@@ -63,7 +66,7 @@ def fast_forward(gm: torch.fx.GraphModule, inplace_ops: Iterable[str] | None = N
     """Takes a GraphModule and optionally the names of its ops to run in place (``reinplace.inplace_plan``
     of it, saved with an artifact; None plans them from the graph's shape metadata). Returns
     ``run(*inputs)`` computing what ``gm(*inputs)`` computes, with dead scratch buffers reused in place
-    (:mod:`fxopt.backends.reinplace`) and ATen ops bound to their C++ handles. Falls back to ``gm`` itself
+    (:mod:`fxopt.backends.reinplace`) and ATen ops bound to public bindings or C++ handles. Falls back to ``gm`` itself
     when its code cannot be rebuilt."""
     try:
         graph, _ = reinplaced_graph(gm.graph, inplace_ops)

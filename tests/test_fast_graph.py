@@ -52,3 +52,20 @@ def test_fast_forward_falls_back_to_the_module_when_code_cannot_be_rebuilt(monke
     gm = program.graph_module
     monkeypatch.setattr(type(gm.graph), "python_code", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no")))
     assert fast_forward(gm) is gm
+
+
+def test_fast_forward_dispatches_the_same_overloads_as_the_graph_module():
+    from tests.test_public_ops import _Recorder
+
+    model = TinyEncoder()
+    model, program = _captured(model, *model.example_inputs())
+    gm = program.graph_module
+    run = fast_forward(gm, inplace_ops=[])            # public bindings and handles, nothing reinplaced
+    ids = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(3))
+    seen = []
+    for fn in (gm, run):
+        recorder = _Recorder()
+        with torch.no_grad(), recorder:
+            fn(ids)
+        seen.append(recorder.ops)
+    assert seen[0] and seen[0] == seen[1]
