@@ -139,20 +139,11 @@ def _spec_of(name: str, value: Any) -> dict:
                        "and numbers only")
 
 
-def _max_error(expected: tuple, actual: tuple) -> float:
-    """The largest absolute difference over the floating-point tensor pairs (0.0 when there are none)."""
-    worst = 0.0
-    for e, a in zip(expected, actual):
-        if isinstance(e, torch.Tensor) and isinstance(a, torch.Tensor) and e.numel() and e.is_floating_point():
-            worst = max(worst, float((a.double() - e.double()).abs().nan_to_num(nan=0.0).max()))
-    return worst
-
-
 def _trace(module: torch.fx.GraphModule, name: str, input_names: list[str], args: list, bucket: dict,
            check: bool, eager: tuple | None = None) -> BucketTrace:
     """Trace ``module`` at ``args``; with ``check`` compare the trace with the eager outputs (``eager``, or
     the module run here when not given; BackendError when they differ)."""
-    from fxopt.passes.verify import first_difference
+    from fxopt.ir.numerics import first_difference, max_abs_error, output_depths
 
     specs = [_spec_of(n, a) for n, a in zip(input_names, args)]
     tensor_pos = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
@@ -182,11 +173,11 @@ def _trace(module: torch.fx.GraphModule, name: str, input_names: list[str], args
     got = _merge(got, constants, len(eager))
     error = None
     if check:
-        problem = first_difference(eager, got)
+        problem = first_difference(eager, got, output_depths(module))
         if problem:
             raise BackendError(f"partition '{name}': the TorchScript trace does not reproduce the partition at "
                                f"bucket {bucket_key(bucket)}: {problem}")
-        error = _max_error(eager, got)
+        error = max_abs_error(eager, got)
     return BucketTrace(bucket_key(bucket), dict(bucket), specs, constants, traced, len(eager), error)
 
 

@@ -34,6 +34,7 @@ from fxopt.backends.onnx_export import OnnxExport, export_module, onnx_ops, unsu
 from fxopt.backends.partitioned import (PartitionedCompiled, Stage, StagePlan, compile_partitioned,
                                         load_partitioned, plan_stages, record_values, safe_file, safe_stem)
 from fxopt.errors import BackendError, InputError
+from fxopt.ir import numerics
 from fxopt.ir.program import Program
 
 __all__ = ["DEFAULT_PIPELINE", "TensorRTBackend", "OnnxStage", "profile_shapes", "trtexec_command", "tensorrt_available",
@@ -128,29 +129,12 @@ def _errors(expected: tuple, actual: tuple) -> tuple[float, float]:
     return worst_abs, worst_rel
 
 
-def numerics_problem(expected: tuple, actual: tuple) -> str | None:
-    """None when ``actual`` (onnxruntime's outputs) reproduces ``expected`` (PyTorch's), else a one-line
-    description. Integers and bools must match exactly; floats within the pass verifier's rtol and an atol
-    scaled to the output (atol = rtol * max |expected|): another runtime's fp32 kernels (im2col convolution,
-    different summation order) round differently, and across a deep network that rounding grows with the
-    values (on resnet50, onnxruntime is closer to a float64 run than PyTorch fp32 is)."""
-    from fxopt.passes.verify import TOLERANCES, first_difference
-
-    if len(expected) != len(actual):
-        return f"{len(actual)} outputs instead of {len(expected)}"
-    for i, (e, a) in enumerate(zip(expected, actual)):
-        if isinstance(e, torch.Tensor) and isinstance(a, torch.Tensor) and e.dtype.is_floating_point \
-                and e.dtype == a.dtype and e.shape == a.shape and e.numel():
-            rtol, atol = TOLERANCES.get(e.dtype, (1e-4, 1e-5))
-            atol = max(atol, rtol * float(e.detach().abs().nan_to_num(0.0).max()))
-            if torch.allclose(a, e, rtol=rtol, atol=atol, equal_nan=True):
-                continue
-            err = float((a.double() - e.double()).abs().nan_to_num(float("inf")).max())
-            return f"output {i}: max abs error {err:.3g} exceeds rtol={rtol:g}, atol={atol:.3g}"
-        problem = first_difference((e,), (a,))
-        if problem:
-            return problem.replace("output 0", f"output {i}", 1)
-    return None
+def numerics_problem(expected: tuple, actual: tuple, depths: list[int] | int | None = None) -> str | None:
+    """None when ``actual`` (onnxruntime's outputs) reproduces ``expected`` (PyTorch's) under the shared rule
+    (:mod:`fxopt.ir.numerics`: integers and bools exactly, floats within a tolerance scaled to each output's
+    magnitude and rounding ``depths``), else a one-line description."""
+    problem = numerics.first_difference(expected, actual, depths)
+    return problem.replace("the graph now has", "onnxruntime gives", 1) if problem else None
 
 
 # ------------------------------------------------------------------------------------------ the stage
@@ -319,7 +303,7 @@ class TensorRTBackend:
         onnx_inputs = [n if n in exported.input_names else None for n in plan.inputs]
         stage = OnnxStage(plan.name, plan.device, plan.inputs, plan.outputs, model_bytes, None, onnx_inputs, {})
         got = stage.run(example)
-        problem = numerics_problem(reference, got)
+        problem = numerics_problem(reference, got, numerics.output_depths(plan.module))
         if problem:
             raise BackendError(f"{label}: onnxruntime does not reproduce PyTorch on the example inputs ({problem}); "
                                "keep the partition on the CPU with split{target=tensorrt}")

@@ -59,7 +59,8 @@ def optimize_many(programs: Iterable[Program], passes: str | Iterable[Any] = "de
         shared = share_weights(results)
         if verify:
             for r, exp in zip(results, expected):
-                problem = verify_mod.first_difference(exp, r.run_flat(r.flat_example_inputs()))
+                problem = verify_mod.first_difference(exp, r.run_flat(r.flat_example_inputs()),
+                                                      verify_mod.output_depths(r.graph_module))
                 if problem:
                     raise VerificationError(f"optimize_many: sharing weights changed '{r.name}': {problem}")
     after = unique_weight_bytes(results)

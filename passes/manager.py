@@ -72,10 +72,11 @@ class PassManager:
         prog = program if inplace else program.copy()
         prog.reports = []
         trace = Trace(prog)
-        expected = None
+        expected, depths = None, None
         flat_inputs = prog.flat_example_inputs() if self.verify else None
         if self.verify:
             expected = prog.run_flat(flat_inputs)
+            depths = verify_mod.output_depths(prog.graph_module)
         totals = _totals(prog)
         for index, p in enumerate(self.passes):
             report = PassReport(index=index, name=p.name, spec=p.spec(), status="ran",
@@ -110,7 +111,7 @@ class PassManager:
                 trace.unchanged(p.name)
             else:
                 if self.verify:
-                    expected = self._verify(p, prog, flat_inputs, expected, report)
+                    expected, depths = self._verify(p, prog, flat_inputs, expected, depths, report)
                 trace.snapshot(prog, p.name)
             prog.reports.append(report)
             self.on_event("end", report)
@@ -119,7 +120,9 @@ class PassManager:
         prog.trace = trace  # rendered to JSON on demand (Program.trace_json): snapshots are references
         return prog
 
-    def _verify(self, p: Pass, prog: Program, flat_inputs, expected, report: PassReport):
+    def _verify(self, p: Pass, prog: Program, flat_inputs, expected, depths: list[int], report: PassReport):
+        """Lint and run ``prog`` after pass ``p``, compare with ``expected`` (rounding ``depths`` of the graph
+        before); returns the new outputs and depths, raises VerificationError naming the pass."""
         problem = verify_mod.lint(prog.graph_module)
         if problem:
             report.verified = "failed"
@@ -131,12 +134,15 @@ class PassManager:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise VerificationError(f"pass '{p.spec()}' produced a graph that fails to run: "
                                     f"{type(exc).__name__}: {first}") from exc
-        problem = verify_mod.first_difference(expected, actual)
+        # the rounding depth of the deeper of the two graphs (an unrolled loop is legitimately deeper)
+        after = verify_mod.output_depths(prog.graph_module)
+        depths = [max(a, b) for a, b in zip(after, depths)] + after[len(depths):]
+        problem = verify_mod.first_difference(expected, actual, depths)
         if problem:
             report.verified = "failed"
             raise VerificationError(f"pass '{p.spec()}' changed the numerics: {problem}")
         report.verified = "ok"
-        return actual
+        return actual, depths
 
 
 def optimize(program: Program, passes: str | Iterable[Any], *, target: str = "reference", verify: bool = True,

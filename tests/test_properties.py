@@ -4,7 +4,8 @@ Models are random ``nn.Module`` s written as source and captured with :func:`fxo
 core-ATen graphs). Properties, one test each:
 
 1. each pass keeps numerics: ``optimize(program, [name], verify=True)`` does not raise and its outputs match
-   the captured program's on the example inputs and on fresh random inputs (``TOLERANCES``, ints exact);
+   the captured program's on the example inputs and on fresh random inputs (the shared rule of
+   ``fxopt.ir.numerics``, ints exact);
 2. each pass is idempotent: a second run reports ``modified == False``;
 3. random pipelines (1-5 registered passes) keep numerics and leave a graph that passes ``graph.lint()``;
 4. dce and canonicalize never add nodes; fold-constants never adds call_function nodes; dce leaves no dead
@@ -47,7 +48,7 @@ import fxopt
 from fxopt.ir.capture import set_attr
 from fxopt.passes.manager import optimize
 from fxopt.passes.registry import pass_names
-from fxopt.passes.verify import first_difference
+from fxopt.ir.numerics import depths_of, first_difference
 from graphgen import ModelSpec, capture_spec, model_specs
 
 EXAMPLES = int(os.environ.get("FXOPT_FUZZ_EXAMPLES", "20"))
@@ -103,7 +104,7 @@ def captured(spec: ModelSpec):
     with torch.no_grad():
         eager = model(*[t.clone() for t in inputs])
     eager = eager if isinstance(eager, tuple) else (eager,)
-    problem = first_difference(tuple(eager), run(program, inputs))
+    problem = first_difference(tuple(eager), run(program, inputs), depths_of(program))
     assert problem is None, f"capture differs from the eager model (generator or capture bug): {problem}"
     _CAPTURED[spec] = (program, _snapshot(program))
     return program
@@ -121,7 +122,7 @@ def input_sets(spec: ModelSpec) -> list[tuple]:
 
 def assert_same_numerics(reference, optimized, spec: ModelSpec, what: str) -> None:
     for i, inputs in enumerate(input_sets(spec)):
-        problem = first_difference(run(reference, inputs), run(optimized, inputs))
+        problem = first_difference(run(reference, inputs), run(optimized, inputs), depths_of(reference))
         assert problem is None, f"{what}: {problem} ({'example' if i == 0 else 'fresh random'} inputs)"
 
 
@@ -208,15 +209,16 @@ def check_aliasing(program, name: str, spec: ModelSpec, *, skip_broken: bool = F
             event(f"{name} breaks the graph: skipped")
             return
     original = mutation_effects(program, inputs)
+    depths = depths_of(program)
     for raised, _, later in original:  # the generator never returns weight aliases: later calls are clean
-        assert raised is not None or first_difference(baseline, later) is None, "generated model leaks state"
+        assert raised is not None or first_difference(baseline, later, depths) is None, "generated model leaks state"
     rewritten = mutation_effects(optimized, inputs)
     for k, ((raised0, after0, _), (raised1, after1, later1)) in enumerate(zip(original, rewritten)):
         assert raised0 == raised1, f"output {k}: in-place add raised {raised0} before {name}, {raised1} after"
-        problem = first_difference(after0, after1)
+        problem = first_difference(after0, after1, depths)
         assert problem is None, (f"after {name}, adding 1 in place to output {k} changes the outputs and inputs "
                                  f"differently: {problem} (values are the outputs, then the inputs)")
-        problem = first_difference(baseline, later1)
+        problem = first_difference(baseline, later1, depths)
         assert problem is None, f"after {name}, adding 1 in place to output {k} changes later calls: {problem}"
 
 
@@ -449,7 +451,8 @@ def test_optimize_does_not_mutate_its_input(spec):
         for target, (ident, value) in before["attrs"].items():
             assert after["attrs"][target][0] == ident, f"{what} rebound weight {target} in the input program"
             assert torch.equal(after["attrs"][target][1], value), f"{what} modified weight {target} in place"
-        assert first_difference(expected, run(program, spec.make_inputs())) is None, f"{what} changed results"
+        assert first_difference(expected, run(program, spec.make_inputs()), depths_of(program)) is None, \
+            f"{what} changed results"
 
 
 # ------------------------------------------------------------------------------- 6. aliasing

@@ -265,7 +265,7 @@ def _resolve(model_spec: Any, example_inputs: Any, small: bool) -> tuple[Any, tu
 
 def _check(outputs_fn: Callable[..., Any], inputs: tuple, expected: list | None) -> float | None:
     from fxopt.tools.bench_systems import flat_outputs
-    from fxopt.tools.cli import max_abs_error
+    from fxopt.ir.numerics import max_abs_error
 
     if expected is None:
         return None

@@ -95,15 +95,15 @@ def node_diff(before, after) -> NodeDiff:
                     changed=[(old[name], new[name]) for name in old if name in new and old[name] != new[name]])
 
 
-def _compare(expected: tuple, actual: tuple, atol: float | None, rtol: float | None) -> Verdict:
+def _compare(expected: tuple, actual: tuple, atol: float | None, rtol: float | None,
+             depths: list[int] | None = None) -> Verdict:
     import torch
 
-    from fxopt.passes.verify import first_difference
-    from fxopt.tools.cli import max_abs_error
+    from fxopt.ir.numerics import first_difference, max_abs_error
 
     error = max_abs_error(expected, actual)
     if atol is None and rtol is None:
-        problem = first_difference(tuple(expected), tuple(actual))
+        problem = first_difference(tuple(expected), tuple(actual), depths)
     else:
         problem = None
         if len(expected) != len(actual):
@@ -133,8 +133,11 @@ def make_judge(program, pipeline: list, *, backend: str | None = None, atol: flo
     from fxopt.passes.manager import optimize
     from fxopt.tools.cli import flat_leaves
 
+    from fxopt.ir.numerics import output_depths
+
     flat = program.flat_example_inputs()
     expected = tuple(program.run_flat(flat))
+    depths = output_depths(program.graph_module)
 
     def judge(k: int) -> Verdict:
         try:
@@ -145,7 +148,7 @@ def make_judge(program, pipeline: list, *, backend: str | None = None, atol: flo
             actual = tuple(result.run_flat(result.flat_example_inputs()))
         except Exception as exc:  # noqa: BLE001
             return Verdict(True, f"the optimized graph fails to run: {_first_line(exc)}", float("inf"))
-        verdict = _compare(expected, actual, atol, rtol)
+        verdict = _compare(expected, actual, atol, rtol, depths)
         if verdict.bad or backend is None:
             return verdict
         try:
@@ -156,7 +159,7 @@ def make_judge(program, pipeline: list, *, backend: str | None = None, atol: flo
             artifact = tuple(flat_leaves(compiled(*program.example_inputs)))
         except Exception as exc:  # noqa: BLE001
             return Verdict(True, f"the {backend} artifact fails to run: {_first_line(exc)}", float("inf"))
-        verdict = _compare(expected, artifact, atol, rtol)
+        verdict = _compare(expected, artifact, atol, rtol, depths)
         if verdict.bad:
             verdict.reason = f"the {backend} artifact differs: {verdict.reason}"
         return verdict

@@ -302,37 +302,13 @@ def flat_leaves(value: Any) -> list:
     return pytree.tree_flatten(value)[0]
 
 
-def max_abs_error(expected: Sequence[Any], actual: Sequence[Any]) -> float:
-    """The largest absolute difference over the floating-point tensors of two flat output lists (0.0 when
-    there are none; inf when a tensor holds NaN on one side only or the shapes differ)."""
-    import torch
-
-    worst = 0.0
-    for e, a in zip(expected, actual):
-        if not (isinstance(e, torch.Tensor) and isinstance(a, torch.Tensor)):
-            continue
-        if e.shape != a.shape:
-            return float("inf")
-        if e.numel() == 0:
-            continue
-        if e.dtype.is_floating_point or e.dtype.is_complex or a.dtype.is_floating_point:
-            diff = (a.detach().double() - e.detach().double()).abs()
-            both_nan = torch.isnan(e.double()) & torch.isnan(a.double())
-            diff = torch.where(both_nan, torch.zeros_like(diff), diff)
-            diff = torch.nan_to_num(diff, nan=float("inf"))
-            worst = max(worst, float(diff.max()))
-        elif not torch.equal(e, a):
-            worst = max(worst, float((a.long() - e.long()).abs().max()))
-    return worst
-
-
 def check_artifact(compiled: Any, program: Any, expected: Sequence[Any], hint: str = "") -> float:
     """Run ``compiled`` on ``program``'s example inputs and compare its flattened outputs with ``expected``
     (the captured program's flat outputs) using the pass verifier's tolerances. Returns the max abs error;
     raises VerificationError (its message ends with ``hint`` in parentheses, when given) when they differ
     or the artifact fails to run."""
     from fxopt.errors import FxoptError, VerificationError
-    from fxopt.passes.verify import first_difference
+    from fxopt.ir.numerics import first_difference, max_abs_error, output_depths
 
     try:
         actual = flat_leaves(compiled(*program.example_inputs))
@@ -342,8 +318,8 @@ def check_artifact(compiled: Any, program: Any, expected: Sequence[Any], hint: s
         raise VerificationError(
             f"the compiled artifact ({compiled.backend}) fails to run on the example inputs: "
             f"{type(exc).__name__}: {_first_line(str(exc)) or '?'}" + (f" ({hint})" if hint else "")) from exc
-    # Another runtime's kernels (XLA, onnxruntime) round differently near zero: scale atol to each output.
-    problem = first_difference(tuple(expected), tuple(actual), scaled=compiled.backend != "reference")
+    # the shared rule (fxopt.ir.numerics): tolerance scaled to each output's magnitude and rounding depth
+    problem = first_difference(tuple(expected), tuple(actual), output_depths(program.graph_module))
     if problem:
         raise VerificationError(
             f"the compiled artifact ({compiled.backend}) does not reproduce the captured model: {problem}"

@@ -128,11 +128,12 @@ def _other_batch(spec, model) -> tuple | None:
 
 
 def _compare(reference, candidate, input_sets: list, where: str) -> None:
-    from fxopt.passes.verify import first_difference
+    from fxopt.ir.numerics import depths_of, first_difference
 
+    depths = depths_of(reference)
     for label, inputs in input_sets:
         try:
-            problem = first_difference(_run(reference, inputs), _run(candidate, inputs))
+            problem = first_difference(_run(reference, inputs), _run(candidate, inputs), depths)
         except Exception as exc:  # noqa: BLE001 - a graph that stops running on other inputs is a difference
             problem = f"fails to run: {_first_line(exc)}"
         if problem:
@@ -171,8 +172,8 @@ def check_program(spec, passes: list[str], pipelines: bool, counts: dict) -> boo
     failure. Returns True when the program was captured with a symbolic batch dim."""
     import torch
 
+    from fxopt.ir.numerics import first_difference, output_depths
     from fxopt.passes.manager import optimize
-    from fxopt.passes.verify import first_difference
     from fxopt.tools.graphgen import capture_spec
 
     model = spec.build()
@@ -182,7 +183,8 @@ def check_program(spec, passes: list[str], pipelines: bool, counts: dict) -> boo
         with torch.no_grad():
             eager = model(*[t.clone() for t in inputs])
         eager = eager if isinstance(eager, tuple) else (eager,)
-        problem = first_difference(tuple(eager), _run(program, inputs))
+        depths = output_depths(program.graph_module)
+        problem = first_difference(tuple(eager), _run(program, inputs), depths)
     except Exception as exc:  # noqa: BLE001 - the generator only draws models that run eagerly
         raise Difference("capture", _first_line(exc)) from exc
     if problem:
@@ -201,7 +203,7 @@ def check_program(spec, passes: list[str], pipelines: bool, counts: dict) -> boo
             with torch.no_grad():
                 eager_other = model(*[t.clone() for t in other])
             eager_other = eager_other if isinstance(eager_other, tuple) else (eager_other,)
-            problem = first_difference(tuple(eager_other), captured_other)
+            problem = first_difference(tuple(eager_other), captured_other, depths)
             if problem:
                 raise Difference("capture", f"captured program differs from the eager model at another batch "
                                             f"size: {problem}")
