@@ -9,11 +9,14 @@ from fxopt.ir.program import Program
 from fxopt.passes.manager import optimize as _optimize
 
 
-def capture(model: Any, example_inputs: Any = None, *, dynamic_shapes: Any = None) -> Program:
+def capture(model: Any, example_inputs: Any = None, *, dynamic_shapes: Any = None,
+            trust_pickle: bool = False) -> Program:
     """Capture ``model`` (nn.Module, ``.pt2`` path, ``file.py:Attr``, ``module:Attr`` or ``zoo:NAME``) with
     torch.export into a flat core-ATen :class:`~fxopt.ir.Program`. ``example_inputs`` is a tuple of positional
-    inputs (default: the model's ``example_inputs()``); ``dynamic_shapes`` as for ``torch.export.export``."""
-    return _capture(model, example_inputs, dynamic_shapes=dynamic_shapes)
+    inputs (default: the model's ``example_inputs()``); ``dynamic_shapes`` as for ``torch.export.export``.
+    ``file.py:Attr`` and ``module:Attr`` import (run) that Python file; a ``.pt2`` whose parts need a full
+    unpickler (which can run code) is refused unless ``trust_pickle``."""
+    return _capture(model, example_inputs, dynamic_shapes=dynamic_shapes, trust_pickle=trust_pickle)
 
 
 def optimize(program: Program, passes: str | Iterable[Any], *, target: str = "reference", verify: bool = True,

@@ -7,6 +7,7 @@ The user's model is never modified: training flags are restored, and weights are
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import importlib
 import io
 import importlib.util
@@ -15,6 +16,7 @@ import os
 import sys
 import traceback
 import warnings
+import weakref
 from typing import Any
 
 import torch
@@ -32,12 +34,17 @@ _DATA_DEPENDENT_HINT = (
 
 
 # ---------------------------------------------------------------------------------------------- resolving
-def resolve_model(spec: Any, example_inputs: Any = None) -> tuple[Any, Any, str]:
+def resolve_model(spec: Any, example_inputs: Any = None, trust_pickle: bool = False) -> tuple[Any, Any, str]:
     """Resolve a model spec to ``(model_or_exported_program, example_inputs, display_name)``.
 
     ``spec`` is an nn.Module, an ExportedProgram, a path to a ``.pt2`` file, ``file.py:attr``,
     ``package.module:attr`` or ``zoo:NAME``. ``attr`` may be a module class, a zero-argument factory or an
     instance. Example inputs default to the model's ``example_inputs()`` method (or the zoo's inputs).
+
+    What reading runs: ``file.py:attr`` and ``module:attr`` import (run) that file or module, as Python
+    does. A ``.pt2`` is read without running code from it: parts only a full unpickler reads are refused
+    unless ``trust_pickle`` (:mod:`fxopt.ir.pt2_check`), and its graph may call only the operators a saved
+    fxopt graph may (:mod:`fxopt.ir.loadable`), checked before anything runs.
     """
     if isinstance(spec, torch.export.ExportedProgram):
         return spec, example_inputs, "exported_program"
@@ -47,13 +54,16 @@ def resolve_model(spec: Any, example_inputs: Any = None) -> tuple[Any, Any, str]
         raise InputError(f"cannot capture a {type(spec).__name__}: pass an nn.Module, a .pt2 path, "
                          "'file.py:Attr', 'module:Attr' or 'zoo:NAME'")
     text = os.fspath(spec)
+    if "\0" in text:
+        raise InputError(f"{text!r}: a model spec cannot hold a NUL byte; name a file, 'file.py:Attr', "
+                         "'module:Attr' or 'zoo:NAME'")
     if text.startswith("zoo:"):
         from fxopt import zoo
 
         model, inputs = zoo.get(text[4:])
         return model, example_inputs if example_inputs is not None else inputs, text
     if text.endswith(".pt2"):
-        return _load_pt2(text), example_inputs, os.path.basename(text)
+        return _load_pt2(text, trust_pickle), example_inputs, os.path.basename(text)
     if ":" in text:
         where, _, attr = text.rpartition(":")
         obj = _load_attr(where, attr, text)
@@ -66,14 +76,23 @@ def resolve_model(spec: Any, example_inputs: Any = None) -> tuple[Any, Any, str]
                      "'module:Attr' or 'zoo:NAME' (see `fxopt zoo`)")
 
 
-def _load_pt2(path: str) -> torch.export.ExportedProgram:
+def _load_pt2(path: str, trust_pickle: bool = False) -> torch.export.ExportedProgram:
+    from fxopt.ir import pt2_check, serialize
+
     if not os.path.isfile(path):
         raise InputError(f"{path}: no such file")
+    pt2_check.check_archive(path, trust_pickle)
     try:
-        return torch.export.load(path)
+        ep = torch.export.load(path)
     except Exception as exc:  # noqa: BLE001 - any failure to read is the file's fault
         raise InputError(f"{path}: not a readable torch.export .pt2 file ({_first_line(exc)}); "
                          "re-save it with torch.export.save") from exc
+    for module in ep.graph_module.modules():   # before anything runs: only operators a saved graph may call
+        if isinstance(module, torch.fx.GraphModule):
+            for node in module.graph.nodes:
+                if node.op == "call_function":
+                    serialize.check_target(node.target, f"{path}: node '{node.name}'")
+    return ep
 
 
 def _load_attr(where: str, attr: str, spec: str) -> Any:
@@ -100,9 +119,24 @@ def _load_attr(where: str, attr: str, spec: str) -> Any:
     return getattr(module, attr)
 
 
+# Modules fxopt constructed itself from a class named in a spec: new modules start in train mode, so the
+# train-mode warning is for instances the user made (or a factory returned), not for these.
+_BUILT_FROM_A_CLASS: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()
+# True while a capture runs (the pieces of a decode loop are captured inside it): only the outermost one warns.
+_CAPTURING: contextvars.ContextVar[bool] = contextvars.ContextVar("fxopt_capturing", default=False)
+
+
 def _instantiate(obj: Any, spec: str) -> torch.nn.Module:
     if isinstance(obj, torch.nn.Module):
         return obj
+    if isinstance(obj, type) and issubclass(obj, torch.nn.Module):
+        try:
+            model = obj()
+        except Exception as exc:  # noqa: BLE001
+            raise InputError(f"{spec}: calling it with no arguments failed: {_first_line(exc)}; "
+                             "point at a zero-argument class or factory") from exc
+        _BUILT_FROM_A_CLASS.add(model)
+        return model
     if callable(obj):
         try:
             model = obj()
@@ -125,22 +159,60 @@ def _inputs_for(model: torch.nn.Module, example_inputs: Any, name: str) -> tuple
 
 
 # ---------------------------------------------------------------------------------------------- capture
-def capture(model: Any, example_inputs: Any = None, *, dynamic_shapes: Any = None) -> Program:
+def capture(model: Any, example_inputs: Any = None, *, dynamic_shapes: Any = None,
+            trust_pickle: bool = False) -> Program:
     """Capture ``model`` as a flat, core-ATen :class:`Program`.
 
     Takes an nn.Module (or spec string, see :func:`resolve_model`), its example inputs (a tuple of
     positional args, or a single tensor) and optional ``torch.export`` ``dynamic_shapes``, or ``"batch"``:
     dim 0 of every input tensor as ``Dim.AUTO`` (symbolic where the model allows it, static where it
-    hard-codes the size). Returns a Program whose nodes carry ``val``, ``provenance`` and ``cost``. Raises
-    :class:`InputError` with one line when the model cannot be captured.
+    hard-codes the size). ``trust_pickle``: read a ``.pt2`` whose parts need a full unpickler (which can run
+    code; see :func:`resolve_model`). Returns a Program whose nodes carry ``val``, ``provenance`` and
+    ``cost``. Raises :class:`InputError` with one line when the model cannot be captured.
     """
     if isinstance(model, (str, os.PathLike)) and os.fspath(model).endswith(".onnx"):
         from fxopt.ir.onnx_import import capture_onnx  # ONNX in: converted, then exported as below
 
         return capture_onnx(os.fspath(model), example_inputs, dynamic_shapes=dynamic_shapes)
-    resolved, inputs, name = resolve_model(model, example_inputs)
+    resolved, inputs, name = resolve_model(model, example_inputs, trust_pickle)
     source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else name
     original = resolved if isinstance(resolved, torch.nn.Module) else None
+    outermost = not _CAPTURING.get()
+    token = _CAPTURING.set(True)   # the decode-loop protocol captures its pieces through capture() again
+    try:
+        program = _capture_resolved(resolved, inputs, name, source, original, dynamic_shapes)
+    finally:
+        _CAPTURING.reset(token)
+    moded = _mode_dependent_in_training(original) if outermost and original is not None \
+        and original not in _BUILT_FROM_A_CLASS else []
+    if moded:
+        path, kind = moded[0]
+        more = f" (and {len(moded) - 1} more)" if len(moded) > 1 else ""
+        note = (f"{name} is in train mode ({path or 'the model'}: {kind}{more}); fxopt captured it in eval mode "
+                "(dropout off, batch norm on its running statistics) as inference runs it — call model.eval() "
+                "first to silence this")
+        warnings.warn(note, stacklevel=3)
+        program.notes.append(note)
+    return program
+
+
+# Modules whose forward differs between train and eval mode.
+_MODE_DEPENDENT = (torch.nn.modules.dropout._DropoutNd, torch.nn.modules.batchnorm._BatchNorm,
+                   torch.nn.modules.instancenorm._InstanceNorm, torch.nn.RNNBase)
+
+
+def _mode_dependent_in_training(model: torch.nn.Module) -> list[tuple[str, str]]:
+    """``(module path, class name)`` of the modules in train mode whose forward depends on the mode (dropout,
+    batch and instance norm, RNNs with dropout): the ones eval-mode capture changes."""
+    return [(path, type(m).__name__) for path, m in model.named_modules()
+            if m.training and isinstance(m, _MODE_DEPENDENT)
+            and not (isinstance(m, torch.nn.RNNBase) and not m.dropout)
+            and not (isinstance(m, torch.nn.modules.instancenorm._InstanceNorm) and not m.track_running_stats)]
+
+
+def _capture_resolved(resolved: Any, inputs: Any, name: str, source: str, original: Any,
+                      dynamic_shapes: Any) -> Program:
+    """Capture a resolved model or ExportedProgram (see :func:`capture`)."""
     if original is not None and dynamic_shapes in (None, "batch"):
         from fxopt.ir import loops  # decode-loop protocol modules: encode/init_state/step captured apart
 

@@ -27,9 +27,13 @@ The JSON document::
 A call_function target is named, never pickled: ``"op"`` (an OpOverload, ``"ns::op.overload"``),
 ``"op_packet"`` (``"ns::op"``), ``"hop"`` (a higher-order op such as ``"cond"``) or ``"builtin"`` (one of a
 fixed allowlist: ``operator.*``, a few ``math.*``, ``torch.sym_*``). Loading resolves them only through that
-allowlist and through operators already registered in this process's dispatcher; nothing is imported or
-evaluated. Every name that FX's code generator pastes into Python source (node names, placeholder, attribute
-and method targets) is checked to be a plain identifier / dotted path first.
+allowlist and through operators already registered in this process's dispatcher, and an operator must also
+pass :mod:`fxopt.ir.loadable` (functional ATen or fxopt operators only: nothing that writes an argument,
+opens a file or prints); nothing is imported or evaluated. Saving refuses what loading would refuse, so a
+graph that saves also loads. ``call_method`` nodes are neither saved nor loaded (core-ATen graphs have
+none). Every name that FX's code generator pastes into Python source (node names, placeholder and attribute
+targets) is checked to be a plain identifier / dotted path first. Both files must be plain files inside the
+directory (no symbolic links), and the JSON may nest at most :data:`MAX_JSON_DEPTH` levels.
 
 A VALUE is JSON null/bool/int/float/string/list, or a one-key object for everything else:
 ``{"node": NAME}``, ``{"tuple": [...]}``, ``{"dict": [[K, V], ...]}``, ``{"float": "inf" | "-inf" | "nan"}``,
@@ -58,6 +62,7 @@ import torch.fx
 from safetensors.torch import load_file, save_file
 
 from fxopt.errors import InputError
+from fxopt.ir import loadable
 
 __all__ = [
     "FORMAT",
@@ -70,6 +75,8 @@ __all__ = [
 
 FORMAT = "fxopt-graph"
 VERSION = 1
+# The deepest nesting of arrays and objects a graph, manifest or trace file may have (fxopt writes ~12).
+MAX_JSON_DEPTH = 64
 
 # --------------------------------------------------------------------------------------------- allowlists
 # Plain Python callables that FX graphs use (getitem for multi-output ops, sym-int arithmetic). Only these
@@ -210,6 +217,9 @@ class _Saver:
             elif node.op == "call_function":
                 kind, name = _encode_callable(node.target, ctx)
                 entry["target"], entry["target_kind"] = name, kind
+            elif node.op == "call_method":
+                raise InputError(f"{ctx} calls the Tensor method '{node.target}'; fxopt saves core-ATen graphs "
+                                 f"(capture with fxopt.capture), where every call is an operator")
             else:
                 if not isinstance(node.target, str):
                     raise InputError(f"{ctx} ({node.op}) has a non-string target {node.target!r}")
@@ -320,8 +330,17 @@ def _encode_float(v: float) -> Any:
 
 def _encode_callable(fn: Any, ctx: str) -> tuple[str, str]:
     if isinstance(fn, torch._ops.OpOverload):
-        return "op", f"{fn._schema.name}.{fn._overloadname}"
+        name = f"{fn._schema.name}.{fn._overloadname}"
+        why = loadable.refusal(fn)
+        if why:
+            raise InputError(f"{ctx} calls '{name}', which {why}; fxopt does not save what it would refuse to "
+                             f"load (docs/reliability.md, threat model)")
+        return "op", name
     if isinstance(fn, torch._ops.OpOverloadPacket):
+        why = loadable.packet_refusal(fn)
+        if why:
+            raise InputError(f"{ctx} calls the operator packet '{fn._qualified_op_name}', which {why}; call one "
+                             f"overload instead (fxopt.capture graphs do)")
         return "op_packet", fn._qualified_op_name
     if isinstance(fn, torch._ops.HigherOrderOperator):
         name = fn.name()
@@ -339,6 +358,12 @@ def _encode_callable(fn: Any, ctx: str) -> tuple[str, str]:
     module = getattr(fn, "__module__", None)
     raise InputError(f"{ctx} calls the Python function '{module + '.' if module else ''}{label}', which fxopt "
                      f"cannot save; only torch.ops operators and operator/math/torch.sym_* builtins are allowed")
+
+
+def check_target(fn: Any, ctx: str) -> None:
+    """Raise InputError (one line, starting with ``ctx``) unless call target ``fn`` is one a saved graph may
+    hold: an operator :mod:`fxopt.ir.loadable` allows, an allowlisted higher-order op or Python builtin."""
+    _encode_callable(fn, ctx)
 
 
 def _fetch(gm: torch.nn.Module, target: str, ctx: str) -> Any:
@@ -583,10 +608,8 @@ class _Loader:
                 raise InputError(f"{ctx} calls submodule '{target}', which the document does not define; the file "
                                  f"is corrupt")
         elif op == "call_method":
-            if not _IDENT.match(target) or target.startswith("_") or not callable(getattr(torch.Tensor, target,
-                                                                                          None)):
-                raise InputError(f"{ctx} calls method {target!r}, which is not a public torch.Tensor method; "
-                                 f"the file is corrupt or was not written by fxopt")
+            raise InputError(f"{ctx} calls the Tensor method {target[:60]!r}; fxopt graphs call operators only "
+                             f"(a method such as copy_ or add_ writes its tensor), refusing to load it")
         elif op == "output" and target != "output":
             raise InputError(f"{ctx}: output node target must be 'output'; the file is corrupt")
         return target
@@ -733,6 +756,10 @@ def _decode_callable(kind: str, name: str, ctx: str) -> Any:
         op = _ops_attr(ns, opname, overload)
         if not isinstance(op, torch._ops.OpOverload) or op._schema.name != f"{ns}::{opname}":
             raise InputError(f"{ctx} calls '{name}', which does not resolve to an operator in this process")
+        why = loadable.refusal(op)
+        if why:
+            raise InputError(f"{ctx} calls '{name}', which {why}; refusing to load it (docs/reliability.md, "
+                             f"threat model)")
         return op
     if kind == "op_packet":
         m = _PACKET_NAME.match(name)
@@ -746,6 +773,9 @@ def _decode_callable(kind: str, name: str, ctx: str) -> Any:
         packet = _ops_attr(ns, opname)
         if not isinstance(packet, torch._ops.OpOverloadPacket):
             raise InputError(f"{ctx} calls '{name}', which does not resolve to an operator in this process")
+        why = loadable.packet_refusal(packet)
+        if why:
+            raise InputError(f"{ctx} calls the operator packet '{name}', which {why}; refusing to load it")
         return packet
     raise InputError(f"{ctx} has target kind {kind!r}; expected op, op_packet, hop or builtin — the file is corrupt "
                      f"or from a newer fxopt")
@@ -773,6 +803,61 @@ def _reject_constant(token: str) -> Any:
     raise ValueError(f"non-standard JSON constant {token}")
 
 
+def _depth(value: Any) -> int:
+    """How deeply arrays and objects nest in a parsed JSON value (0 for a scalar), without recursing."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            children = v.values()
+        elif isinstance(v, list):
+            children = v
+        else:
+            continue
+        deepest = max(deepest, d)
+        if deepest > MAX_JSON_DEPTH:
+            return deepest
+        stack.extend((c, d + 1) for c in children if isinstance(c, (dict, list)))
+    return deepest
+
+
+def parse_json(text: str, where: str) -> Any:
+    """Parse ``text`` (the contents of file ``where``) as strict JSON (no NaN/Infinity constants) nesting at
+    most :data:`MAX_JSON_DEPTH` levels; returns the value. ValueError (naming ``where``) when it is not."""
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ValueError(f"{where} nests deeper than {MAX_JSON_DEPTH} levels") from None
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise ValueError(f"{where} nests deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+def plain_file(directory: str, name: str, what: str = "artifact file") -> str:
+    """The path of ``name`` (relative, forward slashes) inside ``directory``; InputError (one line) unless it
+    is a plain file there: no absolute path or ``..``, no symbolic link on the way, nothing whose real path
+    leaves the directory. Reads nothing."""
+    directory = os.fspath(directory)
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise InputError(f"{directory}: {what} {name!r} is not a file name; the artifact is corrupt or hostile")
+    parts = name.split("/")
+    if os.path.isabs(name) or any(p in ("", ".", "..") for p in parts) or "\\" in name or ":" in name:
+        raise InputError(f"{directory}: {what} {name!r} is not a plain path inside the artifact directory; "
+                         "refusing to load a corrupt or hostile artifact")
+    path = directory
+    for part in parts:
+        path = os.path.join(path, part)
+        if os.path.islink(path):
+            raise InputError(f"{path}: is a symbolic link; artifact files must be plain files inside the "
+                             "artifact directory, refusing to follow it")
+    root = os.path.realpath(directory)
+    if os.path.commonpath([os.path.realpath(path), root]) != root:
+        raise InputError(f"{path}: leaves the artifact directory; refusing to load a corrupt or hostile artifact")
+    if not os.path.isfile(path):
+        raise InputError(f"{directory}: {what} '{name}' is missing or not a file; re-create the artifact")
+    return path
+
+
 def load_graph_module(directory: str | os.PathLike, stem: str = "graph") -> torch.fx.GraphModule:
     """Load the GraphModule saved by :func:`save_graph_module` from ``<directory>/<stem>.json`` and
     ``<directory>/<stem>.safetensors``.
@@ -786,18 +871,20 @@ def load_graph_module(directory: str | os.PathLike, stem: str = "graph") -> torc
     directory = os.fspath(directory)
     json_path = os.path.join(directory, f"{stem}.json")
     st_path = os.path.join(directory, f"{stem}.safetensors")
+    if not os.path.lexists(json_path):
+        raise InputError(f"{json_path} does not exist; save the graph with save_graph_module first")
+    plain_file(directory, f"{stem}.json", "graph file")
     try:
         with open(json_path, encoding="utf-8") as f:
-            doc = json.loads(f.read(), parse_constant=_reject_constant)
-    except FileNotFoundError:
-        raise InputError(f"{json_path} does not exist; save the graph with save_graph_module first") from None
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+            doc = parse_json(f.read(), os.path.basename(json_path))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"{json_path} is not a readable fxopt graph ({reason}); the file is corrupt — save the "
                          f"graph again") from None
-    if not os.path.isfile(st_path):
+    if not os.path.lexists(st_path):
         raise InputError(f"{st_path} does not exist; it is saved next to {os.path.basename(json_path)} — copy "
                          f"both files")
+    plain_file(directory, f"{stem}.safetensors", "weights file")
     try:
         tensors = load_file(st_path)
     except Exception as exc:  # safetensors raises its own SafetensorError for bad headers/truncation

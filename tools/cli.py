@@ -90,7 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = add("run", "capture, optimize, compile, check and save a model",
               "Capture MODEL, run a pass pipeline over it, compile it with a backend, check the compiled "
               "artifact against the captured model on its example inputs, and save the artifact.")
-    run.add_argument("model", metavar="MODEL", help="zoo:NAME, a .pt2 or .onnx file, file.py:Attr or module:Attr")
+    run.add_argument("model", metavar="MODEL",
+                     help="zoo:NAME, a .pt2 or .onnx file, file.py:Attr or module:Attr (file.py:Attr and module:Attr "
+                          "import, i.e. run, that Python file; .pt2 and .onnx files are read as data)")
+    run.add_argument("--trust-pickle", action="store_true",
+                     help="read a .pt2 whose parts only a full unpickler reads (unpickling can run code: only "
+                          "for a file you trust as you would trust code)")
     run.add_argument("--passes", metavar="SPEC",
                      help="pass pipeline, e.g. 'canonicalize,dce' or 'unroll{partition=25},dce' "
                           "(default: the target's default pipeline; see `fxopt passes`)")
@@ -120,7 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
                "Capture MODEL and show its op histogram, node count, parameters, FLOPs and bytes moved, "
                "dynamic dims and inputs/outputs. Given an artifact directory (with manifest.json), show "
                "its manifest instead.")
-    insp.add_argument("model", metavar="MODEL", help="a model spec (as for `fxopt run`) or an artifact directory")
+    insp.add_argument("model", metavar="MODEL", help="a model spec (as for `fxopt run`; file.py:Attr and "
+                      "module:Attr import, i.e. run, that file) or an artifact directory")
+    insp.add_argument("--trust-pickle", action="store_true",
+                      help="read a .pt2 whose parts need a full unpickler (which can run code)")
     insp.add_argument("--top", metavar="N", type=_NonNegativeInt(), default=15,
                       help="how many ops of the histogram to show (default: 15)")
     insp.set_defaults(handler=cmd_inspect)
@@ -240,14 +248,15 @@ def _swallow_stderr(enabled: bool):
         yield
 
 
-def capture_model(spec: str, debug: bool = False, dynamic_batch: bool = False):
+def capture_model(spec: str, debug: bool = False, dynamic_batch: bool = False, trust_pickle: bool = False):
     """``fxopt.ir.capture.capture(spec)`` with torch's stderr chatter discarded unless ``debug``; with
-    ``dynamic_batch``, dim 0 of the inputs is captured symbolic where the model allows. Returns the captured
-    Program (raises InputError when the model cannot be captured)."""
+    ``dynamic_batch``, dim 0 of the inputs is captured symbolic where the model allows; ``trust_pickle``
+    lets a ``.pt2`` that needs a full unpickler be read. Returns the captured Program (raises InputError
+    when the model cannot be captured)."""
     from fxopt.ir.capture import capture
 
     with _swallow_stderr(not debug):
-        return capture(spec, dynamic_shapes="batch" if dynamic_batch else None)
+        return capture(spec, dynamic_shapes="batch" if dynamic_batch else None, trust_pickle=trust_pickle)
 
 
 def _stdout_console():
@@ -351,9 +360,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     start_all = time.perf_counter()
     with Progress() as progress:
         with progress.stage(f"capturing {args.model}") as st:
-            program = capture_model(args.model, args.debug, args.dynamic_batch)
+            program = capture_model(args.model, args.debug, args.dynamic_batch, args.trust_pickle)
             expected = program.run_flat(program.flat_example_inputs())
             st["done"] = f"captured {program.name}: {program.num_nodes()} nodes"
+        for note in program.notes:
+            progress.done(f"warning: {note}")
         timings["capture"] = st["seconds"]
         out_dir = args.output or default_output_dir(program.name)
         check_output_dir(out_dir)
@@ -458,7 +469,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     """``fxopt inspect``: describe a model (captured) or an artifact directory (its manifest). Returns 0."""
     if os.path.isdir(args.model):
         return _inspect_artifact(args.model)
-    return _inspect_model(args.model, args.top, args.debug)
+    return _inspect_model(args.model, args.top, args.debug, getattr(args, "trust_pickle", False))
 
 
 def _cost_rows(program: Any) -> list[tuple[str, str]]:
@@ -488,14 +499,14 @@ def _is_symbolic(expr: Any) -> bool:
     return bool(getattr(expr, "free_symbols", None))
 
 
-def _inspect_model(spec: str, top: int, debug: bool) -> int:
+def _inspect_model(spec: str, top: int, debug: bool, trust_pickle: bool = False) -> int:
     from fxopt.backends.base import io_specs
     from fxopt.tools import report
     from fxopt.tools.progress import Progress
 
     with Progress() as progress:
         with progress.stage(f"capturing {spec}") as st:
-            program = capture_model(spec, debug)
+            program = capture_model(spec, debug, trust_pickle=trust_pickle)
             st["done"] = f"captured {program.name}"
     params = program.parameters()
     unique_numel = _unique_numel(params)

@@ -37,11 +37,13 @@ def load_trace(source: Any) -> dict:
         timings_path = os.path.join(os.path.dirname(path), "timings.json")
     if not os.path.isfile(path):
         raise InputError(f"{path}: no such file or directory; pass an artifact directory or a trace .json file")
+    from fxopt.ir.serialize import parse_json
+
     try:
         with open(path, encoding="utf-8") as f:
-            trace = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: not a JSON file ({exc.__class__.__name__}: {exc}); pass an fxopt "
+            trace = parse_json(f.read(), os.path.basename(path))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"{path}: not a JSON file ({exc.__class__.__name__}: {str(exc)[:200]}); pass an fxopt "
                          "trace.json") from None
     check_trace(trace, path)
     if timings_path and os.path.isfile(timings_path):
