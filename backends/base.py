@@ -7,8 +7,11 @@ An artifact directory holds::
     <partition files>  per backend (the reference backend: graph.json + graph.safetensors)
     trace.json         the pass trace (graphs after each pass), for `fxopt viz`
 
-Artifacts are written to a temporary directory and renamed into place, so a failure never leaves a
-half-written directory. Loading never unpickles: JSON, safetensors, and op names resolved against torch.ops.
+Artifacts are written to a temporary directory and swapped into place in one step
+(:mod:`fxopt.backends.artifact_dir`), so a failure or a kill never leaves a half-written directory, and an
+existing directory is replaced only when it is an fxopt artifact. Loading never unpickles: JSON,
+safetensors, and op names resolved against torch.ops and checked by :mod:`fxopt.ir.loadable`; every field of
+the manifest is type-checked before it is used.
 """
 from __future__ import annotations
 
@@ -17,15 +20,15 @@ import dataclasses
 import importlib
 import json
 import os
-import shutil
-import tempfile
 from typing import Any
 
 import torch
 import torch.utils._pytree as pytree
 
+from fxopt.backends import artifact_dir
 from fxopt.errors import InputError
-from fxopt.ir.program import Program
+from fxopt.ir import serialize
+from fxopt.ir.program import Program, signature_text
 from fxopt.ir.shapes import dim_expr
 
 ARTIFACT_FORMAT = "fxopt-artifact"
@@ -153,6 +156,7 @@ def check_inputs(flat_inputs: list, specs: list[dict]) -> None:
 # ------------------------------------------------------------------------------------------ compiled
 _UNSET = object()
 
+
 class Compiled:
     """A runnable artifact: call it like the original model; ``save(dir)`` writes it; ``fxopt.load`` reads it.
 
@@ -188,7 +192,8 @@ class Compiled:
         else:
             flat, spec = pytree.tree_flatten((tuple(args), dict(kwargs)))
             if self.in_spec is not None and spec != self.in_spec:
-                raise InputError(f"inputs to '{self.name}' have structure {spec}; expected {self.in_spec}")
+                raise InputError(f"inputs to '{self.name}' do not match its signature: expected "
+                                 f"{signature_text(self.in_spec)}, got {signature_text(spec)}")
         check_inputs(flat, self.input_specs)
         with torch.no_grad():
             outs = self.run_flat(flat)
@@ -238,36 +243,39 @@ class Compiled:
         return os.path.abspath(directory)
 
 
-@contextlib.contextmanager
-def atomic_directory(directory: str, marker: str = "manifest.json", what: str = "an fxopt artifact"):
-    """Yield a temporary directory beside ``directory``; when the block succeeds it replaces
-    ``directory``, when it fails it is removed, so no half-written output is ever left behind.
-    ``directory`` must be absent, empty, or hold ``marker`` (see :func:`check_replaceable`)."""
-    directory = os.path.abspath(os.fspath(directory))
-    check_replaceable(directory, marker, what)
-    parent = os.path.dirname(directory)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".fxopt-tmp-", dir=parent)
+def artifact_problem(directory: str, marker: str = "manifest.json", fmt: str = ARTIFACT_FORMAT) -> str | None:
+    """None when ``directory`` holds ``marker`` parsing as an fxopt output of format ``fmt`` (its format key and
+    an integer version), else why not (one clause). Reads only that file."""
+    path = os.path.join(directory, marker)
+    if not os.path.isfile(path) or os.path.islink(path):
+        return f"it has no {marker}"
     try:
+        with open(path, encoding="utf-8") as f:
+            doc = serialize.parse_json(f.read(1 << 24), marker)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return f"its {marker} is not JSON"
+    if not isinstance(doc, dict) or doc.get("format") != fmt:
+        return f"its {marker} is not an fxopt one"
+    if not isinstance(doc.get("version"), int) or isinstance(doc.get("version"), bool):
+        return f"its {marker} has no integer version"
+    return None
+
+
+@contextlib.contextmanager
+def atomic_directory(directory: str, marker: str = "manifest.json", what: str = "an fxopt artifact",
+                     fmt: str = ARTIFACT_FORMAT):
+    """Yield a temporary directory beside ``directory``; when the block succeeds it replaces ``directory``
+    in one step, when it fails it is removed (:func:`fxopt.backends.artifact_dir.atomic_directory`).
+    ``directory`` must be absent, empty, or hold ``marker`` parsing as format ``fmt``."""
+    with artifact_dir.atomic_directory(directory, lambda d: artifact_problem(d, marker, fmt), what) as tmp:
         yield tmp
-        if os.path.exists(directory):
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
-def check_replaceable(directory: str, marker: str = "manifest.json", what: str = "an fxopt artifact") -> None:
-    """Raise InputError (one line) unless ``directory`` can take an output: it does not exist, or is an
-    empty directory, or holds ``marker`` (it is ``what``, and is replaced). Creates nothing."""
-    if not os.path.exists(directory):
-        return
-    if not os.path.isdir(directory):
-        raise InputError(f"{directory}: exists and is not a directory; choose another output path (-o)")
-    entries = os.listdir(directory)
-    if entries and marker not in entries:
-        raise InputError(f"{directory}: exists and is not {what}; choose an empty or new directory (-o)")
+def check_replaceable(directory: str, marker: str = "manifest.json", what: str = "an fxopt artifact",
+                      fmt: str = ARTIFACT_FORMAT) -> None:
+    """Raise InputError (one line) unless ``directory`` can take an output (not a link or a file; absent,
+    empty, or ``what`` by its ``marker``; a writable parent). Creates nothing."""
+    artifact_dir.check_output_location(directory, lambda d: artifact_problem(d, marker, fmt), what)
 
 
 def write_trace(directory: str, trace: dict) -> None:
@@ -285,17 +293,22 @@ def read_trace(directory: str) -> dict | None:
     """``directory/trace.json`` with ``timings.json`` merged back in; None when there is no readable trace."""
     from fxopt.ir.trace import merge_timings
 
+    def read(name: str) -> Any:
+        if not os.path.lexists(os.path.join(directory, name)):
+            return None
+        path = serialize.plain_file(directory, name, "trace file")   # a link is refused, not followed
+        try:
+            with open(path, encoding="utf-8") as f:
+                return serialize.parse_json(f.read(), name)
+        except (OSError, UnicodeDecodeError, ValueError):
+            return None
+
+    trace, timings = read("trace.json"), read("timings.json")
     try:
-        with open(os.path.join(directory, "trace.json"), encoding="utf-8") as f:
-            trace = json.load(f)
-    except (OSError, ValueError):
+        return merge_timings(trace, timings if isinstance(timings, dict) else None) if isinstance(trace, dict) \
+            else None
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError):
         return None
-    try:
-        with open(os.path.join(directory, "timings.json"), encoding="utf-8") as f:
-            timings = json.load(f)
-    except (OSError, ValueError):
-        timings = None
-    return merge_timings(trace, timings) if isinstance(trace, dict) else None
 
 
 def write_json(path: str, data: Any) -> None:
@@ -322,28 +335,106 @@ def _load_spec(text: str | None):
 # ------------------------------------------------------------------------------------------ loading
 def read_manifest(directory: str) -> dict:
     """Read and validate ``directory/manifest.json``; raises InputError (one line) when it is missing,
-    corrupt, of another format, or of a newer version than this fxopt reads."""
+    corrupt, a symbolic link, nested too deeply, of another format or version, or when a field has the wrong
+    type (see :func:`check_manifest`)."""
+    directory = os.fspath(directory)
     path = os.path.join(directory, "manifest.json")
     if not os.path.isdir(directory):
         raise InputError(f"{directory}: no such artifact directory")
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         raise InputError(f"{directory}: not an fxopt artifact (no manifest.json); produce one with `fxopt run -o`")
+    serialize.plain_file(directory, "manifest.json", "manifest")
     try:
         with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: corrupt manifest ({exc}); re-create the artifact with `fxopt run`") from exc
+            manifest = serialize.parse_json(f.read(), "manifest.json")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"{path}: corrupt manifest ({_first_line(exc)}); re-create the artifact with "
+                         "`fxopt run`") from None
+    check_manifest(path, manifest)
+    return manifest
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null",
+            int: "an integer", float: "a number"}.get(type(value), f"a {type(value).__name__}")
+
+
+def _field(path: str, owner: dict, key: str, kinds: tuple, label: str, required: bool = True) -> Any:
+    """``owner[key]`` when it is an instance of ``kinds`` (bool never counts as int); InputError otherwise."""
+    if key not in owner:
+        if required:
+            raise InputError(f"{path}: manifest has no '{label}'; re-create the artifact with `fxopt run`")
+        return None
+    value = owner[key]
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        want = " or ".join(_type_name(k()) if k is not type(None) else "null" for k in kinds)
+        raise InputError(f"{path}: manifest field '{label}' is {_type_name(value)}, not {want}; the artifact is "
+                         "corrupt or hostile")
+    return value
+
+
+def _check_specs(path: str, manifest: dict, key: str) -> None:
+    for i, spec in enumerate(_field(path, manifest, key, (list,), key)):
+        label = f"{key}[{i}]"
+        if not isinstance(spec, dict):
+            raise InputError(f"{path}: manifest field '{label}' is {_type_name(spec)}, not an object; the "
+                             "artifact is corrupt or hostile")
+        _field(path, spec, "name", (str,), f"{label}.name")
+        shape = _field(path, spec, "shape", (list, type(None)), f"{label}.shape")
+        _field(path, spec, "dtype", (str, type(None)), f"{label}.dtype")
+        for d in shape or []:
+            if isinstance(d, bool) or not (isinstance(d, int) and 0 <= d < 2 ** 62 or isinstance(d, str)):
+                raise InputError(f"{path}: manifest field '{label}.shape' holds {d!r}, not a size or a symbol; "
+                                 "the artifact is corrupt or hostile")
+
+
+def check_manifest(path: str, manifest: Any) -> None:
+    """Validate a parsed manifest (``path`` names it in errors): format, version (an int this fxopt reads),
+    backend (a registered name), the types of program, passes, inputs, outputs, pytree specs and
+    partitions, and that every partition file is a relative path inside the artifact. InputError (one
+    line) for the first problem."""
     if not isinstance(manifest, dict) or manifest.get("format") != ARTIFACT_FORMAT:
         raise InputError(f"{path}: not an fxopt artifact manifest")
     version = manifest.get("version")
-    if not isinstance(version, int) or version > ARTIFACT_VERSION:
-        raise InputError(f"{path}: artifact format version {version} is newer than this fxopt reads "
-                         f"({ARTIFACT_VERSION}); upgrade fxopt")
-    for key in ("backend", "inputs", "outputs", "partitions"):
-        if key not in manifest:
-            raise InputError(f"{path}: manifest has no '{key}'; re-create the artifact with `fxopt run`")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise InputError(f"{path}: manifest version is {_type_name(version)}, not an integer; the artifact is "
+                         "corrupt or hostile")
+    if version != ARTIFACT_VERSION:
+        newer = "newer than this fxopt reads; upgrade fxopt" if version > ARTIFACT_VERSION else \
+            "not a version fxopt ever wrote; the artifact is corrupt or hostile"
+        raise InputError(f"{path}: artifact format version {version} is {newer} (this fxopt reads "
+                         f"{ARTIFACT_VERSION})")
+    backend = _field(path, manifest, "backend", (str,), "backend")
+    if backend not in _BACKENDS:
+        raise InputError(f"{path}: manifest names unknown backend {backend[:60]!r} (available: "
+                         f"{', '.join(backend_names())})")
+    _field(path, manifest, "program", (str,), "program", required=False)
+    for p in _field(path, manifest, "passes", (list,), "passes", required=False) or []:
+        if not isinstance(p, str):
+            raise InputError(f"{path}: manifest field 'passes' holds {_type_name(p)}, not pass names; the "
+                             "artifact is corrupt or hostile")
+    _check_specs(path, manifest, "inputs")
+    _check_specs(path, manifest, "outputs")
+    for key in ("in_spec", "out_spec"):
+        _field(path, manifest, key, (str, type(None)), key, required=False)
+    parts = _field(path, manifest, "partitions", (list,), "partitions")
+    for i, part in enumerate(parts):
+        if not isinstance(part, dict):
+            raise InputError(f"{path}: manifest field 'partitions[{i}]' is {_type_name(part)}, not an object; "
+                             "the artifact is corrupt or hostile")
+        for key in ("name", "device", "runtime"):
+            _field(path, part, key, (str,), f"partitions[{i}].{key}", required=False)
+        for key in ("inputs", "outputs", "files", "inplace_ops"):
+            values = _field(path, part, key, (list,), f"partitions[{i}].{key}", required=False) or []
+            if not all(isinstance(v, str) for v in values):
+                raise InputError(f"{path}: manifest field 'partitions[{i}].{key}' holds non-strings; the "
+                                 "artifact is corrupt or hostile")
     _check_manifest_files(path, manifest)
-    return manifest
 
 
 def _check_manifest_files(path: str, manifest: dict) -> None:
@@ -360,6 +451,9 @@ def _check_manifest_files(path: str, manifest: dict) -> None:
         for name in files:
             if isinstance(name, str) and name and name == store_link == "../weights.safetensors":
                 continue
+            if isinstance(name, str) and "\0" in name:
+                raise InputError(f"{path}: manifest names file {name!r}, which holds a NUL byte; refusing to load a "
+                                 "corrupt or hostile artifact")
             norm = os.path.normpath(name) if isinstance(name, str) and name else ""
             if (not norm or os.path.isabs(name) or os.path.isabs(norm) or norm == ".." or norm.startswith(".." + os.sep)
                     or "\\" in name or ":" in name):
@@ -383,10 +477,16 @@ def common_kwargs(manifest: dict) -> dict:
     try:
         in_spec, out_spec = _load_spec(manifest.get("in_spec")), _load_spec(manifest.get("out_spec"))
     except Exception as exc:  # noqa: BLE001
-        raise InputError(f"manifest: unreadable input/output structure ({exc})") from exc
+        raise InputError(f"manifest: unreadable input/output structure ({_first_line(exc)}); the artifact is "
+                         "corrupt or hostile") from None
     return dict(name=manifest.get("program", "model"), in_spec=in_spec, out_spec=out_spec,
                 input_specs=manifest["inputs"], output_specs=manifest["outputs"],
                 passes=manifest.get("passes", []))
+
+
+def capture_notes(program: Program) -> dict:
+    """``{"capture_notes": [...]}`` for a manifest when capture had something to tell (else ``{}``)."""
+    return {"capture_notes": list(program.notes)} if getattr(program, "notes", None) else {}
 
 
 def compile_program(program: Program, backend: str = "reference") -> Compiled:

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 import torch.fx
 
-from fxopt.backends.base import Compiled, common_kwargs, io_specs
+from fxopt.backends.base import Compiled, capture_notes, common_kwargs, io_specs
 from fxopt.backends.fast_graph import fast_forward
 from fxopt.backends.reinplace import inplace_plan
 from fxopt.errors import BackendError, InputError
@@ -268,7 +268,8 @@ def compile_partitioned(program: Program, backend: str, target: str,
         name=prog.name, in_spec=prog.in_spec, out_spec=prog.out_spec, input_specs=inputs,
         output_specs=outputs, trace=prog.trace_json(),
         passes=[r.spec for r in prog.reports if r.status == "ran"],
-        extra={"dynamic_dims": prog.dynamic_dims, "source": prog.source, "target": target, **(extra or {})})
+        extra={"dynamic_dims": prog.dynamic_dims, "source": prog.source, **capture_notes(prog), "target": target,
+               **(extra or {})})
 
 
 def load_partitioned(directory: str, manifest: dict, backend: str,
@@ -311,9 +312,7 @@ def safe_stem(name: str) -> str:
 
 def safe_file(directory: str, name: str) -> str:
     """The path of file ``name`` inside ``directory``; InputError when ``name`` is not a plain file name
-    (no separators, no ``..``, not absolute) or the file is missing."""
+    (no separators, no ``..``, not absolute), the file is missing, or it is a symbolic link
+    (:func:`fxopt.ir.serialize.plain_file`)."""
     safe_stem(name)
-    path = os.path.join(directory, name)
-    if not os.path.isfile(path):
-        raise InputError(f"{directory}: artifact file '{name}' is missing; re-create the artifact")
-    return path
+    return serialize.plain_file(directory, name)

@@ -30,8 +30,8 @@ from typing import Any, Iterable
 import torch
 from safetensors.torch import load_file, save_file
 
-from fxopt.backends.base import (ARTIFACT_FORMAT, Compiled, atomic_directory, common_kwargs, read_manifest,
-                                 read_trace, write_json, write_trace)
+from fxopt.backends.base import (ARTIFACT_FORMAT, Compiled, artifact_problem, atomic_directory, common_kwargs,
+                                 read_manifest, read_trace, write_json, write_trace)
 from fxopt.backends.reference import ReferenceCompiled
 from fxopt.errors import InputError
 from fxopt.ir import serialize
@@ -119,7 +119,7 @@ def save_many(compiled_list: Iterable[Compiled], directory: str, names: Iterable
 
     directory = os.path.abspath(os.fspath(directory))
     store_bytes = sum(tensor_bytes(t) for t in store.values())
-    with atomic_directory(directory, marker="store.json", what="an fxopt shared store") as tmp:
+    with atomic_directory(directory, marker="store.json", what="an fxopt shared store", fmt=STORE_FORMAT) as tmp:
         save_file(dict(sorted(store.items())), os.path.join(tmp, WEIGHTS_FILE), metadata={"format": "pt"})
         for name, c, doc in zip(names, compiled_list, docs):
             member = os.path.join(tmp, name)
@@ -185,14 +185,10 @@ def _open_store(path: str) -> _Store:
     return store
 
 
-def _reject_constant(token: str) -> Any:
-    raise ValueError(f"non-standard JSON constant {token}")
-
-
 def _read_json(path: str) -> Any:
     try:
         with open(path, encoding="utf-8") as f:
-            return json.loads(f.read(), parse_constant=_reject_constant)
+            return serialize.parse_json(f.read(), os.path.basename(path))
     except FileNotFoundError:
         raise InputError(f"{path} does not exist; save the store with save_many") from None
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -215,8 +211,13 @@ def load_member(directory: str, manifest: dict | None = None) -> ReferenceCompil
     if parts[0].get("shared_store") != STORE_LINK:
         raise InputError(f"{directory}: manifest names store {parts[0].get('shared_store')!r}; expected "
                          f"'{STORE_LINK}' — the file is corrupt")
-    store = _open_store(os.path.join(directory, STORE_LINK))
-    json_path = os.path.join(directory, "graph.json")
+    group = os.path.dirname(os.path.abspath(directory))
+    problem = artifact_problem(group, "store.json", STORE_FORMAT)
+    if problem is not None:   # the member's link leads to a folder that is not its store: refuse to read it
+        raise InputError(f"{directory}: its parent folder is not the fxopt shared store it links to ({problem}); "
+                         "copy the whole store directory")
+    store = _open_store(serialize.plain_file(group, WEIGHTS_FILE, "shared weight store"))
+    json_path = serialize.plain_file(directory, "graph.json", "graph file")
     doc = _read_json(json_path)
     try:
         gm = serialize.dict_to_graph(doc, store.tensors)
@@ -233,7 +234,7 @@ def load_many(directory: str) -> dict[str, ReferenceCompiled]:
     """Load every artifact of a store saved by :func:`save_many`; returns ``{name: compiled}`` in saved order.
     The weights file is read once: equal weights of different artifacts share memory (same ``data_ptr``)."""
     directory = os.fspath(directory)
-    meta = _read_json(os.path.join(directory, "store.json"))
+    meta = _read_json(serialize.plain_file(directory, "store.json", "store index"))
     if not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT:
         raise InputError(f"{directory}: not an fxopt shared store (store.json format is not '{STORE_FORMAT}')")
     if meta.get("version") != STORE_VERSION:
