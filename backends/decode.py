@@ -27,7 +27,7 @@ import os
 
 import torch
 
-from fxopt.backends.base import Compiled, common_kwargs, io_specs
+from fxopt.backends.base import Compiled, capture_notes, common_kwargs, io_specs
 from fxopt.backends.fast_graph import fast_forward
 from fxopt.backends.reinplace import inplace_plan
 from fxopt.errors import InputError
@@ -152,7 +152,7 @@ def compile(program: Program) -> DecodeCompiled:  # noqa: A001 - mirrors fxopt.c
         prog.graph_module, plan_of(prog), name=prog.name, in_spec=prog.in_spec, out_spec=prog.out_spec,
         input_specs=inputs, output_specs=outputs, trace=prog.trace_json(),
         passes=[r.spec for r in prog.reports if r.status == "ran"],
-        extra={"dynamic_dims": prog.dynamic_dims, "source": prog.source},
+        extra={"dynamic_dims": prog.dynamic_dims, "source": prog.source, **capture_notes(prog)},
     )
 
 

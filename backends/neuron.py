@@ -248,9 +248,20 @@ class TorchScriptStage(Stage):
             raise BackendError(f"partition '{self.name}' has no trace for input shapes "
                                f"{[list(k) if k and k[0] != 'value' else k[1] for k in key]} (buckets: {have}); "
                                "compile with buckets covering this shape")
+        if tr.module is None and tr.neuron_module is None:
+            tr = self._trace_now(tr, list(args))
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
         fn = tr.neuron_module if tr.neuron_module is not None else tr.module
         return _merge(fn(*tensors), tr.constants, tr.n_outputs)
+
+    def _trace_now(self, pending: BucketTrace, args: list) -> BucketTrace:
+        """Trace a bucket that was loaded without its trace (loading does no work the file sizes) at
+        ``args``, which have that bucket's shapes; returns the trace, kept for later calls."""
+        tr = _trace(self.module, self.name, self.inputs, args, pending.bucket, check=False)
+        tr.key, tr.sha256 = pending.key, pending.sha256
+        self.traces[self.traces.index(pending)] = tr
+        self._by_shape[tr.shape_key()] = tr
+        return tr
 
     # ---------------------------------------------------------------------------------------- saving
     def write(self, directory: str) -> dict:
@@ -260,7 +271,9 @@ class TorchScriptStage(Stage):
         files = [os.path.basename(f) for f in serialize.save_graph_module(self.module, directory, stem=stem)]
         entries, outside = [], set()
         listed = neuron_operators()
-        for tr in self.traces:
+        for pending in list(self.traces):
+            tr = pending if pending.module is not None else self._trace_now(
+                pending, [_example_value(s) for s in pending.inputs])
             ts_file = f"{self.name}.{tr.key}.torchscript.pt"
             path = os.path.join(directory, ts_file)
             torch.jit.save(tr.module, path)
@@ -308,9 +321,12 @@ class TorchScriptStage(Stage):
     # ---------------------------------------------------------------------------------------- loading
     @classmethod
     def load(cls, directory: str, entry: dict) -> "TorchScriptStage":
-        """Rebuild a saved stage: re-trace its FX graph at the recorded shapes (default), or, when the user
-        set ``FXOPT_NEURON_LOAD=torchscript``, ``torch.jit.load`` the TorchScript files after checking their
-        sha256 against the manifest. InputError for a malformed entry or a file that fails its check."""
+        """Rebuild a saved stage from its FX graph (default): each bucket's trace is made on the first call
+        at that bucket's shapes, so loading allocates nothing the file sizes (the recorded shapes are
+        validated first). When the user sets ``FXOPT_NEURON_LOAD=torchscript``, ``torch.jit.load`` the
+        TorchScript files after checking their sha256 against the manifest instead — that runs TorchScript
+        code from the files, so it is for artifacts the user trusts. InputError for a malformed entry or a
+        file that fails its check."""
         name = safe_stem(entry["name"])
         try:
             stem, recorded, ops = safe_stem(entry["fx"]), list(entry["traces"]), dict(entry.get("ops", {}))
@@ -324,30 +340,65 @@ class TorchScriptStage(Stage):
             if mode == "torchscript":
                 traces.append(_load_torchscript(directory, name, rec))
             else:
-                traces.append(_retrace(module, name, entry["inputs"], rec))
+                traces.append(_pending_trace(name, entry["inputs"], rec))
         return cls(module, name, entry.get("device", TARGET), entry["inputs"], entry["outputs"], traces, ops,
                    loaded_from="torchscript" if mode == "torchscript" else "fx-retrace")
 
 
+# the largest tensor a recorded trace shape may describe (elements): 2**31, 8 GiB of float32
+MAX_TRACE_ELEMENTS = 2 ** 31
+
+
 def _example_value(spec: dict) -> Any:
+    """Zeros of a (validated, :func:`_pending_trace`) tensor spec, or the spec's baked number."""
     if "shape" not in spec:
         return spec.get("value")
-    dtype = getattr(torch, str(spec["dtype"]), None)
+    return torch.zeros([int(d) for d in spec["shape"]], dtype=getattr(torch, spec["dtype"]))
+
+
+def _check_spec(name: str, spec: Any) -> None:
+    """InputError (one line) unless ``spec`` is a tensor spec (sizes that are non-negative ints, at most
+    :data:`MAX_TRACE_ELEMENTS` elements, a torch dtype) or a baked number."""
+    where = f"manifest: neuron partition '{name}'"
+    if not isinstance(spec, dict):
+        raise InputError(f"{where} has a trace input that is not an object; the artifact is corrupt or hostile")
+    if "shape" not in spec:
+        if not (spec.get("value") is None or isinstance(spec.get("value"), (bool, int, float))):
+            raise InputError(f"{where} bakes a non-number into a trace; the artifact is corrupt or hostile")
+        return
+    shape, dtype = spec.get("shape"), getattr(torch, str(spec.get("dtype")), None)
     if not isinstance(dtype, torch.dtype):
-        raise InputError(f"manifest: unknown dtype {spec['dtype']!r} in a neuron trace; re-create the artifact")
-    return torch.zeros([int(d) for d in spec["shape"]], dtype=dtype)
+        raise InputError(f"{where}: unknown dtype {str(spec.get('dtype'))[:40]!r} in a trace; re-create the artifact")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                              for d in shape):
+        raise InputError(f"{where}: trace shape {str(shape)[:60]} is not a list of sizes; the artifact is "
+                         "corrupt or hostile")
+    numel = 1
+    for d in shape:
+        numel *= d
+    if numel > MAX_TRACE_ELEMENTS:
+        raise InputError(f"{where}: trace shape {shape} has {numel:,} elements, more than fxopt allocates for a "
+                         f"trace ({MAX_TRACE_ELEMENTS:,}); the artifact is corrupt or hostile")
 
 
-def _retrace(module: torch.fx.GraphModule, name: str, input_names: list[str], rec: dict) -> BucketTrace:
+def _pending_trace(name: str, input_names: list, rec: Any) -> BucketTrace:
+    """A loaded bucket whose trace is made on first use; its recorded shapes are validated, nothing is
+    allocated."""
     try:
-        args = [_example_value(s) for s in rec["inputs"]]
-        bucket = dict(rec["bucket"])
+        specs, bucket, key = list(rec["inputs"]), dict(rec["bucket"]), str(rec["key"])
+        n_outputs = int(rec["n_outputs"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"manifest: neuron partition '{name}' has a malformed trace ({exc}); "
-                         "re-create the artifact") from None
-    tr = _trace(module, name, input_names, args, bucket, check=False)
-    tr.sha256 = rec.get("sha256")
-    return tr
+        raise InputError(f"manifest: neuron partition '{name}' has a malformed trace ({type(exc).__name__}: "
+                         f"{str(exc)[:80]}); re-create the artifact") from None
+    if len(specs) != len(input_names):
+        raise InputError(f"manifest: neuron partition '{name}' records a trace of {len(specs)} inputs for "
+                         f"{len(input_names)}; the artifact is corrupt or hostile")
+    for spec in specs:
+        _check_spec(name, spec)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in bucket.values()):
+        raise InputError(f"manifest: neuron partition '{name}' has a bucket that is not positive sizes; the "
+                         "artifact is corrupt or hostile")
+    return BucketTrace(key, bucket, specs, {}, None, n_outputs, None, rec.get("sha256"))
 
 
 def _load_torchscript(directory: str, name: str, rec: dict) -> BucketTrace:

@@ -91,12 +91,18 @@ class BucketPlan:
     def from_json(cls, data: dict) -> "BucketPlan":
         """Rebuild a plan saved by :meth:`to_json`; InputError when it is malformed."""
         try:
-            return cls(sizes={str(s): tuple(int(x) for x in v) for s, v in data["sizes"].items()},
+            plan = cls(sizes={str(s): tuple(int(x) for x in v) for s, v in data["sizes"].items()},
                        inputs=[(int(i), int(d), str(s)) for i, d, s in data["inputs"]],
                        outputs=[(int(i), int(d), str(s)) for i, d, s in data["outputs"]],
                        roles={str(k): str(v) for k, v in data.get("roles", {}).items()})
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InputError(f"manifest: malformed 'buckets' section ({exc}); re-create the artifact") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise InputError(f"manifest: malformed 'buckets' section ({type(exc).__name__}: {str(exc)[:80]}); "
+                             "re-create the artifact") from None
+        for symbol, sizes in plan.sizes.items():
+            if not sizes or any(not 0 < x <= 2 ** 31 for x in sizes):
+                raise InputError(f"manifest: bucket sizes of '{symbol[:40]}' must be between 1 and 2**31, got "
+                                 f"{list(sizes)[:8]}; the artifact is corrupt or hostile")
+        return plan
 
     def real_sizes(self, flat_inputs: list) -> dict[str, int]:
         """``{symbol: size}`` read from the inputs."""

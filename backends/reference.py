@@ -9,7 +9,7 @@ import os
 
 import torch
 
-from fxopt.backends.base import Compiled, common_kwargs, io_specs
+from fxopt.backends.base import Compiled, capture_notes, common_kwargs, io_specs
 from fxopt.backends.fast_graph import fast_forward
 from fxopt.backends.reinplace import inplace_plan
 from fxopt.ir import serialize
@@ -70,7 +70,7 @@ class ReferenceBackend:
             prog.graph_module, name=prog.name, in_spec=prog.in_spec, out_spec=prog.out_spec,
             input_specs=inputs, output_specs=outputs, trace=prog.trace_json(),
             passes=[r.spec for r in prog.reports if r.status == "ran"],
-            extra={"dynamic_dims": prog.dynamic_dims, "source": prog.source},
+            extra={"dynamic_dims": prog.dynamic_dims, "source": prog.source, **capture_notes(prog)},
         )
 
     def load(self, directory: str, manifest: dict) -> ReferenceCompiled:

@@ -34,7 +34,7 @@ from fxopt.backends.onnx_export import OnnxExport, export_module, onnx_ops, unsu
 from fxopt.backends.partitioned import (PartitionedCompiled, Stage, StagePlan, compile_partitioned,
                                         load_partitioned, plan_stages, record_values, safe_file, safe_stem)
 from fxopt.errors import BackendError, InputError
-from fxopt.ir import numerics
+from fxopt.ir import numerics, serialize
 from fxopt.ir.program import Program
 
 __all__ = ["DEFAULT_PIPELINE", "TensorRTBackend", "OnnxStage", "profile_shapes", "trtexec_command", "tensorrt_available",
@@ -209,6 +209,7 @@ class OnnxStage(Stage):
         """Rebuild a saved stage from its manifest entry (runs the saved ``.onnx`` with onnxruntime)."""
         name = safe_stem(entry["name"])
         path = safe_file(directory, f"{name}.onnx")
+        _check_external_data(directory, path)
         onnx_inputs = entry.get("onnx_inputs")
         if not isinstance(onnx_inputs, list) or len(onnx_inputs) != len(entry["inputs"]):
             raise InputError(f"{directory}: partition '{name}' has no valid 'onnx_inputs'; re-create the artifact")
@@ -216,6 +217,23 @@ class OnnxStage(Stage):
                                                             "files", "onnx_inputs")}
         return cls(name, entry.get("device", "tensorrt"), entry["inputs"], entry["outputs"], None, path,
                    onnx_inputs, info)
+
+
+def _check_external_data(directory: str, path: str) -> None:
+    """InputError (one line) when the ONNX model at ``path`` keeps a tensor's data in a file that is not a
+    plain file inside ``directory`` (onnxruntime would read whatever file the model names)."""
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors
+
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf raises its own errors for corrupt files
+        raise InputError(f"{path}: not a readable ONNX model ({type(exc).__name__}); re-create the artifact") from None
+    for tensor in _get_all_tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        serialize.plain_file(directory, location, "ONNX external data file")
 
 
 def _save_onnx(model, path: str, size: int) -> None:

@@ -27,6 +27,20 @@ from torch.fx.graph_module import _WrappedCall
 from fxopt.errors import InputError
 
 
+def signature_text(spec: Any) -> str:
+    """An ``(args, kwargs)`` TreeSpec in a few words, for one-line errors: "2 positional arguments and keyword
+    'mask' (3 leaves in all)"."""
+    try:
+        args, kwargs = spec.children_specs
+        text = f"{args.num_children} positional argument{'s' if args.num_children != 1 else ''}"
+        if kwargs.context:
+            text += f" and keyword{'s' if len(kwargs.context) > 1 else ''} " + ", ".join(
+                repr(k) for k in kwargs.context)
+        return f"{text} ({spec.num_leaves} {'leaf' if spec.num_leaves == 1 else 'leaves'} in all)"
+    except (AttributeError, TypeError, ValueError):
+        return f"{getattr(spec, 'num_leaves', '?')} leaves"
+
+
 @dataclass
 class Program:
     """A flat FX GraphModule plus the example inputs, pytree specs and metadata that passes need."""
@@ -46,16 +60,18 @@ class Program:
     original: Any = field(default=None, repr=False)
     # True when the graph changed since the last recompile (see ``ensure_compiled``).
     dirty: bool = False
+    # What capture wants the user told, one line each (e.g. that a model in train mode was captured in
+    # eval mode); saved in the artifact's manifest as ``capture_notes``.
+    notes: list = field(default_factory=list)
 
     # ----------------------------------------------------------------- running
     def flatten_inputs(self, args: tuple, kwargs: dict | None = None) -> list:
         """Flatten user-level ``args``/``kwargs`` to the graph's placeholder order; checks the structure."""
         flat, spec = pytree.tree_flatten((tuple(args), dict(kwargs or {})))
         if self.in_spec is not None and spec != self.in_spec:
-            raise InputError(
-                f"inputs to '{self.name}' have structure {spec} but the program was captured with "
-                f"{self.in_spec}; pass inputs shaped like the example inputs"
-            )
+            raise InputError(f"inputs to '{self.name}' do not match the captured signature: expected "
+                             f"{signature_text(self.in_spec)}, got {signature_text(spec)}; pass inputs shaped "
+                             "like the example inputs")
         return flat
 
     def unflatten_outputs(self, flat_outputs) -> Any:
@@ -168,6 +184,7 @@ class Program:
         dup.regions = copy.deepcopy(self.regions)
         dup.reports = list(self.reports)
         dup.dynamic_dims = dict(self.dynamic_dims)
+        dup.notes = list(self.notes)
         return dup
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 
 import torch
 import torch.fx
@@ -31,9 +32,26 @@ def user_frame(stack_trace: str | None) -> str | None:
         return None
     for file, line in reversed(frames):
         if not file.startswith(_TORCH_DIR) and not _is_fxopt_runtime(file):
-            return f"{file}:{line}"
+            return f"{portable_path(file)}:{line}"
     file, line = frames[-1]
-    return f"{file}:{line}"
+    return f"{portable_path(file)}:{line}"
+
+
+def portable_path(file: str) -> str:
+    """``file`` as a path that is the same in every checkout and install: ``fxopt/...`` inside fxopt's own
+    tree (the zoo, the tests), else relative to the longest of the working directory and the ``sys.path``
+    entries that holds it (``transformers/models/bert/modeling_bert.py``, ``models/ocr.py``), else as is."""
+    if file.startswith("<"):
+        return file   # <string>, <frozen ...>
+    path = os.path.abspath(file)
+    if path.startswith(_FXOPT_DIR + os.sep):
+        return "fxopt/" + os.path.relpath(path, _FXOPT_DIR).replace(os.sep, "/")
+    best = ""
+    for root in (os.getcwd(), *sys.path):
+        root = os.path.abspath(root or ".")
+        if len(root) > len(best) and path.startswith(root.rstrip(os.sep) + os.sep):
+            best = root
+    return os.path.relpath(path, best).replace(os.sep, "/") if best else path
 
 
 def source_of(node: torch.fx.Node, default: str = "unknown source line") -> str:

@@ -88,7 +88,7 @@ def loop_source(loop: torch.fx.Node) -> str | None:
     for file, line in reversed(frames):
         if not file.startswith("<") and not file.startswith(provenance._TORCH_DIR) \
                 and not provenance._is_fxopt_runtime(file):
-            return f"{file}:{line}"
+            return f"{provenance.portable_path(file)}:{line}"
     return None
 
 

@@ -22,6 +22,7 @@ Loading (:func:`read_partition`) deserializes with ``jax.export.deserialize``: n
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -191,11 +192,40 @@ def read_partition(directory: str, files: list[str]) -> tuple[Any, dict]:
         raise InputError(f"{by_suffix[SUFFIXES[0]]}: cannot deserialize the jax.export module "
                          f"({type(exc).__name__}: {_first_line(str(exc))}); re-create the artifact with this "
                          "jax version") from None
+    _check_custom_calls(by_suffix[SUFFIXES[0]], exported)
     try:
         params = load_file(by_suffix[SUFFIXES[2]])
     except Exception as exc:  # noqa: BLE001
         raise InputError(f"{by_suffix[SUFFIXES[2]]}: unreadable weights ({exc}); re-create the artifact") from None
     return exported, params
+
+
+_CUSTOM_CALL = re.compile(r'stablehlo\.custom_call\s+@([\w.$-]+)|call_target_name\s*=\s*"([^"]*)"')
+
+
+def _stable_targets() -> frozenset:
+    try:
+        from jax._src.export import _export
+    except ImportError:
+        return frozenset()
+    return frozenset(getattr(_export, "_CUSTOM_CALL_TARGETS_GUARANTEED_STABLE", ()))
+
+
+def _check_custom_calls(path: str, exported: Any) -> None:
+    """InputError (one line) when the module calls an XLA custom call that is not one of jax's stable,
+    side-effect-free targets (a host callback would call into the process that saved it)."""
+    try:
+        text = exported.mlir_module()
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"{path}: cannot read the module's StableHLO ({type(exc).__name__}); re-create the "
+                         "artifact") from None
+    allowed = _stable_targets()
+    for match in _CUSTOM_CALL.finditer(text):
+        target = match.group(1) or match.group(2)
+        if target not in allowed:
+            raise InputError(f"{path}: the module calls the XLA custom call '{target[:60]}', which is not one of "
+                             "jax's stable targets (a host callback would call code in the process that saved "
+                             "it); refusing to load it")
 
 
 def check_static_shapes(partition: str, input_names: list[str], exported: Any, arrays: list,
