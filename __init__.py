@@ -7,7 +7,7 @@ Public API (see docs/architecture.md):
     compiled = fxopt.compile(prog, backend="reference")
     compiled.save("out/"); fxopt.load("out/")(*inputs)
 """
-__version__ = "0.1.0"
+from fxopt.version import __version__  # noqa: E402
 
 from fxopt.errors import FxoptError, InputError, VerificationError  # noqa: E402
 from fxopt.api import capture, optimize, compile, load  # noqa: E402

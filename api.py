@@ -3,10 +3,14 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+from fxopt import zoo
 from fxopt.backends.base import Compiled, compile_program, load as _load
-from fxopt.ir.capture import capture as _capture
+from fxopt.ir.capture import capture as _capture, register_model_source
 from fxopt.ir.program import Program
 from fxopt.passes.manager import optimize as _optimize
+
+
+register_model_source("zoo", zoo.get)   # "zoo:NAME": the built-in models
 
 
 def capture(model: Any, example_inputs: Any = None, *, dynamic_shapes: Any = None,

@@ -17,86 +17,103 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
 import json
 import os
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.utils._pytree as pytree
 
 from fxopt.backends import artifact_dir
 from fxopt.errors import InputError
-from fxopt.ir import serialize
+from fxopt.ir import serialize, targets
 from fxopt.ir.program import Program, signature_text
 from fxopt.ir.shapes import dim_expr
+from fxopt.ir.trace import merge_timings, split_timings
+from fxopt.options import Registry, from_options, parse_specs
+from fxopt.version import __version__
 
 ARTIFACT_FORMAT = "fxopt-artifact"
 ARTIFACT_VERSION = 1
 
-_BACKENDS: dict[str, str] = {
+@runtime_checkable
+class Backend(Protocol):
+    """What every backend provides; :data:`BACKENDS` maps names to classes following it (checked by
+    ``tests/test_backend_contract.py``).
+
+    - ``name``: its registry name, written into every manifest it saves;
+    - ``target``: what it compiles for — the op-support table (``fxopt.ir.targets``) and the default pass
+      pipeline (``fxopt.passes.registry.DEFAULT_PIPELINES``; the tools layer joins the two, since a backend
+      naming passes would make backends import passes) are looked up by it; ``"reference"`` runs every op;
+    - ``options()``: its option values (``name{key=value}`` in pipeline text), saved as ``backend_options``;
+    - ``support()``: its target's :class:`~fxopt.ir.targets.SupportTable`, or None when it runs every op;
+    - ``compile(program)``: a runnable :class:`Compiled`, the program left unmodified;
+    - ``load(directory, manifest)``: the :class:`Compiled` saved in ``directory`` (``manifest`` already
+      read and checked by :func:`read_manifest`).
+    """
+
+    name: str
+    target: str
+
+    def options(self) -> dict: ...  # noqa: D102 - documented above
+
+    def support(self) -> Any: ...  # noqa: D102
+
+    def compile(self, program: Program) -> "Compiled": ...  # noqa: D102
+
+    def load(self, directory: str, manifest: dict) -> "Compiled": ...  # noqa: D102
+
+
+class BackendDefaults:
+    """``options()`` from a dataclass backend's fields and ``support()`` from its ``target``, for backends to
+    inherit (:class:`Backend` lists what they must provide)."""
+
+    target: str = "reference"
+
+    def options(self) -> dict:
+        """The option values: the dataclass fields that are options (``{}`` for a backend without any)."""
+        if not dataclasses.is_dataclass(self):
+            return {}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+
+    def support(self) -> Any:
+        """The op-support table of ``target`` (None for a target that runs every op)."""
+        return targets.support_table(self.target) if self.target in targets.TARGETS else None
+
+
+BACKENDS = Registry("backend", {
     "reference": "fxopt.backends.reference:ReferenceBackend",
     "reference-shared": "fxopt.backends.shared_store:SharedReferenceBackend",
     "tensorrt": "fxopt.backends.tensorrt:TensorRTBackend",
     "neuron": "fxopt.backends.neuron:NeuronBackend",
     "xla": "fxopt.backends.xla.backend:XlaBackend",
-}
+})
 
 
 def register_backend(name: str, path_or_class: Any) -> None:
     """Register a backend under ``name`` as ``"module:Class"`` (imported when used) or a class."""
-    _BACKENDS[name] = path_or_class
+    BACKENDS.register(name, path_or_class)
 
 
 def backend_names() -> list[str]:
     """Names of the registered backends, sorted."""
-    return sorted(_BACKENDS)
+    return BACKENDS.names()
 
 
 def get_backend(spec: str):
     """An instance of the backend named by ``spec``: ``"name"`` or ``"name{option=value,...}"`` (options
     are the fields of a dataclass backend, typed and checked like pass options). Unknown names, unknown
     options and bad values raise InputError."""
-    from fxopt.passes.registry import parse_pipeline
-
-    items = parse_pipeline(spec) if "{" in spec else [(spec, {})]
+    items = parse_specs(spec, "backend") if "{" in spec else [(spec, {})]
     if len(items) != 1:
         raise InputError(f"backend '{spec}': give one backend, e.g. 'xla' or 'neuron{{buckets=1;8}}'")
-    name, options = items[0]
-    entry = _BACKENDS.get(name)
-    if entry is None:
-        raise InputError(f"unknown backend '{name}' (available: {', '.join(backend_names())})")
-    if isinstance(entry, str):
-        module_name, _, attr = entry.partition(":")
-        entry = getattr(importlib.import_module(module_name), attr)
-    if not options:
-        return entry()
-    if not dataclasses.is_dataclass(entry):
-        raise InputError(f"backend '{name}' takes no options (got {', '.join(options)})")
-    return _backend_from_options(entry, name, options)
-
-
-def _backend_from_options(cls: type, name: str, raw: dict[str, str]):
-    import typing
-
-    from fxopt.passes.base import convert
-
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls) if f.init}
-    kwargs = {}
-    for key, value in raw.items():
-        if key not in fields:
-            raise InputError(f"backend '{name}' has no option '{key}' (options: {', '.join(sorted(fields)) or 'none'})")
-        try:
-            kwargs[key] = convert(name, key, hints.get(key, str), value)
-        except InputError as exc:
-            raise InputError(str(exc).replace(f"pass '{name}'", f"backend '{name}'", 1)) from None
-    try:
-        return cls(**kwargs)
-    except InputError:
-        raise
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"backend '{name}': {exc}") from exc
+    name, raw = items[0]
+    cls = BACKENDS.get(name)
+    if not raw:
+        return cls()
+    if not dataclasses.is_dataclass(cls):
+        raise InputError(f"backend '{name}' takes no options (got {', '.join(raw)})")
+    return from_options(cls, f"backend '{name}'", raw)
 
 
 # ------------------------------------------------------------------------------------------ tensor specs
@@ -214,8 +231,6 @@ class Compiled:
 
     def manifest(self, partitions: list[dict]) -> dict:
         """The manifest dict written to ``manifest.json``."""
-        from fxopt import __version__
-
         return {
             "format": ARTIFACT_FORMAT,
             "version": ARTIFACT_VERSION,
@@ -281,7 +296,6 @@ def check_replaceable(directory: str, marker: str = "manifest.json", what: str =
 def write_trace(directory: str, trace: dict) -> None:
     """Write ``trace.json`` (deterministic: the same model and pipeline give the same bytes) and, beside it,
     ``timings.json`` with the passes' wall-clock seconds, which differ from run to run."""
-    from fxopt.ir.trace import split_timings
 
     stripped, timings = split_timings(trace)
     write_json(os.path.join(directory, "trace.json"), stripped)
@@ -291,7 +305,6 @@ def write_trace(directory: str, trace: dict) -> None:
 
 def read_trace(directory: str) -> dict | None:
     """``directory/trace.json`` with ``timings.json`` merged back in; None when there is no readable trace."""
-    from fxopt.ir.trace import merge_timings
 
     def read(name: str) -> Any:
         if not os.path.lexists(os.path.join(directory, name)):
@@ -410,7 +423,7 @@ def check_manifest(path: str, manifest: Any) -> None:
         raise InputError(f"{path}: artifact format version {version} is {newer} (this fxopt reads "
                          f"{ARTIFACT_VERSION})")
     backend = _field(path, manifest, "backend", (str,), "backend")
-    if backend not in _BACKENDS:
+    if backend not in BACKENDS:
         raise InputError(f"{path}: manifest names unknown backend {backend[:60]!r} (available: "
                          f"{', '.join(backend_names())})")
     _field(path, manifest, "program", (str,), "program", required=False)

@@ -1,6 +1,6 @@
 """The decode runtime: drives a decode-loop program's pieces with early stop, and saves/loads them.
 
-A program captured from a decode-loop module (:func:`fxopt.ir.loops.capture_decoder`) or rewritten by the
+A program captured from a decode-loop module (:func:`fxopt.ir.capture.decoder.capture_decoder`) or rewritten by the
 ``unroll`` pass has a graph that calls its pieces as submodules (``decode_encode``, ``decode_init``, and
 ``decode_step`` or ``decode_part{k}``) and a ``plan`` in its decode-loop region. Run as a plain graph it
 computes every step. :class:`DecodeCompiled` instead runs the encoder once, then
@@ -34,7 +34,8 @@ from fxopt.errors import InputError
 from fxopt.ir import loops, serialize
 from fxopt.ir.program import Program
 
-from fxopt.passes.unroll_graphs import ENCODE, INIT, STEP, part_name
+from fxopt.ir.decode_graphs import ENCODE, INIT, STEP, part_name
+from fxopt.backends.base import read_manifest
 
 RUNTIME = "decode-partitions"
 
@@ -158,7 +159,6 @@ def compile(program: Program) -> DecodeCompiled:  # noqa: A001 - mirrors fxopt.c
 
 def load(directory: str, manifest: dict | None = None) -> DecodeCompiled:
     """Load a decode artifact written by :meth:`DecodeCompiled.save` from ``directory``."""
-    from fxopt.backends.base import read_manifest
 
     directory = os.fspath(directory)
     manifest = manifest if manifest is not None else read_manifest(directory)

@@ -3,7 +3,7 @@
 ``fxopt.compile(program, "neuron")`` (or ``neuron{buckets=1;4;16,seq_buckets=64;128,instances=2}``):
 
 1. **op check**: every op of every accelerator partition is checked against the documented torch-neuron
-   operator list (:func:`fxopt.backends.support.support_table`); an unsupported op is a one-line
+   operator list (:func:`fxopt.ir.targets.support_table`); an unsupported op is a one-line
    BackendError naming the op and its source line and suggesting ``split{target=neuron}``, which keeps such
    ops on the CPU;
 2. **trace**: each accelerator partition is traced with ``torch.jit.trace`` once per bucket shape
@@ -39,15 +39,16 @@ import torch
 import torch.fx
 
 from fxopt.backends import neuron_sdk
-from fxopt.backends.base import io_specs
+from fxopt.backends.base import BackendDefaults, io_specs
 from fxopt.backends.neuron_buckets import BucketPlan, bucket_key, example_at, parse_sizes, plan_buckets
 from fxopt.backends.partitioned import (PartitionedCompiled, Stage, StagePlan, compile_partitioned,
                                         load_partitioned, plan_stages, record_values, safe_file, safe_stem)
-from fxopt.backends.support import data_source, is_bookkeeping, neuron_operators, packet_name, support_table
+from fxopt.ir.targets import data_source, is_bookkeeping, neuron_operators, packet_name, support_table
 from fxopt.errors import BackendError, InputError
 from fxopt.ir import serialize
 from fxopt.ir.program import Program
 from fxopt.ir.provenance import source_of
+from fxopt.ir.numerics import first_difference, max_abs_error, output_depths
 
 __all__ = ["NeuronBackend", "NeuronCompiled", "TorchScriptStage", "BucketTrace", "check_ops", "LOAD_ENV"]
 
@@ -143,7 +144,6 @@ def _trace(module: torch.fx.GraphModule, name: str, input_names: list[str], args
            check: bool, eager: tuple | None = None) -> BucketTrace:
     """Trace ``module`` at ``args``; with ``check`` compare the trace with the eager outputs (``eager``, or
     the module run here when not given; BackendError when they differ)."""
-    from fxopt.ir.numerics import first_difference, max_abs_error, output_depths
 
     specs = [_spec_of(n, a) for n, a in zip(input_names, args)]
     tensor_pos = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
@@ -472,7 +472,7 @@ def _fetch(module: torch.nn.Module, target: str) -> Any:
 
 
 @dataclass(frozen=True)
-class NeuronBackend:
+class NeuronBackend(BackendDefaults):
     """Compile accelerator partitions to static-shape TorchScript for AWS Neuron (see the module docstring).
 
     Options: ``buckets`` (batch sizes, ``;``-separated: ``1;4;16``), ``seq_buckets`` (sequence sizes),
@@ -480,6 +480,7 @@ class NeuronBackend:
     as many NeuronCores; > 1 sets NEURON_RT_MULTI_INSTANCE_SHARED_WEIGHTS)."""
 
     name = BACKEND
+    target = TARGET
 
     buckets: str = ""
     seq_buckets: str = ""

@@ -12,13 +12,14 @@ ops the registry lacks still go through its decomposition table. Dynamic dims (S
 dead nodes).
 
 Support check. :func:`unsupported_nodes` walks every node of the model, nested subgraphs of If/Loop/Scan
-included, against ``backends/data/tensorrt_onnx_ops.json`` (the onnx-tensorrt operator matrix): the op must be
+included, against ``ir/targets/data/tensorrt_onnx_ops.json`` (the onnx-tensorrt operator matrix): the op must be
 in the default ONNX domain, marked supported, and take its first input's element type. Every ONNX node the
 exporter makes records the FX node it came from (``pkg.torch.onnx.fx_node`` metadata); :class:`Unsupported`
 maps that back to the ATen op and the model's source line (the node's ``provenance``).
 """
 from __future__ import annotations
 
+# local imports: onnx, onnxscript, onnxruntime and TensorRT are optional (pip install 'fxopt[onnx]'); they are imported where used, so this module loads without them
 import contextlib
 import functools
 import io
@@ -33,6 +34,11 @@ import torch.fx
 
 from fxopt.errors import BackendError
 from fxopt.ir.provenance import source_of
+from fxopt.ir.program import fetch_attr
+from torch.export import graph_signature as gs
+from torch.export.exported_program import ExportedProgram, ModuleCallEntry
+from torch.utils._sympy.value_ranges import ValueRanges
+from fxopt.ir.targets import tensorrt_operators
 
 __all__ = ["OnnxExport", "Unsupported", "to_exported_program", "export_module", "unsupported_nodes",
            "walk_nodes", "dynamic_axes", "onnx_ops", "inline_functions", "ONNX_ELEM_TYPES"]
@@ -84,7 +90,6 @@ class Unsupported:
 
 # ------------------------------------------------------------------------------------------ export
 def _attr_value(gm: torch.fx.GraphModule, target: str) -> torch.Tensor:
-    from fxopt.ir.program import fetch_attr
 
     return fetch_attr(gm, target)
 
@@ -94,8 +99,6 @@ def to_exported_program(gm: torch.fx.GraphModule, name: str = "partition"):
     tuple; every node with ``meta["val"]``) as a ``torch.export.ExportedProgram`` without re-tracing: weights
     become lifted constant inputs, ``gm`` is left untouched. Returns the ExportedProgram; BackendError when a
     node lacks its ``val``."""
-    from torch.export import graph_signature as gs
-    from torch.export.exported_program import ExportedProgram, ModuleCallEntry
 
     g = torch.fx.Graph()
     env: dict[torch.fx.Node, torch.fx.Node] = {}
@@ -147,7 +150,6 @@ def to_exported_program(gm: torch.fx.GraphModule, name: str = "partition"):
 
 
 def _range_constraints(nodes: list[torch.fx.Node]) -> dict:
-    from torch.utils._sympy.value_ranges import ValueRanges
 
     out = {}
     for n in nodes:
@@ -348,12 +350,11 @@ def unsupported_nodes(model, origins: dict[str, dict] | None = None, matrix: dic
                       ) -> list[Unsupported]:
     """The nodes of ``model`` (ModelProto, shape-inferred or not) that the onnx-tensorrt matrix rejects,
     nested subgraphs included; ``origins`` as in :class:`OnnxExport`; ``matrix`` defaults to
-    :func:`fxopt.backends.support.tensorrt_operators`. Returns a list of :class:`Unsupported` (empty: all
+    :func:`fxopt.ir.targets.tensorrt_operators`. Returns a list of :class:`Unsupported` (empty: all
     supported; ops the matrix lacks come before dtype mismatches)."""
     import onnx
 
     if matrix is None:
-        from fxopt.backends.support import tensorrt_operators
 
         matrix = tensorrt_operators()
     origins = origins or {}

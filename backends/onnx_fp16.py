@@ -11,6 +11,7 @@ result is checked with ``onnx.checker``.
 """
 from __future__ import annotations
 
+# local imports: onnx, onnxscript, onnxruntime and TensorRT are optional (pip install 'fxopt[onnx]'); they are imported where used, so this module loads without them
 import numpy as np
 
 __all__ = ["to_fp16"]

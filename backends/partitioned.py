@@ -32,6 +32,10 @@ from fxopt.backends.reinplace import inplace_plan
 from fxopt.errors import BackendError, InputError
 from fxopt.ir import serialize
 from fxopt.ir.program import Program, fetch_attr
+from fxopt.ir.partitions import partition_module, partitions_region
+from safetensors.torch import save_file
+from safetensors.torch import load_file
+from fxopt.backends import decode
 
 __all__ = ["StagePlan", "Stage", "TorchStage", "PartitionedCompiled", "plan_stages", "compile_partitioned",
            "load_partitioned", "record_values", "safe_file", "CONSTANTS_FILE"]
@@ -126,8 +130,6 @@ def plan_stages(program: Program, target: str) -> list[StagePlan]:
 
     Raises BackendError for decode-loop programs (only the reference backend runs those) and for a program
     split for another target."""
-    from fxopt.backends import decode
-    from fxopt.passes.split import partition_module, partitions_region
 
     if decode.uses_runtime(program):
         raise BackendError(f"program '{program.name}' has a decode loop (unroll partitions), which only the "
@@ -241,7 +243,6 @@ class PartitionedCompiled(Compiled):
         """Write every stage (and the constant outputs); returns the manifest's partition entries."""
         entries = [stage.entry(directory) for stage in self.stages]
         if self.constants:
-            from safetensors.torch import save_file
 
             save_file(self.constants, os.path.join(directory, CONSTANTS_FILE))
         return entries
@@ -293,7 +294,6 @@ def load_partitioned(directory: str, manifest: dict, backend: str,
             stages.append(load_stage(directory, entry))
     constants: dict[str, torch.Tensor] = {}
     if any("constant" in ref for ref in stitch["outputs"]):
-        from safetensors.torch import load_file
 
         constants = load_file(safe_file(directory, CONSTANTS_FILE))
     return PartitionedCompiled(stages, stitch["placeholders"], stitch["outputs"], constants, backend,

@@ -9,11 +9,12 @@ import os
 
 import torch
 
-from fxopt.backends.base import Compiled, capture_notes, common_kwargs, io_specs
+from fxopt.backends.base import BackendDefaults, Compiled, capture_notes, common_kwargs, io_specs
 from fxopt.backends.fast_graph import fast_forward
 from fxopt.backends.reinplace import inplace_plan
 from fxopt.ir import serialize
 from fxopt.ir.program import Program
+from fxopt.backends import decode
 
 
 class ReferenceCompiled(Compiled):
@@ -51,16 +52,16 @@ class ReferenceCompiled(Compiled):
         }]
 
 
-class ReferenceBackend:
-    """Compiles a Program to a :class:`ReferenceCompiled` and loads saved ones."""
+class ReferenceBackend(BackendDefaults):
+    """Compiles a Program to a :class:`ReferenceCompiled` and loads saved ones (a :class:`Backend`: no
+    options, runs every op)."""
 
     name = "reference"
+    target = "reference"
 
     def compile(self, program: Program) -> ReferenceCompiled:
         """Take ``program`` (left unmodified) and return a runnable artifact sharing its weights. Programs
         with a decode loop get the decode runtime (encoder, then steps or partitions with early stop)."""
-        from fxopt.backends import decode
-
         if decode.uses_runtime(program):
             return decode.compile(program)
         prog = program.copy()
@@ -76,8 +77,6 @@ class ReferenceBackend:
     def load(self, directory: str, manifest: dict) -> ReferenceCompiled:
         """Rebuild the artifact in ``directory`` described by ``manifest``."""
         if manifest.get("runtime") == "decode-partitions":
-            from fxopt.backends import decode
-
             return decode.load(directory, manifest)
         gm = serialize.load_graph_module(directory, stem="graph")
         inplace = manifest["partitions"][0].get("inplace_ops", []) if manifest["partitions"] else []

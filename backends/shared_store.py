@@ -30,12 +30,13 @@ from typing import Any, Iterable
 import torch
 from safetensors.torch import load_file, save_file
 
-from fxopt.backends.base import (ARTIFACT_FORMAT, Compiled, artifact_problem, atomic_directory, common_kwargs,
-                                 read_manifest, read_trace, write_json, write_trace)
+from fxopt.backends.base import (ARTIFACT_FORMAT, BackendDefaults, Compiled, artifact_problem, atomic_directory,
+                                 common_kwargs, read_manifest, read_trace, write_json, write_trace)
 from fxopt.backends.reference import ReferenceCompiled
 from fxopt.errors import InputError
 from fxopt.ir import serialize
-from fxopt.passes.dedupe_weights import TensorIndex, content_key, identity_key, tensor_bytes
+from fxopt.ir.tensor_identity import TensorIndex, content_key, identity_key, tensor_bytes
+from fxopt.backends.reference import ReferenceBackend
 
 STORE_FORMAT = "fxopt-shared-store"
 STORE_VERSION = 1
@@ -249,16 +250,15 @@ def load_many(directory: str) -> dict[str, ReferenceCompiled]:
     return {name: load_member(os.path.join(directory, name)) for name in names}
 
 
-class SharedReferenceBackend:
+class SharedReferenceBackend(BackendDefaults):
     """Loads members of a shared store through ``fxopt.load`` (register as ``"reference-shared"``).
     Compiling goes through the ``reference`` backend; sharing happens at :func:`save_many`."""
 
     name = BACKEND
+    target = "reference"
 
     def compile(self, program):
         """Compile ``program`` with the reference backend (sharing is decided when saving)."""
-        from fxopt.backends.reference import ReferenceBackend
-
         return ReferenceBackend().compile(program)
 
     def load(self, directory: str, manifest: dict) -> ReferenceCompiled:

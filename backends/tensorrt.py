@@ -22,6 +22,7 @@ model, also when ``fp16=true``: the fp16 file is what the engine is built from).
 """
 from __future__ import annotations
 
+# local imports: onnx, onnxscript, onnxruntime and TensorRT are optional (pip install 'fxopt[onnx]'); they are imported where used, so this module loads without them
 import os
 import re
 from dataclasses import dataclass
@@ -31,20 +32,20 @@ import numpy as np
 import torch
 
 from fxopt.backends.onnx_export import OnnxExport, export_module, onnx_ops, unsupported_nodes
+from fxopt.backends.base import BackendDefaults
 from fxopt.backends.partitioned import (PartitionedCompiled, Stage, StagePlan, compile_partitioned,
                                         load_partitioned, plan_stages, record_values, safe_file, safe_stem)
 from fxopt.errors import BackendError, InputError
 from fxopt.ir import numerics, serialize
 from fxopt.ir.program import Program
+from fxopt.backends import tensorrt_engine
+from fxopt.backends.onnx_fp16 import to_fp16
 
-__all__ = ["DEFAULT_PIPELINE", "TensorRTBackend", "OnnxStage", "profile_shapes", "trtexec_command", "tensorrt_available",
+__all__ = ["TensorRTBackend", "OnnxStage", "profile_shapes", "trtexec_command", "tensorrt_available",
            "numerics_problem",
            "RUNTIME"]
 
 RUNTIME = "onnxruntime"
-#: The pipeline proposed for ``DEFAULT_PIPELINES["tensorrt"]`` (passes/registry.py): EmbeddingBags decomposed
-#: before ``split`` so they can go to TensorRT instead of exporting as Loop + Sequence ops.
-DEFAULT_PIPELINE = "canonicalize,fold-constants,dedupe,moe,decompose-embedding-bag,dce,split{target=tensorrt}"
 _EXTERNAL_DATA_BYTES = 2 * 1024 ** 3 - 64 * 1024 ** 2   # protobuf's 2 GB limit, with headroom
 
 
@@ -266,7 +267,7 @@ def _ort_session(model: bytes | str, name: str):
 
 # ------------------------------------------------------------------------------------------ backend
 @dataclass(frozen=True)
-class TensorRTBackend:
+class TensorRTBackend(BackendDefaults):
     """TensorRT through ONNX. Options: ``fp16`` (also write an fp16 model + accuracy report, and build the
     engine with --fp16), ``max_dim`` (profile max for unbounded dynamic dims; 0 = twice the example size),
     ``optimize`` (run onnxscript's optimizer on the exported graph: constant folding, BatchNorm into Conv;
@@ -275,6 +276,7 @@ class TensorRTBackend:
     when TensorRT and a GPU exist here; false = always leave it to trtexec on the target)."""
 
     name = "tensorrt"
+    target = "tensorrt"
     fp16: bool = False
     max_dim: int = 0
     optimize: bool = False
@@ -345,7 +347,6 @@ class TensorRTBackend:
         why_not = tensorrt_available() if self.engine else "engine builds disabled (engine=false)"
         engine = None
         if why_not is None:
-            from fxopt.backends import tensorrt_engine
 
             engine_model = fp16_model if fp16_model is not None else exported.model
             engine = tensorrt_engine.build(engine_model.SerializeToString(), profile, self.fp16, label)
@@ -366,7 +367,6 @@ class TensorRTBackend:
 
 
 def _fp16_report(exported: OnnxExport, plan: StagePlan, example: list, reference: tuple) -> tuple[Any, dict]:
-    from fxopt.backends.onnx_fp16 import to_fp16
 
     label = f"partition '{plan.name}'"
     onnx_inputs = [n if n in exported.input_names else None for n in plan.inputs]

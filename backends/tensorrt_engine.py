@@ -6,6 +6,7 @@ TensorRT 8.x needs the EXPLICIT_BATCH network flag, which :func:`build` passes w
 """
 from __future__ import annotations
 
+# local imports: onnx, onnxscript, onnxruntime and TensorRT are optional (pip install 'fxopt[onnx]'); they are imported where used, so this module loads without them
 from typing import Any
 
 import torch

@@ -13,14 +13,12 @@ shapes).
 """
 from __future__ import annotations
 
-import argparse
 import time
-import warnings
 
 import torch
 
 import fxopt
-from benchmarks.timing import interleaved_medians, one_thread
+from benchmarks.timing import interleaved_medians, one_thread, parse_repeat_args
 from fxopt.backends import decode
 from fxopt.ir import loops
 
@@ -69,12 +67,7 @@ def run(repeat: int) -> dict:
 
 def main(argv=None) -> dict:
     """Print the table; returns the results."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="few repetitions")
-    parser.add_argument("--repeat", type=int, default=None)
-    args = parser.parse_args(argv)
-    warnings.filterwarnings("ignore")
-    repeat = args.repeat or (5 if args.quick else 20)
+    repeat = parse_repeat_args(argv, __doc__, "few repetitions", (5, 20)).repeat
     with one_thread():
         res = run(repeat)
     cap = res["capture"]

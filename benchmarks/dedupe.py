@@ -23,7 +23,7 @@ import torch
 import fxopt
 from fxopt.backends.shared_store import load_many, save_many
 from fxopt.passes.dedupe import Dedupe, graph_views, optimize_many
-from fxopt.passes.dedupe_weights import content_key, identity_key, tensor_bytes
+from fxopt.ir.tensor_identity import content_key, identity_key, tensor_bytes
 from tests.conftest import TwinTowers
 
 SMALL_TENSOR = 1024

@@ -74,7 +74,7 @@ def _child(method: str, nodes: int, out_path: str, timeout: float) -> None:
     import torch
 
     from benchmarks.split_graphs import branched_program
-    from fxopt.backends.support import support_table
+    from fxopt.ir.targets import support_table
 
     program = branched_program(nodes, annotate=method.startswith("split-"))  # only split reads costs
     gm, table = program.graph_module, support_table(_TARGET)
@@ -88,7 +88,7 @@ def _child(method: str, nodes: int, out_path: str, timeout: float) -> None:
     signal.signal(signal.SIGALRM, give_up)
     if method in ("split-cost", "split-support"):
         from fxopt.passes.split import Split, partitions_region
-        from fxopt.passes.split_placement import _scipy_flow
+        from fxopt.passes.split.placement import _scipy_flow
 
         _scipy_flow()  # import scipy before timing, as the anchors' modules are imported before theirs
         base = _rss_mb()

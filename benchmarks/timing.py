@@ -1,9 +1,11 @@
 """Timing helpers shared by the benchmarks."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import statistics
 import time
+import warnings
 
 import torch
 
@@ -56,3 +58,15 @@ def warm_round_robin(fns: dict, repeat: int, budget_s: float, burst: int = 3) ->
             if time.perf_counter() - start > budget_s and len(samples[next(iter(fns))]) >= 3:
                 break
     return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def parse_repeat_args(argv, description: str, quick_help: str, repeats: tuple[int, int]) -> argparse.Namespace:
+    """Parse the ``--quick`` / ``--repeat N`` options most benchmarks take (and silence warnings); returns
+    the arguments with ``repeat`` resolved to N, else ``repeats[0]`` with --quick, else ``repeats[1]``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--repeat", type=int, default=None)
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    args.repeat = args.repeat or (repeats[0] if args.quick else repeats[1])
+    return args

@@ -11,16 +11,15 @@ Headline: step-loop time / variant time (>1 means the variant is faster than the
 """
 from __future__ import annotations
 
-import argparse
 import time
-import warnings
 
 import torch
 
 import fxopt
-from benchmarks.timing import interleaved_medians, one_thread
+from benchmarks.timing import interleaved_medians, one_thread, parse_repeat_args
 from fxopt.backends import decode
 from fxopt.ir import loops
+from fxopt.ir.capture import decoder
 from fxopt.zoo import ocr
 
 
@@ -47,7 +46,7 @@ def run(small: bool, repeat: int, partition: int = 25) -> dict:
     inputs = model.example_inputs()
     batch = inputs[0].shape[0]
     start = time.perf_counter()
-    program = loops.capture_decoder(model, inputs)
+    program = decoder.capture_decoder(model, inputs)
     capture_s = time.perf_counter() - start
     reference = loops.greedy(model, *inputs)
     variants: list[tuple] = [("python loop (eager model)", None), ("step loop", ""),
@@ -81,12 +80,8 @@ def run(small: bool, repeat: int, partition: int = 25) -> dict:
 
 def main(argv=None) -> list[dict]:
     """Print a table per OCR size; returns the results."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="small OCR only, few repetitions")
-    parser.add_argument("--repeat", type=int, default=None)
-    args = parser.parse_args(argv)
-    warnings.filterwarnings("ignore")
-    repeat = args.repeat or (5 if args.quick else 10)
+    args = parse_repeat_args(argv, __doc__, "small OCR only, few repetitions", (5, 10))
+    repeat = args.repeat
     results = []
     for small in ((True,) if args.quick else (True, False)):
         with one_thread():

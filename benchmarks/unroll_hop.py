@@ -12,16 +12,14 @@ equal the captured loop's (exact for the decoder, allclose 1e-5 for the GRU).
 """
 from __future__ import annotations
 
-import argparse
 import math
 import time
-import warnings
 
 import torch
 from torch._higher_order_ops import scan, while_loop
 
 import fxopt
-from benchmarks.timing import interleaved_medians, one_thread
+from benchmarks.timing import interleaved_medians, one_thread, parse_repeat_args
 
 
 class GRUScan(torch.nn.Module):
@@ -143,12 +141,8 @@ def run_while(max_len: int, parts: list[int], repeat: int) -> dict:
 
 def main(argv=None) -> list[dict]:
     """Print a table per model; returns the results."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="short loops, few repetitions")
-    parser.add_argument("--repeat", type=int, default=None)
-    args = parser.parse_args(argv)
-    warnings.filterwarnings("ignore")
-    repeat = args.repeat or (5 if args.quick else 20)
+    args = parse_repeat_args(argv, __doc__, "short loops, few repetitions", (5, 20))
+    repeat = args.repeat
     with one_thread():
         results = [run_scan(16 if args.quick else 64, repeat),
                    run_while(16 if args.quick else 48, [4, 8] if args.quick else [4, 8, 16], repeat)]

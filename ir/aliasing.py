@@ -52,7 +52,7 @@ def is_dense(val) -> bool:
     layout); False when that cannot be decided without guarding on a symbolic dim."""
     if any(not isinstance(d, int) for d in (*val.shape, *val.stride())):
         try:  # torch's symbolic-safe check (answers False rather than adding a guard)
-            from torch._prims_common import is_non_overlapping_and_dense_or_false
+            from torch._prims_common import is_non_overlapping_and_dense_or_false  # local: a torch-internal helper, absent from older torch
         except ImportError:
             return False
         try:

@@ -77,6 +77,8 @@ import sympy
 import torch
 import torch.fx
 
+from fxopt.ir.nodes import op_name  # noqa: F401 - re-exported (cost.op_name)
+
 from ..errors import InputError
 
 __all__ = [
@@ -480,21 +482,6 @@ def _numel_in(node: torch.fx.Node) -> Number:
         ins = input_tensors(node)
         t = ins[0] if ins else None
     return numel(t) if t is not None else 0
-
-
-def op_name(target: Any) -> str:
-    """A readable name for a call target: ``"aten.addmm.default"``, ``"operator.getitem"``, ``"cond"``..."""
-    if isinstance(target, torch._ops.OpOverload):
-        return str(target)
-    if isinstance(target, torch._ops.OpOverloadPacket):
-        return str(target)
-    if isinstance(target, str):
-        return target
-    name = getattr(target, "__name__", None) or getattr(target, "name", None) or type(target).__name__
-    if callable(name):
-        name = name()
-    mod = getattr(target, "__module__", None)
-    return f"{mod}.{name}" if mod in ("operator", "math", "builtins") else str(name)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1334,7 +1321,7 @@ _LARGEST_USEFUL_BOUND = 2**31
 
 
 def _upper_bound(gm: torch.fx.GraphModule, name: str) -> int:
-    from fxopt.ir import shapes  # shapes imports this module
+    from fxopt.ir import shapes  # local: ir.shapes imports this module
 
     env = getattr(shapes.fake_mode_of(gm), "shape_env", None)
     for key, value_range in (getattr(env, "var_to_range", None) or {}).items():

@@ -22,6 +22,7 @@ import sympy
 
 from ..errors import InputError
 from .cost import OpCost
+import torch
 
 __all__ = [
     "DeviceProfile",
@@ -226,7 +227,6 @@ def measure_cpu_profile(name: str = "cpu-measured", budget_s: float = 0.4) -> De
     of a 32 MiB tensor copy (the same accounting the cost model uses for copies); ``link_bandwidth`` is
     the copy rate in bytes copied per second, ``link_latency`` 0.
     """
-    import torch
 
     half = max(budget_s, 0.05) / 2
 

@@ -3,7 +3,7 @@
 specialise it, and the symbolic-batch fake mode the ``unroll`` graph builders propagate shapes in.
 
 ``fxopt.capture(model, inputs, dynamic_shapes="batch")`` on a decode-loop protocol module
-(:func:`fxopt.ir.loops.capture_decoder` with ``dynamic_batch=True``) uses this module. The batch is dim 0 of
+(:func:`fxopt.ir.capture.decoder.capture_decoder` with ``dynamic_batch=True``) uses this module. The batch is dim 0 of
 every input, memory and state tensor whose dim 0 equals the example's batch (dim 0 of the first memory
 tensor), and of the token. All pieces share one named ``Dim("batch", min=1)``, so a model whose code fixes
 the batch (a reshape to the example's size, a tensor created with it) fails export with a one-line
@@ -19,6 +19,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from fxopt.errors import InputError
+import re
 
 BATCH_DIM_NAME = "batch"
 
@@ -86,7 +87,7 @@ class BatchSpec:
 
 
 def batch_spec(info: dict, inputs: tuple, name: str) -> BatchSpec:
-    """The :class:`BatchSpec` of a probed decode loop (``info`` from :func:`fxopt.ir.loops.probe`). Raises
+    """The :class:`BatchSpec` of a probed decode loop (``info`` from :func:`fxopt.ir.capture.decoder.probe`). Raises
     InputError when the example batch is 1 or no input tensor carries the batch."""
     batch = int(info["batch"])
     if batch < 2:
@@ -125,7 +126,6 @@ def specialized_error(name: str, label: str, exc: BaseException) -> InputError:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if not is_specialization(exc):
         return InputError(f"{name}: capturing {label} with a symbolic batch failed: {first}")
-    import re
 
     violated = re.search(r"Constraints violated \([^)]*\)", first)
     at = re.search(r" at (\S+:\d+)", first)
@@ -151,6 +151,7 @@ def input_dims(program) -> dict:
 def symbolic_mode(hint: int) -> tuple:
     """A FakeTensorMode with a ShapeEnv and one backed batch symbol (example value ``hint``); returns
     ``(mode, batch SymInt)``."""
+    # local: torch._dynamo costs ~1 s to import; only dynamic-batch decode capture needs it
     from torch._dynamo.source import ConstantSource
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv

@@ -38,6 +38,8 @@ from typing import Any, Iterable, Sequence
 import torch
 import torch.fx
 
+from fxopt.ir.nodes import val
+
 # The safety factor of the rule above (see the module docstring and docs/testing.md for how it was fitted).
 K = 16.0
 
@@ -78,10 +80,6 @@ _EXACT = {"clone", "contiguous", "_unsafe_view", "lift_fresh", "lift_fresh_copy"
           "max_pool3d", "max_pool2d_with_indices", "max_pool3d_with_indices", "upsample_nearest2d",
           "upsample_nearest1d", "upsample_nearest3d", "nonzero", "searchsorted", "sym_size", "sym_numel",
           "sym_stride", "sym_storage_offset"}
-
-
-def _val(node: Any) -> Any:
-    return node.meta.get("val") if isinstance(node, torch.fx.Node) else None
 
 
 def _hint(d: Any) -> int | None:
@@ -131,35 +129,35 @@ def roundings(node: torch.fx.Node) -> int:
         return 1 if _changes_dtype(node) else 0
     args = node.args
     if name in _MATMUL_LHS:
-        lhs = _val(args[_MATMUL_LHS[name]]) if len(args) > _MATMUL_LHS[name] else None
+        lhs = val(args[_MATMUL_LHS[name]]) if len(args) > _MATMUL_LHS[name] else None
         return _size(lhs, -1) + (1 if name.startswith("add") else 0) if isinstance(lhs, torch.Tensor) else 1
     if name in _CONVOLUTIONS:
-        w = _val(args[1]) if len(args) > 1 else None
+        w = val(args[1]) if len(args) > 1 else None
         n = _numel(w)
         return max(n // _size(w, 0), 1) if n else 1
     if name in _ALONG_DIM:
         dim = args[1] if len(args) > 1 and isinstance(args[1], int) else node.kwargs.get("dim", -1)
-        return _size(_val(args[0]), dim if isinstance(dim, int) else -1)
+        return _size(val(args[0]), dim if isinstance(dim, int) else -1)
     if "scaled_dot_product" in name and len(args) > 1:   # q @ k^T over head dims, then @ v over keys
-        return _size(_val(args[0]), -1) + _size(_val(args[1]), -2)
+        return _size(val(args[0]), -1) + _size(val(args[1]), -2)
     if name in ("embedding_bag", "_embedding_bag", "_embedding_bag_forward_only") and len(args) > 2:
-        bags = _numel(_val(args[2])) or 1     # one sum per bag (offsets), over its share of the indices
-        return max((_numel(_val(args[1])) or 1) // bags, 1)
+        bags = _numel(val(args[2])) or 1     # one sum per bag (offsets), over its share of the indices
+        return max((_numel(val(args[1])) or 1) // bags, 1)
     if name == "native_layer_norm" and len(args) > 1:
         n = 1
         for s in args[1]:
             n *= int(s) if isinstance(s, int) else 1
         return 2 * n
-    out = _val(node)
+    out = val(node)
     out = out[0] if isinstance(out, (tuple, list)) and out else out
-    biggest = max((_numel(_val(a)) or 0 for a in node.all_input_nodes), default=0)
+    biggest = max((_numel(val(a)) or 0 for a in node.all_input_nodes), default=0)
     produced = _numel(out)
     if produced and biggest > produced:   # a reduction (sum, mean, var, pooling, norms, embedding_bag)
         return 2 * (biggest // produced) if name.startswith(("var", "std", "native_group_norm")) \
             else biggest // produced
     if name == "native_group_norm" and len(args) > 7:
         groups = args[7] if isinstance(args[7], int) else 1
-        x = _val(args[0])
+        x = val(args[0])
         n = _numel(x)
         return 2 * max(n // max(_size(x, 0) * groups, 1), 1) if n else 1
     return 1
@@ -168,7 +166,7 @@ def roundings(node: torch.fx.Node) -> int:
 def _changes_dtype(node: torch.fx.Node) -> bool:
     """True when a ``_to_copy`` node casts (rounds) rather than only copying or moving."""
     dtype = node.kwargs.get("dtype")
-    src = _val(node.args[0]) if node.args else None
+    src = val(node.args[0]) if node.args else None
     if dtype is None:
         return False
     return not isinstance(src, torch.Tensor) or dtype != src.dtype

@@ -63,6 +63,7 @@ from safetensors.torch import load_file, save_file
 
 from fxopt.errors import InputError
 from fxopt.ir import loadable
+import safetensors.torch as st
 
 __all__ = [
     "FORMAT",
@@ -137,7 +138,6 @@ for _value in vars(torch).values():
 
 
 def _safetensors_dtypes() -> frozenset:
-    import safetensors.torch as st
 
     table = getattr(st, "_TYPES", None)
     if isinstance(table, dict):
@@ -743,42 +743,35 @@ def _decode_callable(kind: str, name: str, ctx: str) -> Any:
             raise InputError(f"{ctx} calls the higher-order op '{name}', which this torch does not have; load it "
                              f"with the torch version that saved it")
         return hop
-    if kind == "op":
-        m = _OP_NAME.match(name)
-        if m is None:
-            raise InputError(f"{ctx} calls {name!r}, which is not an operator name of the form "
-                             f"'namespace::op.overload'; the file is corrupt or was not written by fxopt")
-        ns, opname, overload = m.groups()
-        schema_overload = "" if overload == "default" else overload
-        if not any(s.overload_name == schema_overload for s in _schemas(f"{ns}::{opname}")):
-            raise InputError(f"{ctx} calls '{name}' which is not registered in this process; import the library "
-                             f"that defines it before loading")
-        op = _ops_attr(ns, opname, overload)
-        if not isinstance(op, torch._ops.OpOverload) or op._schema.name != f"{ns}::{opname}":
-            raise InputError(f"{ctx} calls '{name}', which does not resolve to an operator in this process")
-        why = loadable.refusal(op)
-        if why:
-            raise InputError(f"{ctx} calls '{name}', which {why}; refusing to load it (docs/reliability.md, "
-                             f"threat model)")
-        return op
-    if kind == "op_packet":
-        m = _PACKET_NAME.match(name)
-        if m is None:
-            raise InputError(f"{ctx} calls {name!r}, which is not an operator name of the form 'namespace::op'; "
-                             f"the file is corrupt")
-        ns, opname = m.groups()
-        if not _schemas(f"{ns}::{opname}"):
-            raise InputError(f"{ctx} calls '{name}' which is not registered in this process; import the library "
-                             f"that defines it before loading")
-        packet = _ops_attr(ns, opname)
-        if not isinstance(packet, torch._ops.OpOverloadPacket):
-            raise InputError(f"{ctx} calls '{name}', which does not resolve to an operator in this process")
-        why = loadable.packet_refusal(packet)
-        if why:
-            raise InputError(f"{ctx} calls the operator packet '{name}', which {why}; refusing to load it")
-        return packet
+    if kind in ("op", "op_packet"):
+        return _decode_operator(kind == "op_packet", name, ctx)
     raise InputError(f"{ctx} has target kind {kind!r}; expected op, op_packet, hop or builtin — the file is corrupt "
                      f"or from a newer fxopt")
+
+
+def _decode_operator(packet: bool, name: str, ctx: str) -> Any:
+    """The operator overload (``"ns::op.overload"``) or, with ``packet``, the packet (``"ns::op"``) named
+    ``name``: registered in this process and allowed by :mod:`fxopt.ir.loadable`; else InputError."""
+    m = (_PACKET_NAME if packet else _OP_NAME).match(name)
+    if m is None:
+        form = "'namespace::op'" if packet else "'namespace::op.overload'"
+        raise InputError(f"{ctx} calls {name!r}, which is not an operator name of the form {form}; the file is "
+                         "corrupt or was not written by fxopt")
+    ns, opname, *overload = m.groups()
+    schemas = _schemas(f"{ns}::{opname}")
+    wanted = None if packet else ("" if overload[0] == "default" else overload[0])
+    if not schemas or (wanted is not None and not any(s.overload_name == wanted for s in schemas)):
+        raise InputError(f"{ctx} calls '{name}' which is not registered in this process; import the library "
+                         f"that defines it before loading")
+    op = _ops_attr(ns, opname, *overload)
+    kind = torch._ops.OpOverloadPacket if packet else torch._ops.OpOverload
+    if not isinstance(op, kind) or (not packet and op._schema.name != f"{ns}::{opname}"):
+        raise InputError(f"{ctx} calls '{name}', which does not resolve to an operator in this process")
+    why = loadable.packet_refusal(op) if packet else loadable.refusal(op)
+    if why:
+        raise InputError(f"{ctx} calls {'the operator packet ' if packet else ''}'{name}', which {why}; "
+                         "refusing to load it (docs/reliability.md, threat model)")
+    return op
 
 
 def _schemas(qualified: str) -> list:

@@ -71,12 +71,6 @@ def infer_missing(gm: torch.fx.GraphModule) -> int:
     return count
 
 
-def shape_of(node: torch.fx.Node) -> tuple | None:
-    """The node's output shape as a tuple of ints / SymInts, or None if it is not a single tensor."""
-    val = node.meta.get("val")
-    return tuple(val.shape) if isinstance(val, torch.Tensor) else None
-
-
 def dim_expr(d: Any) -> sympy.Expr:
     """A dim as a sympy expression: ints become Integers, SymInts their symbolic expression."""
     if isinstance(d, torch.SymInt):

@@ -41,14 +41,6 @@ def _arg_text(a: Any) -> str:
     return str(a)
 
 
-def node_record(node: torch.fx.Node) -> dict:
-    """The JSON record of one node as it is now (see the module docstring)."""
-    m = node.meta
-    return _record(node.name, node.op, node.target, node.args, node.kwargs,
-                   tuple(x.name for x in node.all_input_nodes), m.get("val"), m.get("placement"),
-                   m.get("provenance"), m.get("cost"))
-
-
 class _Snapshot:
     """The graph as it was after a pass, kept as references and rendered to JSON only when asked.
 

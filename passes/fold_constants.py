@@ -18,6 +18,7 @@ import torch.fx
 import torch.utils._pytree as pytree
 
 from fxopt.ir import provenance
+from fxopt.ir.nodes import packet
 from fxopt.ir.aliasing import reaches_output
 from fxopt.ir.program import Program, fetch_attr
 from fxopt.ir.program import fresh_attr_name, set_attr
@@ -31,10 +32,6 @@ LAYOUT_OPS = {
     torch.ops.aten.detach, torch.ops.aten.as_strided,
 }
 _SMALL_CREATION_BYTES = 4096
-
-
-def _packet(target):
-    return getattr(target, "overloadpacket", None)
 
 
 def _is_foldable_op(node: torch.fx.Node) -> bool:
@@ -111,7 +108,7 @@ class FoldConstants(Pass):
 
     @staticmethod
     def _worth_folding(node: torch.fx.Node, value, values) -> bool:
-        if not isinstance(value, torch.Tensor) or _packet(node.target) in LAYOUT_OPS:
+        if not isinstance(value, torch.Tensor) or packet(node.target) in LAYOUT_OPS:
             return False
         limit = _nbytes([values[a] for a in node.all_input_nodes]) or _SMALL_CREATION_BYTES
         return _nbytes(value) <= limit

@@ -9,15 +9,14 @@ Pipeline syntax: comma-separated pass names, each optionally followed by ``{key=
 """
 from __future__ import annotations
 
-import importlib
-import re
 from typing import Any, Iterable
 
 from fxopt.errors import InputError
+from fxopt.options import NAME, Registry, parse_specs
 from fxopt.passes.base import Pass, from_options
 
 # name -> "module:Class" (lazy) or the class itself (registered at run time)
-_REGISTRY: dict[str, Any] = {
+PASSES = Registry("pass", {
     "dce": "fxopt.passes.dce:DeadCodeElimination",
     "fold-constants": "fxopt.passes.fold_constants:FoldConstants",
     "canonicalize": "fxopt.passes.canonicalize:Canonicalize",
@@ -26,7 +25,7 @@ _REGISTRY: dict[str, Any] = {
     "moe": "fxopt.passes.moe:FuseExperts",
     "dedupe": "fxopt.passes.dedupe:Dedupe",
     "decompose-embedding-bag": "fxopt.passes.decompose_embedding_bag:DecomposeEmbeddingBag",
-}
+}, unknown="unknown pass '{name}' (known passes: {names}); see `fxopt passes`")
 
 # The pipeline `fxopt run` uses when no --passes is given, per target.
 DEFAULT_PIPELINES: dict[str, str] = {
@@ -40,76 +39,32 @@ DEFAULT_PIPELINES: dict[str, str] = {
     "tensorrt": "canonicalize,fold-constants,dedupe,moe,decompose-embedding-bag,dce,split{target=tensorrt}",
 }
 
-_NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
-
-
 def register_pass(cls: type[Pass]) -> type[Pass]:
     """Register a Pass subclass under its ``name`` (usable as a class decorator); returns the class."""
-    if not _NAME.match(cls.name or ""):
+    if not NAME.match(cls.name or ""):
         raise ValueError(f"pass name {cls.name!r} must be kebab-case, e.g. 'fold-constants'")
-    _REGISTRY[cls.name] = cls
+    PASSES.register(cls.name, cls)
     return cls
 
 
 def unregister_pass(name: str) -> None:
     """Remove a pass registered at run time (used by tests)."""
-    _REGISTRY.pop(name, None)
+    PASSES.unregister(name)
 
 
 def pass_names() -> list[str]:
     """All registered pass names, sorted."""
-    return sorted(_REGISTRY)
+    return PASSES.names()
 
 
 def get_pass_class(name: str) -> type[Pass]:
     """The Pass class registered as ``name``; unknown names raise InputError listing the known ones."""
-    entry = _REGISTRY.get(name)
-    if entry is None:
-        raise InputError(f"unknown pass '{name}' (known passes: {', '.join(pass_names())}); "
-                         "see `fxopt passes`")
-    if isinstance(entry, str):
-        module_name, _, attr = entry.partition(":")
-        entry = getattr(importlib.import_module(module_name), attr)
-        _REGISTRY[name] = entry
-    return entry
+    return PASSES.get(name)
 
 
 def parse_pipeline(text: str) -> list[tuple[str, dict[str, str]]]:
     """Split pipeline text into ``[(pass name, {option: raw value}), ...]``; raises InputError when malformed."""
-    items: list[tuple[str, dict[str, str]]] = []
-    i, n = 0, len(text)
-    while i < n:
-        while i < n and text[i] in " \t,":
-            i += 1
-        if i >= n:
-            break
-        start = i
-        while i < n and text[i] not in "{,":
-            i += 1
-        name = text[start:i].strip()
-        options: dict[str, str] = {}
-        if i < n and text[i] == "{":
-            close = text.find("}", i)
-            if close < 0:
-                raise InputError(f"pipeline '{text}': '{{' after '{name}' is never closed")
-            body = text[i + 1:close]
-            for part in filter(None, (p.strip() for p in body.split(","))):
-                key, eq, value = part.partition("=")
-                if not eq or not key.strip():
-                    raise InputError(f"pipeline '{text}': option '{part}' of pass '{name}' must be key=value")
-                if key.strip() in options:
-                    raise InputError(f"pipeline '{text}': option '{key.strip()}' given twice for '{name}'")
-                options[key.strip()] = value.strip()
-            i = close + 1
-            rest = text[i:].lstrip()
-            if rest and not rest.startswith(","):
-                raise InputError(f"pipeline '{text}': expected ',' after '{name}{{...}}'")
-        if not name:
-            raise InputError(f"pipeline '{text}': empty pass name")
-        if not _NAME.match(name):
-            raise InputError(f"pipeline '{text}': '{name}' is not a pass name (kebab-case, e.g. fold-constants)")
-        items.append((name, options))
-    return items
+    return parse_specs(text, "pass")
 
 
 def build_pipeline(passes: str | Iterable[Any]) -> list[Pass]:

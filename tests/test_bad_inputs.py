@@ -172,7 +172,7 @@ class StrictNoAbs(ReferenceBackend):
 def strict_backend():
     backends_base.register_backend("test-strict", StrictNoAbs)
     yield "test-strict"
-    backends_base._BACKENDS.pop("test-strict", None)
+    backends_base.BACKENDS.unregister("test-strict")
 
 
 def test_cli_op_unsupported_by_a_strict_backend(model_file, out_dir, strict_backend, capsys):

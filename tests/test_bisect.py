@@ -76,7 +76,7 @@ def broken_passes():
     finally:
         unregister_pass(GeluToRelu.name)
         unregister_pass(AddAbsZero.name)
-        backends_base._BACKENDS.pop("test-no-abs", None)
+        backends_base.BACKENDS.unregister("test-no-abs")
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from fxopt.errors import InputError
+from rewriting import Fn
 from fxopt.ir import cost as cost_mod
 from fxopt.ir.cost import OpCost, annotate_costs, graph_cost, node_cost, numel, register_cost, to_sympy
 from fxopt.ir.devices import PROFILES, DeviceProfile, estimate_time, get_profile, measure_cpu_profile, \
@@ -29,15 +30,6 @@ def only(gm, target):
     nodes = [n for n in gm.graph.nodes if n.op == "call_function" and n.target == target]
     assert len(nodes) == 1, [str(n.target) for n in gm.graph.nodes]
     return nodes[0]
-
-
-class Fn(nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, *args):
-        return self.fn(*args)
 
 
 # --- matmul family ---------------------------------------------------------------------------------

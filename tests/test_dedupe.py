@@ -20,8 +20,8 @@ from fxopt.backends.shared_store import load_many, load_member, save_many
 from fxopt.errors import InputError
 from fxopt.passes.canonicalize import RULES as CANONICAL_RULES
 from fxopt.passes.dedupe import Dedupe, optimize_many
-from fxopt.passes.dedupe_copies import RULES as COPY_RULES
-from fxopt.passes.dedupe_cse import eliminate_common_subexpressions
+from fxopt.passes.dedupe.copies import RULES as COPY_RULES
+from fxopt.passes.dedupe.cse import eliminate_common_subexpressions
 from fxopt.passes.registry import build_pipeline
 
 aten = torch.ops.aten

@@ -75,7 +75,7 @@ def test_a_graph_calling_grouped_mm_saves_and_loads(tmp_path):
 
 @pytest.mark.parametrize("target", ["xla", "neuron", "tensorrt"])
 def test_no_accelerator_target_claims_grouped_mm(target):
-    from fxopt.backends.support import support_table
+    from fxopt.ir.targets import support_table
 
     node = next(n for n in _graph_with_grouped_mm().graph.nodes if n.op == "call_function")
     assert support_table(target).why_not(node) == "fxopt::grouped_mm is not an ATen op"

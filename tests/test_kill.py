@@ -46,35 +46,42 @@ def _which(directory: str, outputs: dict) -> str:
     raise AssertionError(f"{directory} loads as neither artifact")
 
 
-def _leftovers(parent) -> list[str]:
-    return [e for e in os.listdir(parent) if e.startswith(".fxopt-")]
+def _save_in_turn(old: str, new: str, target: str) -> None:
+    """Load two artifacts, then save them into ``target`` in turn until killed (a child process)."""
+    artifacts = [fxopt.load(new), fxopt.load(old)]
+    while True:
+        for artifact in artifacts:
+            artifact.save(target)
 
 
 def test_sigkill_during_save_always_leaves_the_old_or_the_new_artifact(tmp_path):
-    models = {name: fxopt.compile(fxopt.capture(torch.nn.Linear(8, 4).eval().requires_grad_(False).apply(
-        lambda m, s=scale: torch.nn.init.constant_(m.weight, s) if isinstance(m, torch.nn.Linear) else None),
-        (torch.ones(2, 8),))) for name, scale in (("old", 1.0), ("new", 2.0))}
-    outputs = {name: c(torch.ones(2, 8)) for name, c in models.items()}
+    """50 SIGKILLs of a process saving two artifacts into one directory in turn, at random points."""
+    import multiprocessing
+
+    sources = {}
+    for name, scale in (("old", 1.0), ("new", 2.0)):
+        model = torch.nn.Linear(8, 4).eval()
+        torch.nn.init.constant_(model.weight, scale)
+        sources[name] = fxopt.compile(fxopt.capture(model, (torch.ones(2, 8),))).save(str(tmp_path / name))
+    outputs = {name: fxopt.load(path)(torch.ones(2, 8)) for name, path in sources.items()}
     target = str(tmp_path / "art")
-    models["old"].save(target)
+    fxopt.load(sources["old"]).save(target)
+    # a forkserver forks each saver from a clean single-threaded process that has fxopt imported (forking
+    # this test process, where jax or onnxruntime may run threads, could deadlock the child)
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["fxopt"])
     rng = random.Random(18)
     seen = set()
     for _ in range(50):
-        pid = os.fork()
-        if pid == 0:   # the child saves new and old in turn until it is killed
-            try:
-                while True:
-                    models["new"].save(target)
-                    models["old"].save(target)
-            finally:
-                os._exit(1)
-        time.sleep(rng.uniform(0.0, 0.05))
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+        proc = ctx.Process(target=_save_in_turn, args=(sources["old"], sources["new"], target), daemon=True)
+        proc.start()
+        time.sleep(rng.uniform(0.05, 0.4))   # loading the two artifacts takes the first ~50 ms
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join(timeout=60)
         seen.add(_which(target, outputs))
     assert seen == {"old", "new"}, "kills landed on both sides of the swap"
-    models["old"].save(target)   # the next save cleans up what the killed writers left
-    assert _leftovers(tmp_path) == []
+    fxopt.load(sources["old"]).save(target)   # the next save cleans up what the killed writers left
+    assert sorted(e for e in os.listdir(tmp_path) if e.startswith(".fxopt-")) == []
     assert _which(target, outputs) == "old"
 
 

@@ -14,8 +14,8 @@ from torch import nn
 
 import fxopt
 from fxopt.passes.moe import FuseExperts
-from fxopt.passes.moe_match import as_linear, grow_chain
-from fxopt.passes.moe_routing import _column_of, check_group, match_routed
+from fxopt.passes.moe.match import as_linear, grow_chain
+from fxopt.passes.moe.routing import _column_of, check_group, match_routed
 from tests.conftest import AttentionBlock
 from tests.test_moe import _bmms, _count, _run
 

@@ -156,7 +156,7 @@ def test_symbolic_onnx_dims_become_dynamic_dims(exported):
 
 
 def test_default_example_inputs_come_from_onnx_types(exported):
-    from fxopt.ir.onnx_import import make_example_inputs
+    from fxopt.ir.capture.onnx_import import make_example_inputs
 
     (ids,) = make_example_inputs(onnx.load(exported("tiny")[2]))
     assert ids.shape == (2, 2) and ids.dtype == torch.int64      # symbolic dims -> 2

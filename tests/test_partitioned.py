@@ -44,7 +44,7 @@ class _EchoBackend:
 def _register():
     base.register_backend("test-echo", _EchoBackend)
     yield
-    base._BACKENDS.pop("test-echo", None)
+    base.BACKENDS.unregister("test-echo")
 
 
 def _ranking():

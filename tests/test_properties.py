@@ -45,7 +45,7 @@ from hypothesis import HealthCheck, Phase, event, example, given, note, seed, se
 from hypothesis.control import currently_in_test_context
 
 import fxopt
-from fxopt.ir.capture import set_attr
+from fxopt.ir.program import set_attr
 from fxopt.passes.manager import optimize
 from fxopt.passes.registry import pass_names
 from fxopt.ir.numerics import depths_of, first_difference

@@ -247,23 +247,8 @@ def test_xla_custom_call_outside_jax_stable_targets_is_refused(pristine, tmp_pat
 
 
 # ------------------------------------------------------------------------------------------ loading sizes
-def test_huge_neuron_trace_shapes_are_refused_before_allocating(pristine, tmp_path):
-    if "neuron" not in pristine:
-        pytest.skip("no neuron artifact")
-    directory = shutil.copytree(pristine["neuron"][0], str(tmp_path / "art"))
-
-    def huge(manifest):
-        for part in manifest["partitions"]:
-            for trace in part.get("traces", []):
-                spec = next(s for s in trace["inputs"] if "shape" in s)
-                spec["shape"] = [60000, 60000]
-
-    edit_json(os.path.join(directory, "manifest.json"), huge)
-    refused(directory, "more than fxopt allocates")
-
-
-@pytest.mark.parametrize("bad", [[-1, 4], ["4", 4], [True, 4], "60000"])
-def test_malformed_neuron_trace_shapes_are_one_line_errors(pristine, tmp_path, bad):
+def _neuron_artifact_with_trace_shape(pristine, tmp_path, shape) -> str:
+    """A copy of the neuron artifact whose recorded trace shapes (first tensor input of each) are ``shape``."""
     if "neuron" not in pristine:
         pytest.skip("no neuron artifact")
     directory = shutil.copytree(pristine["neuron"][0], str(tmp_path / "art"))
@@ -271,10 +256,19 @@ def test_malformed_neuron_trace_shapes_are_one_line_errors(pristine, tmp_path, b
     def set_shape(manifest):
         for part in manifest["partitions"]:
             for trace in part.get("traces", []):
-                next(s for s in trace["inputs"] if "shape" in s)["shape"] = bad
+                next(s for s in trace["inputs"] if "shape" in s)["shape"] = shape
 
     edit_json(os.path.join(directory, "manifest.json"), set_shape)
-    refused(directory, "is not a list of sizes")
+    return directory
+
+
+def test_huge_neuron_trace_shapes_are_refused_before_allocating(pristine, tmp_path):
+    refused(_neuron_artifact_with_trace_shape(pristine, tmp_path, [60000, 60000]), "more than fxopt allocates")
+
+
+@pytest.mark.parametrize("bad", [[-1, 4], ["4", 4], [True, 4], "60000"])
+def test_malformed_neuron_trace_shapes_are_one_line_errors(pristine, tmp_path, bad):
+    refused(_neuron_artifact_with_trace_shape(pristine, tmp_path, bad), "is not a list of sizes")
 
 
 def test_neuron_load_traces_nothing_until_the_first_call(pristine, monkeypatch):

@@ -10,13 +10,13 @@ from hypothesis import given, settings, strategies as st
 
 import fxopt
 from benchmarks.split_graphs import branched_program
-from fxopt.backends import support
+from fxopt.ir import targets as support
 from fxopt.errors import InputError
 from fxopt.ir.devices import get_profile
 from fxopt.passes.manager import optimize
 from fxopt.passes.split import Split, extract_partitions, partitions_region, run_partitions
-from fxopt.passes.split_partition import is_acyclic
-from fxopt.passes.split_placement import analyse, place
+from fxopt.passes.split.partition import is_acyclic
+from fxopt.passes.split.placement import analyse, place
 
 
 def _split(program, **options):

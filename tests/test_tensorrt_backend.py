@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 import fxopt
 from fxopt.backends.onnx_export import unsupported_nodes
 from fxopt.backends.partitioned import PartitionedCompiled
-from fxopt.backends.tensorrt import DEFAULT_PIPELINE, OnnxStage, trtexec_command
+from fxopt.backends.tensorrt import OnnxStage, trtexec_command
+from fxopt.passes.registry import default_pipeline
 from fxopt.errors import BackendError
 from fxopt.ir.numerics import assert_outputs_close
 
@@ -231,7 +232,7 @@ def test_cli_run_ranking_says_engine_build_is_left_for_target(tmp_path, capsys):
     from fxopt.tools.cli import main
 
     out = tmp_path / "ranking"
-    code = main(["run", "zoo:ranking", "--backend", "tensorrt", "--passes", DEFAULT_PIPELINE, "-o", str(out)])
+    code = main(["run", "zoo:ranking", "--backend", "tensorrt", "--passes", default_pipeline("tensorrt"), "-o", str(out)])
     text = capsys.readouterr().out
     assert code == 0
     last = " ".join(text.strip().splitlines()[-3:])

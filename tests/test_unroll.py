@@ -21,8 +21,9 @@ import fxopt
 from fxopt.backends import decode
 from fxopt.errors import InputError
 from fxopt.ir import cost, loops
+from fxopt.ir.capture import decoder
 from fxopt.ir.program import Program
-from fxopt.passes import unroll_boundaries as bnd
+from fxopt.passes.unroll import boundaries as bnd
 from fxopt.zoo import ocr
 
 from conftest import captured as shared_capture
@@ -96,7 +97,7 @@ def captured(kind: str, batch: int):
     if key not in _CACHE:
         model, inputs = _ocr(batch) if kind == "ocr" else (GRUDecoder(batch), None)
         inputs = inputs or model.example_inputs()
-        program = loops.capture_decoder(model, inputs)
+        program = decoder.capture_decoder(model, inputs)
         _CACHE[key] = (model, inputs, program, loops.greedy(model, *inputs))
     return _CACHE[key]
 
@@ -138,7 +139,7 @@ def test_program_copy_copies_pieces_cheaply():
 
 def test_step_state_that_does_not_chain_names_the_tensor():
     with pytest.raises(InputError) as err:
-        loops.capture_decoder(BrokenChain(2))
+        decoder.capture_decoder(BrokenChain(2))
     text = str(err.value)
     assert "state[0]" in text and "\n" not in text
 

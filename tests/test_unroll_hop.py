@@ -1,5 +1,5 @@
 """Tests of `unroll` on loops already in the graph: torch.export `scan` / `while_loop` higher-order ops
-(fxopt.passes.unroll_hop).
+(fxopt.passes.unroll.hop).
 
 Models: a GRU cell + output head scanned over a sequence (`scan`), a transformer block followed by a linear
 RNN scanned over its tokens, a fixed-count loop (`while_loop` whose trip count is provable), and a greedy
@@ -17,7 +17,7 @@ from torch._higher_order_ops import scan, while_loop
 import fxopt
 from fxopt.ir.numerics import assert_outputs_close
 from fxopt.ir.provenance import portable_path
-from fxopt.passes import unroll_hop
+from fxopt.passes.unroll import hop as unroll_hop
 
 aten = torch.ops.aten
 HOPS = (torch.ops.higher_order.scan, torch.ops.higher_order.while_loop)

@@ -167,6 +167,16 @@ def test_a_wrong_lowering_rule_fails_the_shared_tolerance(case, monkeypatch):
         assert_outputs_close(got, want, prog)
 
 
+def test_xla_op_table_data_is_generated_from_the_lowering_rules():
+    """split plans with ir/targets/data/xla_ops.json (no jax needed); it must equal the rule table —
+    after adding a rule, run `python -m fxopt.backends.xla.support_table`."""
+    from fxopt.backends.xla import support_table
+    from fxopt.ir import targets
+
+    assert targets.xla_ops() == xl.supported_ops()
+    assert targets.data_source("xla") == support_table.table()["source"]
+
+
 @pytest.mark.parametrize("name", list(PROGRAMS))
 def test_supported_ops_cover_graph(name):
     """supported_ops() holds every ATen op of the graph, and unsupported_nodes() finds nothing."""

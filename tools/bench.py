@@ -16,6 +16,7 @@ a model spec this process can resolve.
 """
 from __future__ import annotations
 
+# local imports: commands import torch and the compiler only when they run, so `fxopt --help` and argument errors answer without them (startup cost)
 import argparse
 import datetime
 import os

@@ -8,6 +8,7 @@ When matplotlib is not installed the charts are skipped with a one-line note (in
 """
 from __future__ import annotations
 
+# local imports: commands import torch and the compiler only when they run, so `fxopt --help` and argument errors answer without them (startup cost)
 import os
 
 

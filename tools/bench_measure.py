@@ -20,6 +20,7 @@ figure is ``None`` ("n/a"), never 0.
 """
 from __future__ import annotations
 
+# local imports: commands import torch and the compiler only when they run, so `fxopt --help` and argument errors answer without them (startup cost)
 import contextlib
 import math
 import os

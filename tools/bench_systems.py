@@ -12,6 +12,7 @@ back to eager after the recompile limit).
 """
 from __future__ import annotations
 
+# local imports: commands import torch and the compiler only when they run, so `fxopt --help` and argument errors answer without them (startup cost)
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable

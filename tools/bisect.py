@@ -15,6 +15,7 @@ bad input (unknown pass or backend, unreadable model).
 """
 from __future__ import annotations
 
+# local imports: commands import torch and the compiler only when they run, so `fxopt --help` and argument errors answer without them (startup cost)
 import argparse
 from dataclasses import dataclass, field
 from typing import Any, Callable

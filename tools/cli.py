@@ -21,6 +21,7 @@ program as captured, before anything is saved. So a wrong pass still fails the r
 """
 from __future__ import annotations
 
+# local imports: commands import torch and the compiler only when they run, so `fxopt --help` and argument errors answer without them (startup cost)
 import argparse
 import contextlib
 import io
@@ -66,7 +67,7 @@ class _NonNegativeInt:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for ``fxopt`` and its subcommands (``args.command`` names the subcommand)."""
-    from fxopt import __version__
+    from fxopt.version import __version__
     from fxopt.backends.base import backend_names
 
     parser = argparse.ArgumentParser(

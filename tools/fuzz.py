@@ -28,6 +28,7 @@ own seed (``--seed`` and the round number), so a campaign is reproducible and ne
 """
 from __future__ import annotations
 
+# local imports: commands import torch and the compiler only when they run, so `fxopt --help` and argument errors answer without them (startup cost)
 import argparse
 import hashlib
 import json

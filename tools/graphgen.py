@@ -38,6 +38,7 @@ every input as ``Dim.AUTO`` (dynamic where the model allows, specialized otherwi
 """
 from __future__ import annotations
 
+# local imports: commands import torch and the compiler only when they run, so `fxopt --help` and argument errors answer without them (startup cost)
 import copy
 import functools
 import math

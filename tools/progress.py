@@ -3,6 +3,7 @@
 logged output stays free of control codes and progress chatter."""
 from __future__ import annotations
 
+# local imports: commands import torch and the compiler only when they run, so `fxopt --help` and argument errors answer without them (startup cost)
 import contextlib
 import sys
 import time

@@ -6,6 +6,7 @@ strings or rich renderables; the CLI decides where they are printed.
 """
 from __future__ import annotations
 
+# local imports: commands import torch and the compiler only when they run, so `fxopt --help` and argument errors answer without them (startup cost)
 import dataclasses
 import inspect as _inspect
 import os

@@ -11,6 +11,7 @@ Sugiyama-style layout on a canvas); docs/viz.md says why and what the page measu
 """
 from __future__ import annotations
 
+# local imports: commands import torch and the compiler only when they run, so `fxopt --help` and argument errors answer without them (startup cost)
 import argparse
 import html
 import json

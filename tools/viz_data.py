@@ -8,6 +8,7 @@ snapshot. The page unpacks it; ``fxopt viz --json`` always gives the raw trace, 
 """
 from __future__ import annotations
 
+# local imports: commands import torch and the compiler only when they run, so `fxopt --help` and argument errors answer without them (startup cost)
 import json
 import os
 from typing import Any

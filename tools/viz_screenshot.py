@@ -10,6 +10,7 @@ it in headless Chromium (playwright, ``/usr/bin/chromium`` or ``$FXOPT_CHROMIUM`
 """
 from __future__ import annotations
 
+# local imports: commands import torch and the compiler only when they run, so `fxopt --help` and argument errors answer without them (startup cost)
 import os
 import sys
 import tempfile

@@ -21,6 +21,7 @@ Loading (:func:`read_partition`) deserializes with ``jax.export.deserialize``: n
 """
 from __future__ import annotations
 
+# local imports: jax is optional (pip install 'fxopt[xla]'); it is imported where used, so fxopt plans and loads other backends without it
 import os
 import re
 from dataclasses import dataclass, field
@@ -29,6 +30,11 @@ from typing import Any, Callable
 import torch
 
 from fxopt.errors import BackendError, InputError
+from fxopt.ir.shapes import dim_expr
+from safetensors.numpy import save_file
+import numpy as np
+from safetensors.numpy import load_file
+from fxopt.backends.partitioned import safe_file
 
 __all__ = ["ExportResult", "input_avals", "export_partition", "write_partition", "read_partition",
            "check_static_shapes", "partition_files", "jax_dtype_of"]
@@ -61,7 +67,6 @@ def jax_dtype_of(dtype: torch.dtype, to_jax: Callable) -> Any:
 
 
 def _dim_text(d: Any) -> str:
-    from fxopt.ir.shapes import dim_expr
 
     return str(int(d)) if not isinstance(d, torch.SymInt) else str(dim_expr(d))
 
@@ -153,14 +158,12 @@ def _first_line(text: str) -> str:
 def write_partition(directory: str, stem: str, exported: Any, params_np: dict) -> list[str]:
     """Write ``stem.jaxexport`` (serialized bytes), ``stem.stablehlo.mlir`` (text) and ``stem.safetensors``
     (the weights, numpy) into ``directory``; returns the file names."""
-    from safetensors.numpy import save_file
 
     names = partition_files(stem)
     with open(os.path.join(directory, names[0]), "wb") as f:
         f.write(bytes(exported.serialize()))
     with open(os.path.join(directory, names[1]), "w", encoding="utf-8") as f:
         f.write(exported.mlir_module())
-    import numpy as np
 
     save_file({k: np.ascontiguousarray(v) for k, v in params_np.items()}, os.path.join(directory, names[2]),
               metadata={"format": "fxopt-xla-params"})
@@ -172,9 +175,6 @@ def read_partition(directory: str, files: list[str]) -> tuple[Any, dict]:
     ``directory``); returns ``(jax.export.Exported, {param name: numpy array})``. Raises InputError for a
     missing or unreadable file."""
     from jax import export
-    from safetensors.numpy import load_file
-
-    from fxopt.backends.partitioned import safe_file
 
     by_suffix = {}
     for name in files:

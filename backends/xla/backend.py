@@ -12,15 +12,19 @@ counts them), weights converted to device arrays once, inputs in through ``to_ja
 """
 from __future__ import annotations
 
+# local imports: jax is optional (pip install 'fxopt[xla]'); it is imported where used, so fxopt plans and loads other backends without it
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
+from fxopt.backends.base import BackendDefaults
 from fxopt.backends.partitioned import (PartitionedCompiled, Stage, StagePlan, compile_partitioned,
                                         load_partitioned, safe_stem)
 from fxopt.errors import BackendError, InputError
 from fxopt.ir.program import Program
+from fxopt.backends.xla import artifact
+from fxopt.ir.partitions import partitions_region
 
 __all__ = ["XlaBackend", "XlaStage", "RUNTIME", "SPLIT_HINT"]
 
@@ -78,8 +82,9 @@ class XlaStage(Stage):
         except InputError as exc:
             text = str(exc)
             hint = SPLIT_HINT if whole_graph else (
-                f"; split placed it on xla in partition '{plan.name}', so backends/support.py XLA_OPS and "
-                "fxopt.backends.xla.lower.supported_ops() disagree: report this")
+                f"; split placed it on xla in partition '{plan.name}', so a rule's argument check refused "
+                "what the op table (ir/targets/data/xla_ops.json) allows: keep it on the CPU with "
+                "split{target=xla,policy=support} or report this")
             raise InputError(text if "split{" in text else text + hint) from None
         ops = sum(1 for n in plan.module.graph.nodes if n.op == "call_function")
         return cls(plan.name, plan.device, plan.inputs, plan.outputs, fn=lowered.fn,
@@ -90,7 +95,6 @@ class XlaStage(Stage):
     def load(cls, directory: str, entry: dict) -> "XlaStage":
         """Rebuild a saved partition from its manifest ``entry`` (``jax.export.deserialize`` + weights; no
         model code, no FX graph)."""
-        from fxopt.backends.xla import artifact
 
         _lower()  # the lowering's dtype policy (jax_enable_x64) must hold when the module is called
         if entry.get("runtime") != RUNTIME:
@@ -129,7 +133,6 @@ class XlaStage(Stage):
         return tuple(lower.to_torch(o) if hasattr(o, "dtype") else o for o in outs)
 
     def _check_loaded(self, arrays: list, scalars: dict) -> None:
-        from fxopt.backends.xla import artifact
 
         baked = {int(k): v for k, v in self.export_info.get("baked_inputs", {}).items()}
         if scalars != baked:
@@ -176,7 +179,6 @@ class XlaStage(Stage):
     # ------------------------------------------------------------------ saving
     def _export(self) -> dict:
         """Make ``self.exported`` when missing; returns the manifest keys describing it."""
-        from fxopt.backends.xla import artifact
 
         if self.exported is None:
             if self.module is None:  # pragma: no cover - a stage has one or the other
@@ -208,8 +210,6 @@ class XlaStage(Stage):
         dynamic_dims, static_shapes, export_notes, input_avals, ops."""
         import jax
 
-        from fxopt.backends.xla import artifact
-
         info = self._export()
         files = artifact.write_partition(directory, safe_stem(self.name), self.exported, self.params_np)
         here = jax.default_backend()
@@ -237,13 +237,14 @@ class XlaStage(Stage):
 
 
 @dataclass(frozen=True)
-class XlaBackend:
+class XlaBackend(BackendDefaults):
     """Compile a Program for XLA through JAX. Options (``--backend 'xla{platforms=cpu;cuda,dynamic=false}'``):
     ``platforms``: the ``jax.export`` platforms, ``;``-separated (default ``cpu;cuda;tpu``);
     ``dynamic``: export SymInt dims as symbolic dims (default true; falls back to static when the lowering
     cannot)."""
 
     name = "xla"
+    target = "xla"
     platforms: str = "cpu;cuda;tpu"
     dynamic: bool = True
 
@@ -265,7 +266,6 @@ class XlaBackend:
         """Compile ``program`` (left unmodified): its ``split{target=xla}`` partitions, or the whole graph as
         one XLA partition. Returns a runnable, savable :class:`PartitionedCompiled`. Raises InputError
         (one line, naming the op, node and source line) for an op without a lowering outside a split."""
-        from fxopt.passes.split import partitions_region
 
         whole = partitions_region(program, required=False) is None
         plats, dyn = self.platform_tuple(), self.dynamic

@@ -34,6 +34,7 @@ from torch.fx.node import map_arg  # noqa: E402
 
 from fxopt.backends.xla import ops  # noqa: E402
 from fxopt.errors import BackendError, InputError  # noqa: E402
+from fxopt.ir.nodes import op_name  # noqa: E402
 from fxopt.ir.provenance import source_of  # noqa: E402
 
 __all__ = [
@@ -48,16 +49,6 @@ class UnsupportedOpError(InputError):
 
 
 # --------------------------------------------------------------------------------------------- naming
-def op_name(target: Any) -> str:
-    """A printable name for a call target: ``aten.addmm.default``, ``operator.mul``."""
-    if isinstance(target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket, torch._ops.HigherOrderOperator)):
-        return str(target)
-    if isinstance(target, str):
-        return target
-    mod = getattr(target, "__module__", None) or ""
-    return f"{mod.lstrip('_')}.{getattr(target, '__name__', target)}" if mod else str(target)
-
-
 def source_line(node: torch.fx.Node) -> str:
     """The model source line a node came from (``file.py:42``), from its provenance or stack trace, else
     ``"unknown source line"``."""
@@ -149,7 +140,7 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
         t = t.cpu()
     t = t.resolve_conj().resolve_neg().contiguous()
     if t.dtype == torch.bfloat16:
-        import ml_dtypes
+        import ml_dtypes  # local: ml_dtypes comes with jax; only bfloat16 tensors need it
         arr = t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
     else:
         arr = t.numpy()

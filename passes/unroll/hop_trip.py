@@ -16,7 +16,7 @@ import torch
 import torch.fx
 
 from fxopt.ir.program import fetch_attr
-from fxopt.passes.unroll_hop_inline import outputs, placeholders
+from fxopt.passes.unroll.hop_inline import outputs, placeholders
 
 _MISSING = object()
 

@@ -1,4 +1,4 @@
-"""ONNX operator rules for the ONNX importer (:mod:`fxopt.ir.onnx_import`), as data: ``RULES[op_type]`` is a
+"""ONNX operator rules for the ONNX importer (:mod:`fxopt.ir.capture.onnx_import`), as data: ``RULES[op_type]`` is a
 function ``rule(ctx, inputs, attrs) -> list of outputs`` that computes one ONNX node with torch functions.
 
 Values flowing between nodes are either ``torch.Tensor`` or :class:`Known`: a rank-0/1 value known while

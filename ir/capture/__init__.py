@@ -17,15 +17,18 @@ import sys
 import traceback
 import warnings
 import weakref
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.fx
 import torch.utils._pytree as pytree
 
 from fxopt.errors import InputError
-from fxopt.ir import cost, provenance
+from fxopt.ir import cost, loops, provenance
 from fxopt.ir.program import Program, delete_attr, fetch_attr, set_attr  # noqa: F401 - set_attr re-exported
+from fxopt.ir import serialize
+from fxopt.ir.capture import pt2_check
+from fxopt.ir.program import concrete_int
 
 _DATA_DEPENDENT_HINT = (
     "the model branches on tensor values (data-dependent control flow); rewrite the branch with "
@@ -34,6 +37,16 @@ _DATA_DEPENDENT_HINT = (
 
 
 # ---------------------------------------------------------------------------------------------- resolving
+# "prefix:NAME" model specs served by a library of models: prefix -> resolver(NAME) -> (model, example
+# inputs). fxopt.api registers "zoo" (fxopt.zoo.get); capture itself knows no model library.
+MODEL_SOURCES: dict[str, Callable[[str], tuple[Any, Any]]] = {}
+
+
+def register_model_source(prefix: str, resolver: Callable[[str], tuple[Any, Any]]) -> None:
+    """Serve specs ``"<prefix>:NAME"`` with ``resolver(NAME) -> (nn.Module, example inputs)``."""
+    MODEL_SOURCES[prefix] = resolver
+
+
 def resolve_model(spec: Any, example_inputs: Any = None, trust_pickle: bool = False) -> tuple[Any, Any, str]:
     """Resolve a model spec to ``(model_or_exported_program, example_inputs, display_name)``.
 
@@ -43,7 +56,7 @@ def resolve_model(spec: Any, example_inputs: Any = None, trust_pickle: bool = Fa
 
     What reading runs: ``file.py:attr`` and ``module:attr`` import (run) that file or module, as Python
     does. A ``.pt2`` is read without running code from it: parts only a full unpickler reads are refused
-    unless ``trust_pickle`` (:mod:`fxopt.ir.pt2_check`), and its graph may call only the operators a saved
+    unless ``trust_pickle`` (:mod:`fxopt.ir.capture.pt2_check`), and its graph may call only the operators a saved
     fxopt graph may (:mod:`fxopt.ir.loadable`), checked before anything runs.
     """
     if isinstance(spec, torch.export.ExportedProgram):
@@ -57,10 +70,9 @@ def resolve_model(spec: Any, example_inputs: Any = None, trust_pickle: bool = Fa
     if "\0" in text:
         raise InputError(f"{text!r}: a model spec cannot hold a NUL byte; name a file, 'file.py:Attr', "
                          "'module:Attr' or 'zoo:NAME'")
-    if text.startswith("zoo:"):
-        from fxopt import zoo
-
-        model, inputs = zoo.get(text[4:])
+    prefix, sep, rest = text.partition(":")
+    if sep and prefix in MODEL_SOURCES:
+        model, inputs = MODEL_SOURCES[prefix](rest)
         return model, example_inputs if example_inputs is not None else inputs, text
     if text.endswith(".pt2"):
         return _load_pt2(text, trust_pickle), example_inputs, os.path.basename(text)
@@ -77,7 +89,6 @@ def resolve_model(spec: Any, example_inputs: Any = None, trust_pickle: bool = Fa
 
 
 def _load_pt2(path: str, trust_pickle: bool = False) -> torch.export.ExportedProgram:
-    from fxopt.ir import pt2_check, serialize
 
     if not os.path.isfile(path):
         raise InputError(f"{path}: no such file")
@@ -171,7 +182,8 @@ def capture(model: Any, example_inputs: Any = None, *, dynamic_shapes: Any = Non
     ``cost``. Raises :class:`InputError` with one line when the model cannot be captured.
     """
     if isinstance(model, (str, os.PathLike)) and os.fspath(model).endswith(".onnx"):
-        from fxopt.ir.onnx_import import capture_onnx  # ONNX in: converted, then exported as below
+        # local: onnx_import imports this module (ONNX in: converted, then exported as below)
+        from fxopt.ir.capture.onnx_import import capture_onnx
 
         return capture_onnx(os.fspath(model), example_inputs, dynamic_shapes=dynamic_shapes)
     resolved, inputs, name = resolve_model(model, example_inputs, trust_pickle)
@@ -214,11 +226,12 @@ def _capture_resolved(resolved: Any, inputs: Any, name: str, source: str, origin
                       dynamic_shapes: Any) -> Program:
     """Capture a resolved model or ExportedProgram (see :func:`capture`)."""
     if original is not None and dynamic_shapes in (None, "batch"):
-        from fxopt.ir import loops  # decode-loop protocol modules: encode/init_state/step captured apart
+        # decode-loop protocol modules: encode/init_state/step captured apart
+        from fxopt.ir.capture import decoder   # local: decoder imports this module (its pieces go through capture)
 
         if loops.is_decode_loop(original):  # "batch": every piece exported with one symbolic batch dim
-            program = loops.capture_decoder(original, _as_tuple(inputs), name=name, source=source,
-                                            dynamic_batch=dynamic_shapes == "batch")
+            program = decoder.capture_decoder(original, _as_tuple(inputs), name=name, source=source,
+                                              dynamic_batch=dynamic_shapes == "batch")
             provenance.mark_unowned(program.graph, "capture")
             return program
     if isinstance(resolved, torch.export.ExportedProgram):
@@ -236,7 +249,6 @@ def _capture_resolved(resolved: Any, inputs: Any, name: str, source: str, origin
 def batch_dynamic_shapes(inputs: tuple) -> tuple:
     """``torch.export`` dynamic_shapes for ``inputs`` (a tuple of positional args, nested containers
     allowed) marking dim 0 of every tensor with at least one dim as ``Dim.AUTO``; other leaves get None."""
-    import torch.utils._pytree as pytree
 
     auto = torch.export.Dim.AUTO
     return tuple(pytree.tree_map(lambda t: {0: auto} if isinstance(t, torch.Tensor) and t.dim() > 0 else None,
@@ -336,7 +348,6 @@ def _user_location(exc: BaseException) -> str | None:
 
 def _inputs_from_signature(ep: torch.export.ExportedProgram) -> tuple:
     """Example inputs for a loaded .pt2 with none given: zeros/random tensors of the recorded shapes."""
-    from fxopt.ir.program import concrete_int
 
     gen = torch.Generator().manual_seed(0)
     flat = []

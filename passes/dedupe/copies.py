@@ -2,8 +2,8 @@
 
 The rules are data. `canonicalize`'s copy and view rules (no-op view, view-of-view, identity and composed
 permutes, no-op expand and slice, no-op clone and ``_to_copy``, alias/detach) are reused through
-:func:`fxopt.passes.canonicalize.apply_rules`, whose copy removals meet
-:func:`fxopt.passes.canonicalize.copy_removal_allowed` (the copy's memory must not reach the output through
+:func:`fxopt.ir.rewrite.apply_rules`, whose copy removals meet
+:func:`fxopt.ir.rewrite.copy_removal_allowed` (the copy's memory must not reach the output through
 views, a copy of a non-dense tensor is kept, and so is a copy of an input that a view uses); its
 arithmetic identities (``x*1``, ``x+0``, ``x/1``) are left to `canonicalize`. :data:`COPY_RULES` adds, one
 identity per rule:
@@ -22,9 +22,11 @@ from __future__ import annotations
 import torch
 import torch.fx
 
+from fxopt.ir.nodes import packet, val
 from fxopt.ir.program import Program
-from fxopt.passes.canonicalize import RULES as CANONICAL_RULES, Rule, apply_rules
 from fxopt.ir.aliasing import is_fresh, reaches_output
+from fxopt.ir.rewrite import Rule, apply_rules
+from fxopt.passes.canonicalize import RULES as CANONICAL_RULES
 
 aten = torch.ops.aten
 
@@ -45,17 +47,9 @@ _WIDER = {
 }
 
 
-def _packet(target):
-    return getattr(target, "overloadpacket", None)
-
-
-def _val(n):
-    return n.meta.get("val") if isinstance(n, torch.fx.Node) else None
-
-
 def _producer(node: torch.fx.Node, packets) -> torch.fx.Node | None:
     x = node.args[0] if node.args and isinstance(node.args[0], torch.fx.Node) else None
-    if x is None or x.op != "call_function" or _packet(x.target) not in packets:
+    if x is None or x.op != "call_function" or packet(x.target) not in packets:
         return None
     return x
 
@@ -95,7 +89,7 @@ def _widening_round_trip(node, graph):
     if inner is None or not isinstance(inner.args[0], torch.fx.Node):
         return None
     x = inner.args[0]
-    xv, iv, nv = _val(x), _val(inner), _val(node)
+    xv, iv, nv = val(x), val(inner), val(node)
     if not all(isinstance(v, torch.Tensor) for v in (xv, iv, nv)):
         return None
     if not (_only_dtype(inner.kwargs, xv) and _only_dtype(node.kwargs, iv)):
@@ -112,10 +106,10 @@ def _copy_of_fresh_result(node, graph):
         return None
     if len(x.users) != 1 or not is_fresh(x):
         return None
-    xv = _val(x)
+    xv = val(x)
     if not isinstance(xv, torch.Tensor):
         return None
-    if _packet(node.target) is aten.clone:
+    if packet(node.target) is aten.clone:
         if node.kwargs.get("memory_format") not in (None, torch.preserve_format):
             return None
     elif not _only_dtype(node.kwargs, xv) or node.kwargs.get("dtype", xv.dtype) != xv.dtype:
@@ -131,7 +125,7 @@ COPY_RULES: tuple[Rule, ...] = (
 )
 
 #: canonicalize's copy/view rules (its arithmetic identities excluded) followed by dedupe's own; copy
-#: removals meet canonicalize's ``copy_removal_allowed`` conditions (applied by ``apply_rules``).
+#: removals meet ``fxopt.ir.rewrite.copy_removal_allowed``'s conditions (applied by ``apply_rules``).
 RULES: tuple[Rule, ...] = tuple(r for r in CANONICAL_RULES + COPY_RULES if not set(r.ops) & _ARITHMETIC)
 
 

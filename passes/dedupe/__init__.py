@@ -3,11 +3,11 @@
 One pass, three parts, each behind an option:
 
 - ``weights``: identical parameters, buffers and constants (same dtype, shape, strides, device and bytes;
-  content hash confirmed bytewise, any size) become one attribute (:mod:`fxopt.passes.dedupe_weights`);
+  content hash confirmed bytewise, any size) become one attribute (:mod:`fxopt.passes.dedupe.weights`);
 - ``copies``: clone / ``_to_copy`` / expand / view chains that do nothing are removed, view chains collapse
-  (`canonicalize`'s copy rules plus :data:`fxopt.passes.dedupe_copies.COPY_RULES`);
+  (`canonicalize`'s copy rules plus :data:`fxopt.passes.dedupe.copies.COPY_RULES`);
 - ``cse``: duplicate pure ATen nodes merge into their first occurrence, which in an unrolled decoder hoists
-  step-invariant work into the first step (:mod:`fxopt.passes.dedupe_cse`).
+  step-invariant work into the first step (:mod:`fxopt.passes.dedupe.cse`).
 
 Copies and CSE alternate until neither finds anything (a collapsed view chain can expose a duplicate), then
 dead nodes and unread attributes are removed, so a second run changes nothing.
@@ -27,10 +27,10 @@ from fxopt.errors import InputError
 from fxopt.ir.program import Program
 from fxopt.passes.base import Pass, PassResult
 from fxopt.passes.dce import DeadCodeElimination
-from fxopt.passes.dedupe_copies import reduce_copies
-from fxopt.passes.dedupe_cse import eliminate_common_subexpressions
-from fxopt.passes.dedupe_weights import dedupe_program_weights, share_weights, unique_weight_bytes
-from fxopt.passes.dedupe_many import OptimizedPrograms, optimize_many
+from fxopt.passes.dedupe.copies import reduce_copies
+from fxopt.passes.dedupe.cse import eliminate_common_subexpressions
+from fxopt.passes.dedupe.weights import dedupe_program_weights, share_weights, unique_weight_bytes
+from fxopt.passes.dedupe.many import OptimizedPrograms, optimize_many
 
 __all__ = ["Dedupe", "optimize_many", "OptimizedPrograms", "graph_views"]
 

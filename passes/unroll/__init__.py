@@ -1,7 +1,7 @@
 """The ``unroll`` pass: a decode loop fully unrolled into one graph, or unrolled into partitions with early
 stop at partition boundaries (boundaries even, explicit, or chosen from a histogram of output lengths).
 
-Input: a Program with a decode-loop region (``fxopt.ir.loops.capture_decoder``). The pass rebuilds the
+Input: a Program with a decode-loop region (``fxopt.ir.capture.decoder.capture_decoder``). The pass rebuilds the
 program's graph from the region's captured pieces (``encode``, ``init_state``, ``step``), so it can switch
 between variants; a program without such a region is left untouched (``modified=False`` with a note).
 
@@ -17,16 +17,16 @@ between variants; a program without such a region is left untouched (``modified=
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
 from fxopt.errors import InputError
 from fxopt.ir import devices, loops, loops_batch
 from fxopt.ir.program import Program
-from fxopt.passes import unroll_boundaries as bnd
-from fxopt.passes import unroll_graphs
+from fxopt.passes.unroll import boundaries as bnd
+from fxopt.ir import decode_graphs as unroll_graphs
 from fxopt.passes.base import Pass, PassResult
+from fxopt.passes.unroll import hop as unroll_hop
 
 #: Per partition call when the device profile has no link latency (the CPU): a Python call of a graph
 #: module plus reading the EOS flag back, measured ~40-60 us on this machine (benchmarks/unroll.py).
@@ -63,7 +63,6 @@ class Unroll(Pass):
         """Rebuild ``program``'s graph as the requested variant; returns what was built."""
         region = loops.decode_region(program)
         if region is None:
-            from fxopt.passes import unroll_hop  # loops in the graph: torch.export scan/while_loop
             if unroll_hop.has_hop_loops(program):
                 return unroll_hop.run(self, program)
             return PassResult(False, {"loops": 0},
@@ -163,6 +162,3 @@ def _parse_stops(text: str, max_len: int) -> list[int]:
     return stops
 
 
-def partitions_for(max_len: int, partition: int) -> int:
-    """Number of even partitions: ``ceil(max_len / partition)``."""
-    return math.ceil(max_len / partition)

@@ -23,9 +23,10 @@ import operator
 import torch
 import torch.fx
 
+from fxopt.ir.patterns import Any, Node, Op, OneOf, Opt, Var, match
 from fxopt.ir.program import fetch_attr
-from fxopt.passes.moe_match import Chain, packet, val
-from fxopt.passes.moe_rewrite import Builder, batched_chain, grouped_chain
+from fxopt.passes.moe.match import Chain, packet, val
+from fxopt.passes.moe.rewrite import Builder, batched_chain, grouped_chain
 
 aten = torch.ops.aten
 
@@ -50,18 +51,34 @@ class Routed:
     asserts: list = field(default_factory=list)
 
 
+# The routing forms, as patterns (fxopt.ir.patterns). One identity each, in its comment.
+# column j of a nonzero result:  squeeze(slice(nz, 1, j, j + 1), [1])  ==  select(nz, 1, j)
+_COLUMN = Any(
+    Op(aten.squeeze, Op(aten.slice, Var("nz", Node), 1, Var("j", int), Var("stop", int)), OneOf([1], [-1]),
+       where=lambda b: b["stop"] == b["j"] + 1),
+    Op(aten.select, Var("nz", Node), 1, Var("j", int)),
+)
+# the positions where idx == e:  nonzero(eq(idx, e))  (torch.where(idx == e))
+_NONZERO = Op(aten.nonzero, Var("cond", Node))
+_EXPERT_EQ = Op(aten.eq.Scalar, Var("idx"), Var("e", int))
+# HF Mixtral/Switch expert_mask[e], expert_mask = one_hot(idx, E).permute(p); core ATen spells one_hot(idx, E) as
+# _to_copy(eq(unsqueeze(idx, -1), arange(0, E)), int64):  select(permute(one_hot(idx, E), p), 0, e)
+_ONE_HOT = Op(aten.eq.Tensor, Op(aten.unsqueeze, Var("idx"), Var("dim", int), name="lhs"), Var("classes", Node),
+              name="mask")
+_ONE_HOT_COLUMN = Op(aten.select, Op(aten.permute, Any(
+    Op(aten._to_copy.default, _ONE_HOT, name="copy", where=lambda b: set(b["copy"].kwargs) <= {"dtype"}),
+    _ONE_HOT), Var("perm"), name="perm_node"), 0, Var("e", int))
+# E classes:  arange(E)  ==  arange(0, E)  ==  arange(0, E, 1)
+_ARANGE = Any(Op(aten.arange.default, Var("n", int)), Op(aten.arange, 0, Var("n", int), Opt(1)))
+# rows of a 2-D x gathered by one index:  index(x, [tok])  (x[tok])  ==  index(unsqueeze(x, 0), [None, tok])
+_GATHERED_ROWS = Any(Op(aten.index.Tensor, Var("x"), [Var("tok", Node)]),
+                     Op(aten.index.Tensor, Op(aten.unsqueeze, Var("x"), 0), [None, Var("tok", Node)]))
+
+
 def _column_of(node: torch.fx.Node):
     """``(nonzero node, column)`` when ``node`` is column j of a nonzero result, else None."""
-    if node.op != "call_function":
-        return None
-    if packet(node.target) is aten.squeeze and len(node.args) == 2 and list(node.args[1]) in ([1], [-1]):
-        inner = node.args[0]
-        if (isinstance(inner, torch.fx.Node) and packet(inner.target) is aten.slice and len(inner.args) == 4
-                and inner.args[1] == 1 and isinstance(inner.args[2], int) and inner.args[3] == inner.args[2] + 1):
-            return inner.args[0], inner.args[2]
-    if packet(node.target) is aten.select and node.args[1] == 1 and isinstance(node.args[2], int):
-        return node.args[0], node.args[2]
-    return None
+    b = match(_COLUMN, node)
+    return (b["nz"], b["j"]) if b else None
 
 
 def _routing_of(tok: torch.fx.Node):
@@ -71,19 +88,15 @@ def _routing_of(tok: torch.fx.Node):
     - ``eq(idx, e)`` (``torch.where(idx == e)``): columns (token, slot);
     - ``select(permute(one_hot(idx, E), p), 0, e)`` (HF Mixtral/Switch ``expert_mask[e]`` with
       ``expert_mask = one_hot(idx, E).permute(2, 1, 0)``): the columns follow ``p``, (slot, token) there.
-      Core ATen spells ``one_hot`` as ``_to_copy(eq(unsqueeze(idx, -1), arange(0, E)), int64)``.
     """
     col = _column_of(tok)
-    if col is None:
+    nonzero = match(_NONZERO, col[0]) if col is not None else None
+    if nonzero is None:
         return None
-    nz = col[0]
-    if not (isinstance(nz, torch.fx.Node) and nz.op == "call_function" and packet(nz.target) is aten.nonzero):
-        return None
-    cond = nz.args[0]
-    if not isinstance(cond, torch.fx.Node) or cond.op != "call_function":
-        return None
-    if cond.target is aten.eq.Scalar and isinstance(cond.args[1], int) and not isinstance(cond.args[1], bool):
-        idx, expert_id, columns = cond.args[0], cond.args[1], (0, 1)
+    nz, cond = col[0], nonzero["cond"]
+    eq = match(_EXPERT_EQ, cond)
+    if eq is not None:
+        idx, expert_id, columns = eq["idx"], eq["e"], (0, 1)
     else:
         found = _one_hot_column(cond)
         if found is None:
@@ -100,58 +113,24 @@ def _routing_of(tok: torch.fx.Node):
 def _one_hot_column(cond: torch.fx.Node):
     """``(idx, expert id, (token column, slot column))`` when ``cond`` is
     ``select(permute(one_hot(idx, E), p), 0, e)`` with ``p`` moving the class dim first, else None."""
-    if not (packet(cond.target) is aten.select and cond.args[1] == 0 and isinstance(cond.args[2], int)):
+    b = match(_ONE_HOT_COLUMN, cond)
+    if b is None or val(b["lhs"]) is None or b["dim"] not in (-1, val(b["lhs"]).dim() - 1):
         return None
-    perm_node = cond.args[0]
-    if not (isinstance(perm_node, torch.fx.Node) and perm_node.op == "call_function"
-            and packet(perm_node.target) is aten.permute):
-        return None
-    mask = perm_node.args[0]
-    if (isinstance(mask, torch.fx.Node) and mask.op == "call_function" and mask.target is aten._to_copy.default
-            and set(mask.kwargs) <= {"dtype"}):
-        mask = mask.args[0]
-    if not (isinstance(mask, torch.fx.Node) and mask.op == "call_function" and mask.target is aten.eq.Tensor):
-        return None
-    lhs, classes = mask.args
-    if not (isinstance(lhs, torch.fx.Node) and lhs.op == "call_function" and packet(lhs.target) is aten.unsqueeze
-            and lhs.args[1] in (-1, val(lhs).dim() - 1) and isinstance(classes, torch.fx.Node)):
-        return None
-    count = _arange_count(classes)
-    idx = lhs.args[0]
-    rank = val(mask).dim() if val(mask) is not None else 0
-    perm = [p % rank for p in perm_node.args[1]] if rank else []
-    expert_id = cond.args[2]
-    if count is None or not 0 <= expert_id < count or not perm or perm[0] != rank - 1:
+    arange = match(_ARANGE, b["classes"])
+    rank = val(b["mask"]).dim() if val(b["mask"]) is not None else 0
+    perm = [p % rank for p in b["perm"]] if rank else []
+    expert_id = b["e"]
+    if arange is None or not 0 <= expert_id < arange["n"] or not perm or perm[0] != rank - 1:
         return None
     rest = perm[1:]                      # nonzero column j is idx's dim rest[j]
-    return idx, expert_id, (rest.index(0), rest.index(1) if rank == 3 else None)
-
-
-def _arange_count(node: torch.fx.Node):
-    """E when ``node`` is ``arange(E)`` or ``arange(0, E[, 1])`` with int bounds, else None."""
-    if node.op != "call_function" or packet(node.target) is not aten.arange:
-        return None
-    args = list(node.args)
-    if node.target is aten.arange.default and len(args) == 1 and isinstance(args[0], int):
-        return args[0]
-    if len(args) >= 2 and args[0] == 0 and isinstance(args[1], int) and (len(args) == 2 or args[2] == 1):
-        return args[1]
-    return None
+    return b["idx"], expert_id, (rest.index(0), rest.index(1) if rank == 3 else None)
 
 
 def _gathered_rows(src: torch.fx.Node):
     """``(x, tok)`` when ``src`` gathers rows of a 2-D ``x`` by one index: ``index(x, [tok])`` (``x[tok]``)
     or ``index(unsqueeze(x, 0), [None, tok])`` (HF's ``x[None, tok]``), else None."""
-    if not (src.op == "call_function" and src.target is aten.index.Tensor):
-        return None
-    base, indices = src.args[0], list(src.args[1])
-    if len(indices) == 1 and isinstance(indices[0], torch.fx.Node):
-        return base, indices[0]
-    if (len(indices) == 2 and indices[0] is None and isinstance(indices[1], torch.fx.Node)
-            and isinstance(base, torch.fx.Node) and base.op == "call_function"
-            and packet(base.target) is aten.unsqueeze and base.args[1] == 0):
-        return base.args[0], indices[1]
-    return None
+    b = match(_GATHERED_ROWS, src)
+    return (b["x"], b["tok"]) if b else None
 
 
 def _metadata_asserts(node: torch.fx.Node) -> list:

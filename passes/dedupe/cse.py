@@ -21,13 +21,13 @@ Not merged:
 from __future__ import annotations
 
 import operator
-from typing import Any
 
 import torch
 import torch.fx
 
 from fxopt.ir.aliasing import aliases_input, reaches_output
 from fxopt.ir.program import target_name
+from fxopt.ir.structure import Unhashable, value_key
 
 _EMPTY = {torch.ops.aten.empty, torch.ops.aten.empty_like, torch.ops.aten.empty_strided,
           torch.ops.aten.new_empty, torch.ops.aten.new_empty_strided}
@@ -35,10 +35,6 @@ _EMPTY = {torch.ops.aten.empty, torch.ops.aten.empty_like, torch.ops.aten.empty_
 _PURE_BUILTINS = {operator.getitem, operator.add, operator.sub, operator.mul, operator.truediv,
                   operator.floordiv, operator.mod, operator.pow, operator.neg, operator.eq, operator.ne,
                   operator.lt, operator.le, operator.gt, operator.ge}
-
-
-class _Unhashable(Exception):
-    pass
 
 
 def is_cse_candidate(node: torch.fx.Node) -> bool:
@@ -93,33 +89,6 @@ def mutated_nodes(graph: torch.fx.Graph) -> set[torch.fx.Node]:
     return {n for n in graph.nodes if find(n) in roots}
 
 
-def _key(value: Any) -> Any:
-    """A hashable, type-tagged form of an argument (nodes must already be representatives)."""
-    if isinstance(value, torch.fx.Node):
-        return ("node", value)
-    if isinstance(value, bool):
-        return ("bool", value)
-    if isinstance(value, int):
-        return ("int", value)
-    if isinstance(value, float):
-        return ("float", value.hex())
-    if isinstance(value, complex):
-        return ("complex", value.real.hex(), value.imag.hex())
-    if value is None or isinstance(value, str):
-        return (type(value).__name__, value)
-    if isinstance(value, (list, tuple)):
-        return (type(value).__name__, tuple(_key(v) for v in value))
-    if isinstance(value, dict):
-        return ("dict", tuple(sorted((str(k), _key(v)) for k, v in value.items())))
-    if isinstance(value, (torch.dtype, torch.device, torch.layout, torch.memory_format)):
-        return (type(value).__name__, str(value))
-    if isinstance(value, slice):
-        return ("slice", _key(value.start), _key(value.stop), _key(value.step))
-    if value is Ellipsis:
-        return ("ellipsis",)
-    raise _Unhashable(type(value).__name__)
-
-
 def eliminate_common_subexpressions(graph: torch.fx.Graph) -> dict[str, int]:
     """Merge duplicate pure call_function nodes of ``graph`` into their first occurrence (in place);
     returns how many nodes were removed per op name (``{"aten.permute.default": 12}``; empty when the
@@ -133,9 +102,9 @@ def eliminate_common_subexpressions(graph: torch.fx.Graph) -> dict[str, int]:
         if any(a in mutated for a in node.all_input_nodes):
             continue
         try:
-            key = (node.target, _key(node.args), _key(node.kwargs))
+            key = (node.target, value_key(node.args), value_key(node.kwargs))
             hash(key)
-        except (_Unhashable, TypeError):
+        except (Unhashable, TypeError):
             continue
         first = seen.get(key)
         if first is None:

@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.fx
 
+# the moe modules match on tensor-valued nodes only: their `val` is the toolkit's tensor_val
+from fxopt.ir.nodes import packet, tensor_val as val  # noqa: F401 - re-exported to moe.rewrite/routing
+
 aten = torch.ops.aten
 
 # Elementwise ops that act the same on [B, h] and on [E, B, h] when their other arguments are constants.
@@ -32,19 +35,6 @@ ELEMENTWISE = {
     aten.erf, aten.log1p, aten.expm1, aten.square,
     aten.clone,         # eval-mode dropout exports as clone
 }
-
-
-def packet(target):
-    """The overload packet of an ATen target (``aten.addmm`` for ``aten.addmm.default``), or None."""
-    return getattr(target, "overloadpacket", None)
-
-
-def val(node):
-    """``node.meta['val']`` when ``node`` is an FX node holding a single tensor, else None."""
-    if isinstance(node, torch.fx.Node):
-        v = node.meta.get("val")
-        return v if isinstance(v, torch.Tensor) else None
-    return None
 
 
 @dataclass

@@ -6,13 +6,13 @@ the same input into one wider linear.
   expert e's result is ``select(Y, 0, e)``. FLOPs are unchanged.
 - Routed experts (the top-k ModuleList loop ``where(idx == e)`` / ``x[tok]`` / ``index_add``): tokens are
   sorted by expert once and run through one padded ``bmm`` chain, then scattered back with one
-  ``index_put`` (see :mod:`fxopt.passes.moe_routing`). The one-hot-mask style (every expert runs on every
+  ``index_put`` (see :mod:`fxopt.passes.moe.routing`). The one-hot-mask style (every expert runs on every
   token, masks multiply the outputs) is a dense group.
 - Horizontal fusion (``horizontal=true``): linears reading the same 2-D input (or identical views of one
   tensor, as Q/K/V projections of a 3-D input are) become one ``addmm``/``mm`` over concatenated weights
   and a column slice each.
 
-Groups are found by structural hashing (:mod:`fxopt.passes.moe_match`), never by module names; chains
+Groups are found by structural hashing (:mod:`fxopt.passes.moe.match`), never by module names; chains
 that differ in any op, constant, weight shape or dtype are never merged.
 """
 from __future__ import annotations
@@ -27,9 +27,9 @@ from fxopt.ir import cost
 from fxopt.ir.program import Program
 from fxopt.passes.base import Pass, PassResult
 from fxopt.passes.dce import DeadCodeElimination
-from fxopt.passes.moe_match import as_linear, group_chains, grow_chain, linears_by_source, packet, val
-from fxopt.passes.moe_rewrite import fuse_dense, fuse_horizontal, grouped_mm_ok
-from fxopt.passes.moe_routing import check_group, fuse_routed, match_routed
+from fxopt.passes.moe.match import as_linear, group_chains, grow_chain, linears_by_source, packet, val
+from fxopt.passes.moe.rewrite import fuse_dense, fuse_horizontal, grouped_mm_ok
+from fxopt.passes.moe.routing import check_group, fuse_routed, match_routed
 
 aten = torch.ops.aten
 MATMULS = (aten.mm, aten.addmm, aten.bmm, aten.baddbmm)
@@ -57,7 +57,7 @@ class FuseExperts(Pass):
     ``padded`` one batched chain over an [E, C, in] buffer; ``segment`` each expert's chain on its own
     slice of the sorted rows; ``auto``: padded while experts average fewer than ``segment_rows`` rows, else unpadded —
     ``grouped_mm`` for a program whose target is the reference backend when its shapes and dtype allow
-    (``moe_rewrite.grouped_mm_ok``), ``segment`` otherwise)."""
+    (``moe.rewrite.grouped_mm_ok``), ``segment`` otherwise)."""
 
     name = "moe"
     min_experts: int = 2

@@ -2,7 +2,7 @@
 
 Each program runs the pipeline on its own (so ``dedupe`` merges what is duplicated inside it); then, unless
 the pipeline's ``dedupe`` says ``across_models=false``, equal tensors of different programs are rebound to one
-tensor object (:func:`fxopt.passes.dedupe_weights.share_weights`). Held in one process, or saved with
+tensor object (:func:`fxopt.passes.dedupe.weights.share_weights`). Held in one process, or saved with
 :func:`fxopt.backends.shared_store.save_many`, each distinct tensor then exists once.
 """
 from __future__ import annotations
@@ -12,7 +12,9 @@ from typing import Any, Iterable
 from fxopt.errors import InputError, VerificationError
 from fxopt.ir.program import Program
 from fxopt.passes import verify as verify_mod
-from fxopt.passes.dedupe_weights import share_weights, unique_weight_bytes
+from fxopt.passes.dedupe.weights import share_weights, unique_weight_bytes
+from fxopt.passes.registry import build_pipeline
+from fxopt.passes.manager import optimize
 
 
 class OptimizedPrograms(list):
@@ -25,7 +27,6 @@ class OptimizedPrograms(list):
 
 
 def _across_models(passes: str | Iterable[Any]) -> bool:
-    from fxopt.passes.registry import build_pipeline
 
     flags = [getattr(p, "across_models", True) for p in build_pipeline(passes) if p.name == "dedupe"]
     return all(flags)
@@ -41,7 +42,6 @@ def optimize_many(programs: Iterable[Program], passes: str | Iterable[Any] = "de
     program is re-run after sharing (sharing only rebinds bitwise-equal tensors, so outputs must be
     identical). Raises :class:`InputError` when ``programs`` is empty or holds something else than Programs.
     """
-    from fxopt.passes.manager import optimize
 
     programs = list(programs)
     if not programs:

@@ -1,14 +1,14 @@
 """ONNX in: ``fxopt.capture("model.onnx")`` converts an ONNX model into a regular :class:`Program`.
 
 The ONNX graph becomes an ``nn.Module`` (:class:`OnnxModule`) whose forward interprets the graph node by node
-with the torch rules of :mod:`fxopt.ir.onnx_ops`; that module then goes through capture's normal path
+with the torch rules of :mod:`fxopt.ir.capture.onnx_ops`; that module then goes through capture's normal path
 (``torch.export`` non-strict + core-ATen decomposition), so the result has core-ATen nodes, shapes, cost and
 dynamic dims like any captured model. Each ONNX node runs inside its own tiny submodule, so torch.export's
 ``nn_module_stack`` tells which ONNX node produced every ATen node; capture's provenance then names it
 (``source = "model.onnx:node 'Gemm_12' (Gemm)"``, ``module`` = the exporter's module scope).
 
 - Initializers become parameters (floating point) or buffers; small integer constants (shapes, axes) stay
-  Python values so that shape arithmetic traces (see :class:`fxopt.ir.onnx_ops.Known`).
+  Python values so that shape arithmetic traces (see :class:`fxopt.ir.capture.onnx_ops.Known`).
 - Inputs whose dims are symbolic (``dim_param`` or unnamed) become dynamic dims (``Dim.AUTO``: export keeps
   them symbolic unless the graph pins them).
 - With no example inputs, random ones are built from the input types: symbolic dims take
@@ -19,6 +19,7 @@ converted) are one-line :class:`~fxopt.errors.InputError`\\ s naming the file an
 """
 from __future__ import annotations
 
+# local imports: onnx, onnxscript, onnxruntime and TensorRT are optional (pip install 'fxopt[onnx]'); they are imported where used, so this module loads without them
 import ast
 import keyword
 import os
@@ -30,8 +31,9 @@ from typing import Any
 import torch
 
 from fxopt.errors import InputError
-from fxopt.ir import onnx_ops
-from fxopt.ir.onnx_ops import DTYPES, RULES, Ctx, NotKnown
+from fxopt.ir.capture import onnx_ops
+from fxopt.ir.capture.onnx_ops import DTYPES, RULES, Ctx, NotKnown
+from torch.export import Dim
 
 DEFAULT_DYNAMIC_SIZE = 2
 INT_HIGH = 4
@@ -170,7 +172,6 @@ def make_example_inputs(model, path: str = "model.onnx", seed: int = 0) -> tuple
 def dynamic_shapes_for(model) -> tuple | None:
     """``torch.export`` dynamic_shapes for the graph inputs: ``{dim: Dim.AUTO}`` for every symbolic dim;
     None when every dim is static."""
-    from torch.export import Dim
 
     specs, any_dynamic = [], False
     for vi in graph_inputs(model):
@@ -448,7 +449,7 @@ def capture_onnx(path: str, example_inputs: Any = None, *, dynamic_shapes: Any =
     see :func:`make_example_inputs`); ``dynamic_shapes``: as for torch.export (default: every symbolic ONNX
     dim dynamic). Returns the Program; raises a one-line InputError naming the file (and node) on failure.
     """
-    from fxopt.ir import capture as cap
+    from fxopt.ir import capture as cap  # local: capture imports this module
 
     path = os.fspath(path)
     module, model = to_module(path)

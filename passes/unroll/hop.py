@@ -6,7 +6,7 @@ nodes (``torch.ops.higher_order.scan`` / ``.while_loop`` in ``program.graph_modu
 - ``scan`` (static length): unrolled in both modes: the combine graph is inlined once per element
   (``select(xs, 0, t)`` per step, the carry chained, per-step outputs stacked with ``aten.stack``).
 - ``while_loop``, ``mode=full``: unrolled when its trip count is provable at compile time
-  (:mod:`fxopt.passes.unroll_hop_trip`), else left alone with a note naming the node and the reason.
+  (:mod:`fxopt.passes.unroll.hop_trip`), else left alone with a note naming the node and the reason.
 - ``while_loop``, ``mode=partitioned,partition=K``: replaced by a while_loop whose body does K steps
   (the first as is, then ``carry = where(cond(carry), body(carry), carry)``), so the host checks the stop
   only every K steps; a loop with a provable trip count ``n <= K`` is unrolled fully instead.
@@ -25,9 +25,9 @@ import torch.fx
 
 from fxopt.ir import provenance
 from fxopt.ir.program import Program, fetch_attr, fresh_attr_name
-from fxopt.passes import unroll_hop_inline as inl
+from fxopt.passes.unroll import hop_inline as inl
 from fxopt.passes.base import PassResult
-from fxopt.passes.unroll_hop_trip import trip_count
+from fxopt.passes.unroll.hop_trip import trip_count
 
 #: Most steps a loop is unrolled to when the pass's ``max_len`` is 0.
 DEFAULT_MAX_STEPS = 1024

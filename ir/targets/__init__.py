@@ -1,25 +1,29 @@
 """Which core-ATen ops each accelerator target can run: op-support tables as data.
 
+Each target's table is the data its backend owns, kept here, below both ``passes`` (``split`` plans with
+it) and ``backends`` (they check partitions against it), so neither imports the other
+(docs/architecture.md, "Layers"); a backend hands out its own table as ``Backend.support()``.
+
 Our graphs are core ATen (``aten.addmm.default``, ``aten.convolution.default``,
 ``aten._native_batch_norm_legit_no_training.default``...). Each target documents its support at another level,
 so each has an explicit mapping from a core-ATen *op packet* (the op name without overload: ``addmm``,
 ``convolution``) to the names its toolchain lists:
 
-- ``neuron`` (torch-neuron on Inf1): the documented TorchScript operator list (``backends/data/
+- ``neuron`` (torch-neuron on Inf1): the documented TorchScript operator list (``ir/targets/data/
   neuron_inf1_ops.json``, 174 names such as ``aten::linear``, ``aten::_convolution``). A core-ATen packet is
   supported when one of the TorchScript names it comes from (:data:`NEURON_FROM_ATEN`; by default
   ``aten::<packet>``) is in that list. ``aten::embedding`` and ``aten::embedding_bag`` are absent, so
   embeddings stay on the CPU.
 - ``tensorrt`` (the ONNX route): :data:`ONNX_FROM_ATEN` maps a packet to the ONNX ops ``torch.onnx.export``
   emits for it; every one of them must be marked supported in the onnx-tensorrt matrix
-  (``backends/data/tensorrt_onnx_ops.json``), and the node's input dtypes must be in the *first* ONNX op's
+  (``ir/targets/data/tensorrt_onnx_ops.json``), and the node's input dtypes must be in the *first* ONNX op's
   type list (the op that consumes the node's inputs; ``ne`` -> ``Equal`` on the inputs, then ``Not`` on a
   bool). ``_embedding_bag`` exports as Loop + Sequence ops, which TensorRT rejects. float64 is never supported.
-- ``xla``: the ops the ATen -> JAX lowering has a rule for (:func:`xla_ops`, from
-  ``fxopt.backends.xla.lower.supported_ops``; it includes ``_embedding_bag``, lowered to segment sums). Ops
-  with data-dependent output shapes (``nonzero``, boolean-mask ``index``), random ops and higher-order ops
-  have no rule and stay on the CPU. Without jax installed, :data:`XLA_OPS` (a static list of the same
-  families) stands in, so ``split{target=xla}`` still plans; compiling needs jax.
+- ``xla``: the ops the ATen -> JAX lowering has a rule for (:func:`xla_ops`: ``data/xla_ops.json``, generated
+  from the lowering's rule table by ``python -m fxopt.backends.xla.support_table`` and kept equal to it by
+  a test; it includes ``_embedding_bag``, lowered to segment sums). Ops with data-dependent output shapes
+  (``nonzero``, boolean-mask ``index``), random ops and higher-order ops have no rule and stay on the CPU.
+  Being data, the table needs no jax: ``split{target=xla}`` plans anywhere; compiling needs jax.
 
 Bookkeeping nodes are supported everywhere: ``operator.getitem`` (it follows its producer), metadata checks
 (``_assert_tensor_metadata``, ``_assert_scalar``...), ``sym_size`` and Python arithmetic on SymInts (host-side
@@ -38,9 +42,10 @@ import torch
 import torch.fx
 
 from fxopt.errors import InputError
+from fxopt.ir.nodes import packet_name
 
 __all__ = [
-    "TARGETS", "DEFAULT_PROFILES", "NEURON_FROM_ATEN", "ONNX_FROM_ATEN", "XLA_OPS", "xla_ops",
+    "TARGETS", "DEFAULT_PROFILES", "NEURON_FROM_ATEN", "ONNX_FROM_ATEN", "xla_ops",
     "BOOKKEEPING_OPS",
     "SupportTable", "support_table", "packet_name", "is_bookkeeping", "neuron_operators", "tensorrt_operators",
     "data_source",
@@ -156,39 +161,13 @@ _ONNX_DTYPES = {
     torch.int64: "INT64", torch.bool: "BOOL", torch.uint8: "UINT8", torch.int8: "INT8",
 }
 
-# --------------------------------------------------------------------------------------------- xla
-#: Core-ATen packets the XLA lowering covers, for planning when jax is not installed (with jax,
-#: :func:`xla_ops` reads the lowering's own rule table instead).
-XLA_OPS = frozenset(
-    set(_ELEMENTWISE_ONNX)
-    | {
-        "rsqrt", "ne", "gelu", "silu", "mish", "floor_divide", "bitwise_and", "bitwise_or", "bitwise_not",
-        "bitwise_xor", "masked_fill", "exp2", "log2", "log1p", "expm1", "trunc", "frac", "sgn", "square",
-        "mm", "bmm", "addmm", "baddbmm", "convolution",
-        "_native_batch_norm_legit_no_training", "native_layer_norm", "native_group_norm", "_softmax",
-        "_log_softmax",
-        "sum", "mean", "amax", "amin", "prod", "argmax", "argmin", "max", "min", "var", "any", "all", "cumsum",
-        "topk", "sort", "logsumexp",
-        "view", "_unsafe_view", "reshape", "permute", "t", "transpose", "expand", "unsqueeze", "squeeze", "slice",
-        "select", "cat", "stack", "split", "split_with_sizes", "clone", "alias", "detach", "lift_fresh_copy",
-        "_to_copy", "constant_pad_nd", "repeat", "flip", "roll", "tril", "triu", "slice_scatter",
-        "select_scatter",
-        "embedding", "index_select", "gather", "index", "scatter", "scatter_add",
-        "full", "full_like", "zeros_like", "ones_like", "arange", "scalar_tensor", "_embedding_bag",
-        "_embedding_bag_forward_only", "embedding_bag", "index_put", "index_add", "linear", "matmul",
-        "max_pool2d_with_indices", "avg_pool2d", "_adaptive_avg_pool2d", "upsample_nearest2d",
-        "upsample_bilinear2d",
-    }
-)
-
-
 # --------------------------------------------------------------------------------------------- data
 @functools.lru_cache(maxsize=None)
 def _load(filename: str) -> dict:
     try:
-        text = resources.files("fxopt.backends").joinpath("data", filename).read_text(encoding="utf-8")
+        text = resources.files("fxopt.ir.targets").joinpath("data", filename).read_text(encoding="utf-8")
     except (FileNotFoundError, ModuleNotFoundError) as exc:  # pragma: no cover - broken installation
-        raise InputError(f"op-support data file fxopt/backends/data/{filename} is missing; reinstall fxopt") from exc
+        raise InputError(f"op-support data file fxopt/ir/targets/data/{filename} is missing; reinstall fxopt") from exc
     return json.loads(text)
 
 
@@ -208,24 +187,10 @@ def data_source(target: str) -> str:
         return _load("neuron_inf1_ops.json")["source"]
     if target == "tensorrt":
         return _load("tensorrt_onnx_ops.json")["source"]
-    try:
-        import fxopt.backends.xla.lower  # noqa: F401
-    except ImportError:
-        return "fxopt.backends.support.XLA_OPS (jax is not installed; the lowering's op set without it)"
-    return "fxopt.backends.xla.ops (the ATen -> JAX lowering's rule table)"
+    return _load("xla_ops.json")["source"]
 
 
 # --------------------------------------------------------------------------------------------- nodes
-def packet_name(target: Any) -> str:
-    """The op packet name of a call target: ``addmm`` for ``aten.addmm.default``, ``getitem`` for
-    ``operator.getitem``, the function's ``__name__`` otherwise."""
-    if isinstance(target, torch._ops.OpOverload):
-        return target._opname
-    if isinstance(target, torch._ops.OpOverloadPacket):
-        return target._qualified_op_name.split("::")[-1]
-    return getattr(target, "__name__", str(target))
-
-
 def _is_tensor(val: Any) -> bool:
     return isinstance(val, torch.Tensor)
 
@@ -319,12 +284,9 @@ def _tensorrt_check(node: torch.fx.Node, packet: str) -> str | None:
 
 @functools.lru_cache(maxsize=None)
 def xla_ops() -> frozenset[str]:
-    """The ATen packets the XLA lowering handles: its rule table when jax imports, else :data:`XLA_OPS`."""
-    try:
-        from fxopt.backends.xla.lower import supported_ops
-    except ImportError:
-        return XLA_OPS
-    return frozenset(supported_ops())
+    """The ATen packets the XLA lowering has a rule for, from ``data/xla_ops.json`` (generated from the rule
+    table by ``python -m fxopt.backends.xla.support_table``; a test keeps the two equal)."""
+    return frozenset(_load("xla_ops.json")["operators"])
 
 
 def _xla_check(node: torch.fx.Node, packet: str) -> str | None:

@@ -1,6 +1,6 @@
 """Placement for ``split``: which nodes run on the accelerator, by op support and estimated time.
 
-:func:`place` takes an FX graph, a :class:`fxopt.backends.support.SupportTable` and two device profiles and
+:func:`place` takes an FX graph, a :class:`fxopt.ir.targets.SupportTable` and two device profiles and
 returns the set of nodes to run on the accelerator. With ``policy="cost"`` it solves Stone's two-processor
 assignment exactly as a minimum s-t cut (networkx):
 
@@ -33,7 +33,7 @@ import networkx as nx
 import torch
 import torch.fx
 
-from fxopt.backends.support import SupportTable, is_bookkeeping
+from fxopt.ir.targets import SupportTable, is_bookkeeping
 from fxopt.ir import cost as cost_mod
 from fxopt.ir.devices import DeviceProfile
 from fxopt.ir.program import value_bytes
@@ -263,6 +263,7 @@ def _min_cut(info: PlacementInput, acc: DeviceProfile, solver: str, flow_func) -
 
 def _scipy_flow():
     try:
+        # local: scipy is the fast path; without it networkx solves the cut
         from scipy.sparse.csgraph import maximum_flow
     except ImportError:  # scipy is optional: networkx is the reference solver
         return None
@@ -321,6 +322,7 @@ def _cut_scipy(rows: list, cols: list, values: list, size: int) -> tuple[float, 
     """Minimum S-T cut with scipy's Dinic (C, int32 capacities: times are rescaled so the finite capacities
     sum below 2**29; infinite edges, never parallel to another edge, get 2**30). Returns (cut value in ps,
     vertices on S's side)."""
+    # local: scipy is the fast path; without it networkx solves the cut
     import numpy as np
     import scipy.sparse as sps
     from scipy.sparse.csgraph import breadth_first_order

@@ -30,7 +30,7 @@ from torch.fx.node import map_arg
 
 from fxopt.errors import InputError
 from fxopt.ir import cost, loops_batch, provenance
-from fxopt.ir.capture import set_attr
+from fxopt.ir.program import set_attr
 from fxopt.ir.program import fetch_attr
 
 aten = torch.ops.aten

@@ -2,7 +2,7 @@
 
 Weights are stacked once, at compile time, into new get_attr tensors (never modified in place):
 linear step ``i`` of E experts becomes ``W [E, in, out]`` (the transposed weights, contiguous, so ``bmm``
-reads them directly) and ``b [E, 1, out]``. Matching lives in :mod:`fxopt.passes.moe_match`.
+reads them directly) and ``b [E, 1, out]``. Matching lives in :mod:`fxopt.passes.moe.match`.
 """
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import torch.utils._pytree as pytree
 
 from fxopt.ir import provenance, shapes
 from fxopt.ir.aliasing import aliases_input
-from fxopt.ir.capture import set_attr
+from fxopt.ir.program import set_attr
 from fxopt.ir.program import concrete_int, fetch_attr, fresh_attr_name
-from fxopt.passes.moe_match import SPLITS, Chain, Linear, out_shape, packet, val
+from fxopt.passes.moe.match import SPLITS, Chain, Linear, out_shape, packet, val
 
 aten = torch.ops.aten
 
