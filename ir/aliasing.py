@@ -10,6 +10,8 @@ import torch.fx
 
 # Ops whose schema claims a fresh result but which return a view of their input.
 HIDDEN_ALIASES = {torch.ops.aten._unsafe_view, torch.ops.aten.lift_fresh}
+# The reshape family (a view with a new shape, the same elements in the same order), one set for every rewrite.
+RESHAPES = frozenset({torch.ops.aten.view, torch.ops.aten._unsafe_view, torch.ops.aten.reshape})
 
 
 def aliases_input(node: torch.fx.Node) -> bool:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.fx
 
+from fxopt.ir.aliasing import RESHAPES, alias_root
 from fxopt.ir.nodes import packet, val
 from fxopt.ir.program import Program
 from fxopt.ir.rewrite import Rule, apply_rules, first_input, same_shape
@@ -32,7 +33,7 @@ def _noop_view(node, graph):
 def _view_of_view(node, graph):
     # view(view(x, s1), s2) == view(x, s2)
     x = first_input(node)
-    if x is None or x.op != "call_function" or packet(x.target) not in _VIEWS:
+    if x is None or x.op != "call_function" or packet(x.target) not in RESHAPES:
         return None
     inner = first_input(x)
     if inner is None:
@@ -152,10 +153,7 @@ def _known_contiguous(node: torch.fx.Node) -> bool:
 
     Strides recorded for graph inputs come from the example inputs, and callers may pass other layouts
     (a transposed tensor, say), so a graph input — or a view of one — is never known to be contiguous."""
-    source = node
-    while source.op == "call_function" and packet(source.target) in _ALIASING and source.args \
-            and isinstance(source.args[0], torch.fx.Node):
-        source = source.args[0]
+    source = alias_root(node)
     if source.op == "placeholder":
         return False
     try:
@@ -164,14 +162,9 @@ def _known_contiguous(node: torch.fx.Node) -> bool:
         return False
 
 
-_VIEWS = {aten.view, aten._unsafe_view, aten.reshape}
-# ops whose result may share memory (and so layout) with their first input
-_ALIASING = _VIEWS | {aten.permute, aten.expand, aten.slice, aten.select, aten.unsqueeze, aten.squeeze, aten.t,
-                      aten.transpose, aten.alias, aten.detach, aten.as_strided, aten.squeeze}
-
 RULES: tuple[Rule, ...] = (
-    Rule("noop-view", (aten.view, aten._unsafe_view, aten.reshape), _noop_view),
-    Rule("view-of-view", (aten.view, aten._unsafe_view, aten.reshape), _view_of_view),
+    Rule("noop-view", tuple(RESHAPES), _noop_view),
+    Rule("view-of-view", tuple(RESHAPES), _view_of_view),
     Rule("identity-permute", (aten.permute,), _identity_permute),
     Rule("permute-of-permute", (aten.permute,), _permute_of_permute),
     Rule("noop-expand", (aten.expand,), _noop_expand),

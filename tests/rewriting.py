@@ -20,6 +20,17 @@ class Fn(torch.nn.Module):
         return self.fn(*args)
 
 
+def op_list(program) -> list[str]:
+    """The call targets of ``program``'s graph in order, short (``addmm``, ``mul``, ``view``)."""
+    return [str(n.target).replace("aten.", "").replace(".default", "").replace(".Tensor", "")
+            for n in program.graph.nodes if n.op == "call_function"]
+
+
+def op_set(program) -> set[str]:
+    """The distinct call targets of ``program``'s graph, in full (``aten.addmm.default``)."""
+    return {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+
+
 def _graph_text(program) -> str:
     return "\n".join(f"  {n.op} {n.target}" for n in program.graph.nodes if n.op != "placeholder")
 

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from torch import nn
 
 import fxopt
+from rewriting import op_list
 from conftest import Tower, TwinTowers
 
 from conftest import captured
@@ -28,13 +29,8 @@ aten = torch.ops.aten
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def _ops(program):
-    return [str(n.target).replace("aten.", "").replace(".default", "").replace(".Tensor", "")
-            for n in program.graph.nodes if n.op == "call_function"]
-
-
 def _count(program, name):
-    return sum(1 for op in _ops(program) if op == name)
+    return sum(1 for op in op_list(program) if op == name)
 
 
 def _run(pass_, program):
@@ -159,9 +155,9 @@ def test_cse_merges_repeated_subtrees():
 
     inputs = (torch.randn(3, 4),)
     program = fxopt.capture(Repeats(), inputs)
-    assert _ops(program) == ["relu", "add", "relu", "add", "mul"]          # Before
+    assert op_list(program) == ["relu", "add", "relu", "add", "mul"]          # Before
     out = fxopt.optimize(program, "dedupe")
-    assert _ops(out) == ["relu", "add", "mul"]                            # Expected
+    assert op_list(out) == ["relu", "add", "mul"]                            # Expected
     assert out.reports[-1].details["cse_nodes_removed"] == 2
     torch.testing.assert_close(out(*inputs), Repeats()(*inputs))
 
@@ -174,7 +170,7 @@ def test_cse_keeps_random_ops_apart():
     program = fxopt.capture(Noisy(), (torch.randn(3),))
     out, result = _run(Dedupe(), program)
     assert result.details["cse_nodes_removed"] == 0
-    assert sum("rand" in op for op in _ops(out)) == 2
+    assert sum("rand" in op for op in op_list(out)) == 2
 
 
 def test_cse_does_not_merge_across_a_mutation():
@@ -254,13 +250,13 @@ def test_copy_chains_collapse():
 
     inputs = (torch.randn(3, 4), torch.randn(4).half())
     program = fxopt.capture(CopyChains(), inputs)
-    before = _ops(program)
+    before = op_list(program)
     assert before.count("expand") == 2 and before.count("_to_copy") == 2 and "clone" in before
     out = fxopt.optimize(program, "dedupe")
     rules = out.reports[-1].details["copy_rules"]
     # the returned clone of a fresh result goes by canonicalize's noop-clone (allowed: nothing else sees it)
     assert rules == {"noop-clone": 1, "expand-of-expand": 1, "view-of-unsqueeze": 1, "widening-round-trip": 1}
-    after = _ops(out)
+    after = op_list(out)
     assert after.count("expand") == 1 and "clone" not in after and "unsqueeze" not in after
     for got, want in zip(out(*inputs), CopyChains()(*inputs)):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
@@ -299,7 +295,7 @@ def test_copy_of_a_non_dense_tensor_before_a_view_is_kept(make):
 
     x = torch.randn(4, 3)
     out = fxopt.optimize(fxopt.capture(NonDense(), (x,)), "dedupe")
-    assert "clone" in _ops(out)
+    assert "clone" in op_list(out)
     torch.testing.assert_close(out(x), NonDense()(x))
 
 
@@ -313,7 +309,7 @@ def test_returned_copy_of_a_hidden_view_is_kept():
     (view,) = [n for n in work.graph.nodes if n.target is aten.view.default]
     view.target = aten._unsafe_view.default   # schema says "fresh", but it returns a view of x
     result = Dedupe().run(work)
-    assert not result.modified and "clone" in _ops(work)
+    assert not result.modified and "clone" in op_list(work)
 
 
 # ------------------------------------------------------------------------------------------------ pass

@@ -49,7 +49,7 @@ def _outputs_equal(a, b) -> bool:
                                                           else x == y) for x, y in zip(a, b))
 
 
-def _ops(gm: torch.fx.GraphModule) -> list[tuple[str, str, str]]:
+def _node_rows(gm: torch.fx.GraphModule) -> list[tuple[str, str, str]]:
     return [(n.name, n.op, str(n.target)) for n in gm.graph.nodes]
 
 
@@ -148,7 +148,7 @@ def test_attention_block_round_trips_bitwise(attention, tmp_path):
 def test_round_trip_keeps_nodes_ops_and_targets(attention, tmp_path):
     gm, _ = attention
     loaded = _round_trip(gm, tmp_path)
-    assert _ops(loaded) == _ops(gm)
+    assert _node_rows(loaded) == _node_rows(gm)
     assert [n.target for n in loaded.graph.nodes] == [n.target for n in gm.graph.nodes]
 
 

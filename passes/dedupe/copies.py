@@ -24,7 +24,7 @@ import torch.fx
 
 from fxopt.ir.nodes import packet, val
 from fxopt.ir.program import Program
-from fxopt.ir.aliasing import is_fresh, reaches_output
+from fxopt.ir.aliasing import RESHAPES, is_fresh, reaches_output
 from fxopt.ir.rewrite import Rule, apply_rules
 from fxopt.passes.canonicalize import RULES as CANONICAL_RULES
 
@@ -32,7 +32,6 @@ aten = torch.ops.aten
 
 _ARITHMETIC = {aten.mul, aten.add, aten.sub, aten.div}
 _SQUEEZES = {aten.unsqueeze, aten.squeeze}
-_VIEWS = {aten.view, aten._unsafe_view, aten.reshape}
 
 # dtype -> dtypes that hold each of its values exactly
 _WIDER = {
@@ -119,7 +118,7 @@ def _copy_of_fresh_result(node, graph):
 
 COPY_RULES: tuple[Rule, ...] = (
     Rule("expand-of-expand", (aten.expand,), _expand_of_expand),
-    Rule("view-of-unsqueeze", tuple(_VIEWS), _view_of_squeeze),
+    Rule("view-of-unsqueeze", tuple(RESHAPES), _view_of_squeeze),
     Rule("widening-round-trip", (aten._to_copy,), _widening_round_trip, removes_copy=True),
     Rule("copy-of-fresh-result", (aten.clone, aten._to_copy), _copy_of_fresh_result),
 )

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.fx
 
+from fxopt.ir.aliasing import RESHAPES
 # the moe modules match on tensor-valued nodes only: their `val` is the toolkit's tensor_val
 from fxopt.ir.nodes import packet, tensor_val as val  # noqa: F401 - re-exported to moe.rewrite/routing
 
@@ -123,7 +124,7 @@ def _trailing(v: torch.Tensor) -> tuple:
 # Elementwise ops combining two unit values of one shape (the gated MLP's ``act(gate(x)) * up(x)``).
 BINARY = {aten.mul.Tensor, aten.add.Tensor, aten.sub.Tensor, aten.div.Tensor}
 SPLITS = {aten.split_with_sizes, aten.split}
-VIEWS = {aten.view, aten._unsafe_view, aten.reshape}
+VIEWS = RESHAPES   # the reshape family (ir.aliasing.RESHAPES)
 MAX_STEPS = 64          # a unit larger than this is not an expert we know how to batch
 _MAX_PULL_DEPTH = 8
 
