@@ -21,6 +21,10 @@ floating-point output ``e`` compared with ``a`` must satisfy, elementwise::
 - ``max(1, max|e|)``: the output's magnitude, never below 1, because an output near zero is usually the
   difference of intermediates of ordinary size (a logit of 0.01 from activations of size 1 carries the
   rounding of size-1 numbers).
+- float16 and bfloat16 are computed in float32 op by op and rounded once per op's result (PyTorch's CPU
+  kernels and XLA both do), so for them the depth counts rounding ops only (``Depth.ops``) and the factor is
+  :data:`K_HALF` = 2: two runtimes differ there by an ulp or two, and K = 16 over a deep graph would accept
+  almost any output.
 - ``K`` (:data:`K`) is fitted on measured cross-runtime errors (``python -m benchmarks.numerics_margin``,
   docs/testing.md "Numerics"): with PyTorch and XLA on AVX-512 or limited to AVX2, no correct lowering of
   the zoo or of Hugging Face BERT/Llama/ViT used more than 0.28 of its tolerance, while lowering rules that
@@ -42,6 +46,12 @@ from fxopt.ir.nodes import val
 
 # The safety factor of the rule above (see the module docstring and docs/testing.md for how it was fitted).
 K = 16.0
+# float16 and bfloat16: every op is computed in float32 and its result rounded once to the half type (PyTorch's
+# CPU kernels and XLA both do), so a half-precision depth counts ops, not a reduction's terms, and two
+# runtimes differ by an ulp or two (an AttentionBlock, XLA against PyTorch: 1 ulp, 0.086 of
+# eps * sqrt(ops) * max(1, |max|)); K = 16 there would tolerate almost any output of a deep graph.
+K_HALF = 2.0
+HALF_DTYPES = frozenset({torch.float16, torch.bfloat16})
 
 
 def eps(dtype: torch.dtype) -> float:
@@ -53,7 +63,10 @@ def eps(dtype: torch.dtype) -> float:
 
 def tolerance(dtype: torch.dtype, magnitude: float, depth: int = 1) -> float:
     """The largest elementwise absolute difference allowed for an output of floating ``dtype`` whose largest
-    finite absolute value is ``magnitude``, computed through ``depth`` rounding operations."""
+    finite absolute value is ``magnitude``, computed through ``depth`` roundings (a :class:`Depth`, or an
+    int that then counts both terms and ops). float16 and bfloat16 use ``depth.ops`` and :data:`K_HALF`."""
+    if dtype in HALF_DTYPES:
+        return K_HALF * eps(dtype) * math.sqrt(max(_ops_of(depth), 1)) * max(1.0, float(magnitude))
     return K * eps(dtype) * math.sqrt(max(int(depth), 1)) * max(1.0, float(magnitude))
 
 
@@ -172,42 +185,77 @@ def _changes_dtype(node: torch.fx.Node) -> bool:
     return not isinstance(src, torch.Tensor) or dtype != src.dtype
 
 
-def _module_depth(gm: Any) -> int:
+class Depth(int):
+    """A rounding depth: the int is the roundings of one output element counting a reduction's terms (what
+    float32 and float64 computations round), ``ops`` the rounding ops alone (what float16 and bfloat16 round:
+    PyTorch's kernels and XLA compute those in float32 and round each op's result once)."""
+
+    ops: int
+
+    def __new__(cls, terms: int, ops: int | None = None) -> "Depth":
+        obj = super().__new__(cls, terms)
+        obj.ops = int(terms if ops is None else ops)
+        return obj
+
+    def __repr__(self) -> str:
+        return f"Depth({int(self)}, ops={self.ops})"
+
+
+def _max_depth(depths) -> Depth:
+    depths = list(depths)
+    return Depth(max((int(d) for d in depths), default=0), max((_ops_of(d) for d in depths), default=0))
+
+
+def deeper(a: Any, b: Any) -> Depth:
+    """The :class:`Depth` that is the larger of ``a`` and ``b`` in both counts (for comparing two graphs of
+    one computation, e.g. before and after a pass that unrolls a loop)."""
+    return _max_depth([a, b])
+
+
+def _ops_of(depth: Any) -> int:
+    return int(getattr(depth, "ops", depth))
+
+
+def _module_depth(gm: Any) -> Depth:
     """The largest output depth of graph module ``gm`` (0 for anything that is not one)."""
     if not isinstance(gm, torch.fx.GraphModule):
-        return 0
-    return max(output_depths(gm), default=0)
+        return Depth(0)
+    return _max_depth(output_depths(gm))
 
 
-def _subgraph_depth(node: torch.fx.Node, owner: torch.fx.GraphModule) -> int:
+def _subgraph_depth(node: torch.fx.Node, owner: torch.fx.GraphModule) -> Depth:
     """Depth a call_module node or a higher-order op (scan, while_loop, cond, map) adds: its deepest body."""
     if node.op == "call_module":
         return _module_depth(owner.get_submodule(str(node.target)))
-    depth = 0
+    depths = []
     for a in (*node.args, *node.kwargs.values()):
         if isinstance(a, torch.fx.Node) and a.op == "get_attr":
             try:
-                depth = max(depth, _module_depth(owner.get_submodule(str(a.target))))
+                depths.append(_module_depth(owner.get_submodule(str(a.target))))
             except AttributeError:
                 continue
-    return depth
+    return _max_depth(depths)
 
 
-def output_depths(gm: torch.fx.GraphModule) -> list[int]:
-    """Per flat output of ``gm``'s graph (in the order of the output node's flattened args), the number of
-    rounding operations on the longest path from any placeholder or weight to it."""
-    depth: dict[torch.fx.Node, int] = {}
-    outputs: list[int] = []
+def output_depths(gm: torch.fx.GraphModule) -> list[Depth]:
+    """Per flat output of ``gm``'s graph (in the order of the output node's flattened args), its
+    :class:`Depth`: the roundings on the longest path from any placeholder or weight to it, counting a
+    reduction's terms (the int), and the rounding ops on the longest path (``.ops``)."""
+    depth: dict[torch.fx.Node, Depth] = {}
+    outputs: list[Depth] = []
+    zero = Depth(0)
     for node in gm.graph.nodes:
-        before = max((depth.get(i, 0) for i in node.all_input_nodes), default=0)
+        before = _max_depth(depth.get(i, zero) for i in node.all_input_nodes)
         if node.op == "output":
             flat = torch.utils._pytree.tree_leaves(node.args)
-            outputs = [depth.get(a, 0) if isinstance(a, torch.fx.Node) else 0 for a in flat]
+            outputs = [depth.get(a, zero) if isinstance(a, torch.fx.Node) else zero for a in flat]
         elif node.op == "call_module" or (node.op == "call_function"
                                            and isinstance(node.target, torch._ops.HigherOrderOperator)):
-            depth[node] = before + max(1, _subgraph_depth(node, gm))
+            inner = _subgraph_depth(node, gm)
+            depth[node] = Depth(before + max(1, int(inner)), before.ops + max(1, inner.ops))
         elif node.op == "call_function":
-            depth[node] = before + roundings(node)
+            terms = roundings(node)
+            depth[node] = Depth(before + terms, before.ops + (1 if terms else 0))
         else:
             depth[node] = before
     return outputs
@@ -218,7 +266,7 @@ def _depth_for(depths: int | Sequence[int] | None, i: int) -> int:
         return 1
     if isinstance(depths, int):
         return depths
-    return depths[i] if i < len(depths) else max(depths, default=1)
+    return depths[i] if i < len(depths) else _max_depth(depths)
 
 
 def first_difference(expected: Sequence[Any], actual: Sequence[Any],
@@ -269,8 +317,10 @@ def value_difference(e: Any, a: Any, depth: int = 1) -> str | None:
     err = float((a64[finite] - e64[finite]).abs().max())
     if err <= tol:
         return None
-    return (f"max abs error {err:.3g} exceeds {tol:.3g} "
-            f"(= {K:g} * eps * sqrt(depth {depth}) * max(1, max|expected| {magnitude:.3g}))")
+    half = e.dtype in HALF_DTYPES
+    return (f"max abs error {err:.3g} exceeds {tol:.3g} (= {K_HALF if half else K:g} * eps * sqrt(depth "
+            f"{_ops_of(depth) if half else int(depth)}{' ops' if half else ''}) * max(1, max|expected| "
+            f"{magnitude:.3g}))")
 
 
 def _widen(t: torch.Tensor) -> torch.Tensor:

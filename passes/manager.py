@@ -136,7 +136,7 @@ class PassManager:
                                     f"{type(exc).__name__}: {first}") from exc
         # the rounding depth of the deeper of the two graphs (an unrolled loop is legitimately deeper)
         after = verify_mod.output_depths(prog.graph_module)
-        depths = [max(a, b) for a, b in zip(after, depths)] + after[len(depths):]
+        depths = [verify_mod.deeper(a, b) for a, b in zip(after, depths)] + after[len(depths):]
         problem = verify_mod.first_difference(expected, actual, depths)
         if problem:
             report.verified = "failed"

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch.fx
 
-from fxopt.ir.numerics import first_difference, output_depths
+from fxopt.ir.numerics import deeper, first_difference, output_depths
 
-__all__ = ["lint", "first_difference", "output_depths"]
+__all__ = ["lint", "first_difference", "output_depths", "deeper"]
 
 
 def lint(gm: torch.fx.GraphModule) -> str | None:

@@ -19,7 +19,7 @@ EPS32 = torch.finfo(torch.float32).eps
 def test_tolerance_is_k_eps_sqrt_depth_times_magnitude_at_least_one():
     assert tolerance(torch.float32, 4.0, 16) == pytest.approx(K * EPS32 * 4 * 4)
     assert tolerance(torch.float32, 0.01, 16) == pytest.approx(K * EPS32 * 4)      # magnitude floor 1
-    assert tolerance(torch.float16, 1.0, 1) == pytest.approx(K * torch.finfo(torch.float16).eps)
+    assert tolerance(torch.float16, 1.0, 1) == pytest.approx(numerics.K_HALF * torch.finfo(torch.float16).eps)
     assert tolerance(torch.float32, 1.0, 0) == tolerance(torch.float32, 1.0, 1)    # depth floor 1
 
 
@@ -36,6 +36,25 @@ def test_a_deeper_graph_allows_more_rounding():
     got = want + 4 * tolerance(torch.float32, 1.0, 1)
     assert first_difference((want,), (got,), 1) is not None
     assert first_difference((want,), (got,), 25) is None          # sqrt(25) = 5 > 4
+
+
+def test_half_precision_counts_ops_not_terms_and_stays_strict():
+    """bfloat16 rounds once per op (float32 inside): a 100-term reduction is one rounding, and an output that
+    a broken pass zeroed or scaled by 1.25 is a difference however deep the graph."""
+    deep = numerics.Depth(5000, ops=40)
+    assert tolerance(torch.bfloat16, 3.0, deep) == pytest.approx(
+        numerics.K_HALF * torch.finfo(torch.bfloat16).eps * math.sqrt(40) * 3.0)
+    want = torch.linspace(-3, 3, 64, dtype=torch.bfloat16)
+    assert first_difference((want,), (torch.zeros_like(want),), deep) is not None
+    assert first_difference((want,), (want * 1.25,), deep) is not None
+    one_ulp = want + want.abs().clamp_min(1) * torch.finfo(torch.bfloat16).eps
+    assert first_difference((want,), (one_ulp,), deep) is None
+
+
+def test_depth_has_both_counts_and_a_deeper_one_takes_the_larger_of_each():
+    a, b = numerics.Depth(100, ops=3), numerics.Depth(10, ops=9)
+    assert a == 100 and a.ops == 3
+    assert numerics.deeper(a, b) == 100 and numerics.deeper(a, b).ops == 9
 
 
 def test_integer_and_bool_outputs_must_match_exactly():
@@ -99,7 +118,8 @@ def test_depth_counts_a_matmuls_inner_dimension_and_skips_views_and_relu():
     """addmm over 8 terms (+1 for the bias add), relu exact, mul 1, reshape/permute views 0: depth 10."""
     torch.manual_seed(0)
     program = fxopt.capture(_LinearReluScale().eval(), (torch.randn(3, 8),))
-    assert output_depths(program.graph_module) == [10]
+    (depth,) = output_depths(program.graph_module)
+    assert depth == 10 and depth.ops == 2     # addmm and mul round; permute, relu and the view do not
 
 
 def test_depth_counts_a_convolutions_terms_per_output():
