@@ -168,10 +168,10 @@ def atomic_directory(directory: str, is_ours: Callable[[str], str | None], what:
 
 
 def _replace(tmp: str, directory: str, parent: str, name: str) -> None:
-    """Make ``tmp`` appear at ``directory`` in one step, leaving the old ``directory`` (if any) at ``tmp``."""
+    """Make ``tmp`` appear at ``directory`` in one step, leaving the old ``directory`` (if any) at ``tmp``
+    for the caller to remove."""
     if not os.path.lexists(directory):
         os.rename(tmp, directory)
-        os.mkdir(tmp)   # so that the caller's cleanup of tmp finds an (empty) folder, as after an exchange
         return
     if exchange_paths(tmp, directory):
         return

@@ -134,8 +134,7 @@ def numerics_problem(expected: tuple, actual: tuple, depths: list[int] | int | N
     """None when ``actual`` (onnxruntime's outputs) reproduces ``expected`` (PyTorch's) under the shared rule
     (:mod:`fxopt.ir.numerics`: integers and bools exactly, floats within a tolerance scaled to each output's
     magnitude and rounding ``depths``), else a one-line description."""
-    problem = numerics.first_difference(expected, actual, depths)
-    return problem.replace("the graph now has", "onnxruntime gives", 1) if problem else None
+    return numerics.first_difference(expected, actual, depths, actual_is="onnxruntime gives")
 
 
 # ------------------------------------------------------------------------------------------ the stage

@@ -22,6 +22,8 @@ place, and every listed op is re-checked against the rules that keep inputs and 
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 # Operators that return nothing and only check (raise on failure, else do nothing).
@@ -58,9 +60,11 @@ def _is_dispatcher_op(schema: torch._C.FunctionSchema) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=None)
 def refusal(op: torch._ops.OpOverload) -> str | None:
     """Why a loaded graph may not call operator overload ``op`` (one clause, naming the rule), or None when
-    it may (see the module docstring for the rules)."""
+    it may (see the module docstring for the rules). Cached per operator: loading and saving ask once per
+    node."""
     schema = op._schema
     qualified = schema.name
     namespace = qualified.split("::")[0]

@@ -7,7 +7,9 @@ One definition each, so that passes agree (on ``getitem``, on non-ATen targets, 
 - :func:`packet`: the :class:`OpOverloadPacket` of an ATen-style target (``aten.addmm`` for
   ``aten.addmm.default``), None for Python callables and higher-order ops;
 - :func:`packet_name`: ``"addmm"`` for ``aten.addmm.default``, ``"getitem"`` for ``operator.getitem``;
-- :func:`op_name`: the readable full name: ``"aten.addmm.default"``, ``"operator.getitem"``, ``"cond"``.
+- :func:`op_name`: the readable full name: ``"aten.addmm.default"``, ``"operator.getitem"``, ``"cond"``;
+- :func:`example_size` / :func:`example_numel`: a dim or a shape at the example size, never guarding
+  (``int()`` of a symbolic dim would specialize the program's dynamic batch to the example's).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Any
 import torch
 import torch.fx
 
-__all__ = ["val", "tensor_val", "packet", "packet_name", "op_name"]
+__all__ = ["val", "tensor_val", "packet", "packet_name", "op_name", "example_size", "example_numel"]
 
 
 def val(node: Any) -> Any:
@@ -59,3 +61,23 @@ def op_name(target: Any) -> str:
         name = name()
     mod = getattr(target, "__module__", None)
     return f"{mod}.{name}" if mod in ("operator", "math", "builtins") else str(name)
+
+
+def example_size(d: Any) -> int | None:
+    """An int dim as is, a symbolic one at its example size without guarding, None when it has none
+    (an unbacked size, e.g. the row count of a ``nonzero``)."""
+    if isinstance(d, torch.SymInt):
+        return d.node.hint if isinstance(d.node.hint, int) else None
+    return int(d)
+
+
+def example_numel(shape: Any) -> int | None:
+    """The product of ``shape``'s dims at their example sizes (see :func:`example_size`), None when one has
+    no example size."""
+    n = 1
+    for d in shape:
+        size = example_size(d)
+        if size is None:
+            return None
+        n *= size
+    return n

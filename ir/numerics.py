@@ -42,7 +42,7 @@ from typing import Any, Iterable, Sequence
 import torch
 import torch.fx
 
-from fxopt.ir.nodes import val
+from fxopt.ir.nodes import example_numel, example_size, val
 
 # The safety factor of the rule above (see the module docstring and docs/testing.md for how it was fitted).
 K = 16.0
@@ -95,31 +95,15 @@ _EXACT = {"clone", "contiguous", "_unsafe_view", "lift_fresh", "lift_fresh_copy"
           "sym_stride", "sym_storage_offset"}
 
 
-def _hint(d: Any) -> int | None:
-    """An int dim as is, a symbolic one at its example size (never guarding: ``int()`` would specialize a
-    dynamic batch), None when it has no example size."""
-    if isinstance(d, torch.SymInt):
-        return d.node.hint if isinstance(d.node.hint, int) else None
-    return int(d)
-
-
 def _numel(v: Any) -> int | None:
     """The element count of tensor ``v`` at the example sizes, or None (not a tensor, or a size unknown)."""
-    if not isinstance(v, torch.Tensor):
-        return None
-    n = 1
-    for d in v.shape:
-        h = _hint(d)
-        if h is None:
-            return None
-        n *= h
-    return n
+    return example_numel(v.shape) if isinstance(v, torch.Tensor) else None
 
 
 def _size(v: Any, dim: int) -> int:
     """Size of ``v``'s dim ``dim`` at the example size; 1 when unknown."""
     try:
-        return max(_hint(v.shape[dim]) or 1, 1)
+        return max(example_size(v.shape[dim]) or 1, 1)
     except (AttributeError, IndexError, TypeError):
         return 1
 
@@ -241,23 +225,25 @@ def output_depths(gm: torch.fx.GraphModule) -> list[Depth]:
     """Per flat output of ``gm``'s graph (in the order of the output node's flattened args), its
     :class:`Depth`: the roundings on the longest path from any placeholder or weight to it, counting a
     reduction's terms (the int), and the rounding ops on the longest path (``.ops``)."""
-    depth: dict[torch.fx.Node, Depth] = {}
+    terms: dict[torch.fx.Node, int] = {}   # two plain dicts: this runs after every verified pass
+    ops: dict[torch.fx.Node, int] = {}
     outputs: list[Depth] = []
-    zero = Depth(0)
     for node in gm.graph.nodes:
-        before = _max_depth(depth.get(i, zero) for i in node.all_input_nodes)
+        inputs = node.all_input_nodes
+        t = max((terms[i] for i in inputs), default=0)
+        o = max((ops[i] for i in inputs), default=0)
         if node.op == "output":
             flat = torch.utils._pytree.tree_leaves(node.args)
-            outputs = [depth.get(a, zero) if isinstance(a, torch.fx.Node) else zero for a in flat]
-        elif node.op == "call_module" or (node.op == "call_function"
-                                           and isinstance(node.target, torch._ops.HigherOrderOperator)):
+            outputs = [Depth(terms[a], ops[a]) if isinstance(a, torch.fx.Node) else Depth(0) for a in flat]
+            continue
+        if node.op == "call_module" or (node.op == "call_function"
+                                        and isinstance(node.target, torch._ops.HigherOrderOperator)):
             inner = _subgraph_depth(node, gm)
-            depth[node] = Depth(before + max(1, int(inner)), before.ops + max(1, inner.ops))
+            t, o = t + max(1, int(inner)), o + max(1, inner.ops)
         elif node.op == "call_function":
-            terms = roundings(node)
-            depth[node] = Depth(before + terms, before.ops + (1 if terms else 0))
-        else:
-            depth[node] = before
+            r = roundings(node)
+            t, o = t + r, o + (1 if r else 0)
+        terms[node], ops[node] = t, o
     return outputs
 
 
@@ -270,13 +256,13 @@ def _depth_for(depths: int | Sequence[int] | None, i: int) -> int:
 
 
 def first_difference(expected: Sequence[Any], actual: Sequence[Any],
-                     depths: int | Sequence[int] | None = None) -> str | None:
+                     depths: int | Sequence[int] | None = None, actual_is: str = "the graph now has") -> str | None:
     """Compare two flat output sequences under the rule of this module; ``depths`` is one rounding depth for
-    every output, one per output (:func:`output_depths`), or None (depth 1: a single op). Returns a one-line
-    description of the first output that differs (its index, what differs, the error and the tolerance), or
-    None when all agree."""
+    every output, one per output (:func:`output_depths`), or None (depth 1: a single op); ``actual_is``
+    names what gave ``actual`` in the count mismatch message. Returns a one-line description of the first
+    output that differs (its index, what differs, the error and the tolerance), or None when all agree."""
     if len(expected) != len(actual):
-        return f"the graph now has {len(actual)} outputs instead of {len(expected)}"
+        return f"{actual_is} {len(actual)} outputs instead of {len(expected)}"
     for i, (e, a) in enumerate(zip(expected, actual)):
         problem = value_difference(e, a, _depth_for(depths, i))
         if problem:

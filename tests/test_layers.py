@@ -15,10 +15,9 @@ pytest.importorskip("importlinter")
 
 def _lint(package_parent: str, cwd: str) -> subprocess.CompletedProcess:
     """``lint-imports`` on the ``fxopt`` package found in ``package_parent`` with ``cwd``'s pyproject.toml."""
-    env = {**os.environ, "PYTHONPATH": package_parent}
     code = ("import sys; sys.path.insert(0, sys.argv[1]); from importlinter.cli import lint_imports_command; "
             "sys.argv = ['lint-imports', '--no-cache']; lint_imports_command()")
-    return subprocess.run([sys.executable, "-c", code, package_parent], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-c", code, package_parent], cwd=cwd, capture_output=True,
                           text=True, timeout=300)
 
 

@@ -24,6 +24,7 @@ import torch
 
 from fxopt.errors import InputError
 from fxopt.ir import cost
+from fxopt.ir.nodes import example_numel
 from fxopt.ir.program import Program
 from fxopt.passes.base import Pass, PassResult
 from fxopt.passes.dce import DeadCodeElimination
@@ -197,15 +198,7 @@ def _example_numel(node: torch.fx.Node, dims=None) -> int:
     """Product of ``dims`` (default: all of ``node``'s) at the example size, 0 when one has no example size
     (unbacked). Never guards: ``int()`` of a symbolic dim would specialize the program's batch to the
     example's."""
-    total = 1
-    for d in (val(node).shape if dims is None else dims):
-        if isinstance(d, torch.SymInt):
-            hint = d.node.hint
-            if hint is None:
-                return 0
-            d = hint
-        total *= int(d)
-    return total
+    return example_numel(val(node).shape if dims is None else dims) or 0
 
 
 def _input_key(x: torch.fx.Node):
