@@ -3,18 +3,60 @@
 Public API (see docs/architecture.md):
 
     prog = fxopt.capture(model, example_inputs)        # -> fxopt.ir.Program
-    prog = fxopt.optimize(prog, passes="dce,canonicalize")
+    prog = fxopt.optimize(prog)                        # the target's default pipeline, verified per pass
     compiled = fxopt.compile(prog, backend="reference")
     compiled.save("out/"); fxopt.load("out/")(*inputs)
+
+    compiled, report = fxopt.export(model, inputs, backend="xla", out="out/m")   # all of the above, checked
+    torch.compile(model, backend="fxopt")              # the dynamo backend (fxopt.dynamo)
+    print(fxopt.explain(model, *inputs))               # which dynamo subgraphs fxopt compiled
+
+Importing fxopt imports no torch: the names below load their modules on first use (PEP 562), so the
+``fxopt`` command answers ``--help`` and usage errors in well under a second.
 """
-from fxopt.version import __version__  # noqa: E402
+from __future__ import annotations
 
-from fxopt.errors import FxoptError, InputError, VerificationError  # noqa: E402
-from fxopt.api import capture, optimize, compile, load  # noqa: E402
-from fxopt import zoo  # noqa: E402
-from fxopt.passes.dedupe import optimize_many  # noqa: E402
+import importlib
+import sys
+from typing import Any
 
-__all__ = [
-    "capture", "optimize", "optimize_many", "compile", "load", "zoo",
-    "FxoptError", "InputError", "VerificationError", "__version__",
-]
+from fxopt.version import __version__
+from fxopt.errors import FxoptError, InputError, VerificationError
+
+# public name -> "module:attribute", imported when first asked for
+_LAZY: dict[str, str] = {
+    "capture": "fxopt.api:capture",
+    "optimize": "fxopt.api:optimize",
+    "compile": "fxopt.api:compile",
+    "load": "fxopt.api:load",
+    "export": "fxopt.api:export",
+    "ExportReport": "fxopt.api:ExportReport",
+    "optimize_many": "fxopt.passes.dedupe:optimize_many",
+    "explain": "fxopt.dynamo:explain",
+    "zoo": "fxopt.zoo",
+}
+
+__all__ = ["FxoptError", "InputError", "VerificationError", "__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    """Import and return the public attribute ``name`` (see ``_LAZY``); AttributeError for anything else."""
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module 'fxopt' has no attribute {name!r}")
+    module_name, _, attr = target.partition(":")
+    module = importlib.import_module(module_name)
+    value = getattr(module, attr) if attr else module
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+# torch.compile(backend="fxopt") finds fxopt through its `torch_dynamo_backends` entry point in any process
+# where fxopt is installed. When dynamo is already loaded (a checkout on sys.path, no entry point), register
+# now; importing dynamo only for this would cost every CLI call a second.
+if "torch._dynamo" in sys.modules:
+    importlib.import_module("fxopt.dynamo").register()

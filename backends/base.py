@@ -345,6 +345,20 @@ def _load_spec(text: str | None):
     return pytree.treespec_loads(text) if text is not None else None
 
 
+def steps_summary(manifest: dict) -> tuple[list[str], list[str]]:
+    """``(done here, left for the target host)``: the partitions' steps from an artifact manifest, each
+    prefixed with its partition name when there are several partitions."""
+    done: list[str] = []
+    left: list[str] = []
+    partitions = manifest.get("partitions") or []
+    for part in partitions:
+        steps = part.get("steps") or {}
+        prefix = f"{part.get('name', '?')}: " if len(partitions) > 1 else ""
+        done += [prefix + s for s in steps.get("done_here", [])]
+        left += [prefix + s for s in steps.get("left_for_target", [])]
+    return done, left
+
+
 # ------------------------------------------------------------------------------------------ loading
 def read_manifest(directory: str) -> dict:
     """Read and validate ``directory/manifest.json``; raises InputError (one line) when it is missing,

@@ -98,8 +98,13 @@ class Program:
         return self.unflatten_outputs(self.run_flat(self.flatten_inputs(args, kwargs)))
 
     def flat_example_inputs(self) -> list:
-        """The example inputs, flattened to placeholder order."""
-        return self.flatten_inputs(self.example_inputs)
+        """The example inputs, flattened to placeholder order; cloned when the graph writes into an input
+        (a model's ``x.add_(1)`` is captured as ``copy_`` into the placeholder), so that running the program
+        never changes the caller's tensors, nor the inputs the next check runs on."""
+        flat = self.flatten_inputs(self.example_inputs)
+        if writes_into_inputs(self.graph):
+            flat = [t.clone() if isinstance(t, torch.Tensor) else t for t in flat]
+        return flat
 
     def trace_json(self) -> dict | None:
         """The pass trace as a JSON-able dict (None before any pipeline ran)."""
@@ -310,3 +315,19 @@ def concrete_int(d: Any) -> int:
         except Exception:  # noqa: BLE001 - an unbacked symbol has no hint; count it as 1
             return 1
     return int(d)
+
+
+def writes_into_inputs(graph: torch.fx.Graph) -> bool:
+    """Whether a node of ``graph`` writes into a placeholder: an op whose schema marks the argument it is
+    given the placeholder in as written (``aten.copy_``, ``index_put_``, ...)."""
+    for node in graph.nodes:
+        if node.op != "call_function":
+            continue
+        schema = getattr(node.target, "_schema", None)
+        if schema is None:
+            continue
+        for arg, spec in zip(node.args, schema.arguments):
+            if isinstance(arg, torch.fx.Node) and arg.op == "placeholder" and spec.alias_info is not None \
+                    and spec.alias_info.is_write:
+                return True
+    return False

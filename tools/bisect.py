@@ -132,7 +132,7 @@ def make_judge(program, pipeline: list, *, backend: str | None = None, atol: flo
     ``program`` (see the module docstring); ``program`` is never modified."""
     from fxopt.backends.base import compile_program
     from fxopt.passes.manager import optimize
-    from fxopt.tools.cli import flat_leaves
+    from fxopt.api import flat_leaves
 
     from fxopt.ir.numerics import output_depths
 
@@ -211,12 +211,14 @@ def bisect_pipeline(program, passes: Any, *, backend: str | None = None, atol: f
 # ------------------------------------------------------------------------------------------ command line
 def register(add) -> None:
     """Add the ``bisect`` subcommand to the ``fxopt`` CLI (``add`` is tools.cli's sub-parser factory)."""
+    from fxopt.tools.cli import add_model_input_arguments  # local: cli imports this module to register it
     p = add("bisect", "find the first pass application that breaks a model's numerics (or a backend)",
             "Capture MODEL once, then binary-search over the pass applications of SPEC (with the bisect "
             "limit) for the first one whose result differs from the captured model on the example inputs, "
             "raises, or (with --backend) makes the backend fail; print it with the node diff of that pass. "
             "Exit 0 when no pass breaks the model, 1 when one does.")
     p.add_argument("model", metavar="MODEL", help="zoo:NAME, a .pt2 file, file.py:Attr or module:Attr")
+    add_model_input_arguments(p)
     p.add_argument("--passes", metavar="SPEC", required=True, help="the pass pipeline to bisect")
     p.add_argument("--backend", metavar="NAME", help="also compile and run each candidate with this backend")
     p.add_argument("--atol", type=float, help="absolute tolerance (default: the verifier's, by dtype)")
@@ -230,8 +232,9 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     from fxopt.backends.base import get_backend
     from fxopt.errors import InputError
     from fxopt.passes.registry import build_pipeline
-    from fxopt.tools.cli import capture_model
+    from fxopt.tools.cli import capture_model, model_request
 
+    spec, inputs = model_request(args)
     pipeline = build_pipeline(args.passes)  # InputError before the slow capture
     if args.backend:
         get_backend(args.backend)
@@ -239,7 +242,7 @@ def cmd_bisect(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and not value >= 0:
             raise InputError(f"--{name} must be a non-negative number, got {value}")
-    program = capture_model(args.model, args.debug)
+    program = capture_model(spec, args.debug, inputs=inputs)
     result = bisect_pipeline(program, pipeline, backend=args.backend, atol=args.atol, rtol=args.rtol)
     what = f" with backend {args.backend}" if args.backend else ""
     head = f"bisect {program.name}: {result.applications} pass applications, {result.steps} runs{what}"

@@ -43,7 +43,7 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a process kill
 # ``add(name, help_text, description)`` to get its argparse sub-parser, adds its arguments, and sets
 # ``handler=`` (a function ``args -> exit code``). Modules must import heavy dependencies lazily.
 COMMAND_MODULES: tuple[str, ...] = (
-    "fxopt.tools.bench",
+    "fxopt.tools.bench_cli",
     "fxopt.tools.bisect",
     "fxopt.tools.viz",
 )
@@ -65,10 +65,59 @@ class _NonNegativeInt:
         return value
 
 
+class _InputSpecType:
+    """argparse ``type=`` for ``--input``: parsed (and checked) before torch is imported."""
+
+    __name__ = "input spec"
+
+    def __call__(self, text: str):
+        from fxopt.errors import InputError
+        from fxopt.tools.model_inputs import parse_input_spec
+
+        try:
+            return parse_input_spec(text)
+        except InputError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix(f"--input {text!r}: ")) from None
+
+
+def add_model_input_arguments(p: argparse.ArgumentParser) -> None:
+    """Add ``--small``, ``--input`` and ``--inputs`` (what the model runs on) to a command taking a MODEL."""
+    p.add_argument("--small", action="store_true",
+                   help="a zoo model's small variant (zoo:NAME only; the same as zoo:NAME{small=true})")
+    p.add_argument("--input", action="append", metavar="[NAME=]DTYPE[DIMS][:LOW..HIGH]", type=_InputSpecType(),
+                   help="an example input instead of the model's example_inputs(), e.g. 'x=float32[8,128]' or "
+                        "'ids=int64[8,20]:0..5000' (repeat per forward argument; named ones bind by name)")
+    p.add_argument("--inputs", metavar="FILE.pt",
+                   help="example inputs saved with torch.save: a tensor, a tuple/list of tensors, or a dict of "
+                        "them by argument name (read with weights_only=True: no code runs)")
+
+
+def model_request(args: argparse.Namespace) -> tuple[str, Any]:
+    """``(model spec, inputs)`` from a command's MODEL, ``--small``, ``--input`` and ``--inputs``: the spec
+    with ``{small=true}`` added for ``--small``, and None or a function of the resolved model making its
+    inputs. Checked without importing torch; raises InputError."""
+    from fxopt.errors import InputError
+    from fxopt.tools.model_inputs import check_inputs_file, inputs_maker, parse_input_specs
+
+    spec = args.model
+    if getattr(args, "small", False):
+        if not spec.startswith("zoo:"):
+            raise InputError(f"--small applies to zoo:NAME models only, not {spec!r}")
+        if "{" in spec:
+            raise InputError(f"{spec}: give small=true inside the braces or --small, not both")
+        spec += "{small=true}"
+    texts = [s.text() for s in getattr(args, "input", None) or []]
+    specs = parse_input_specs(texts)
+    check_inputs_file(getattr(args, "inputs", None))
+    return spec, inputs_maker(specs, getattr(args, "inputs", None))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for ``fxopt`` and its subcommands (``args.command`` names the subcommand)."""
+    from fxopt.tools.catalog import current
     from fxopt.version import __version__
-    from fxopt.backends.base import backend_names
+
+    backend_names = current()["backends"]
 
     parser = argparse.ArgumentParser(
         prog="fxopt",
@@ -97,11 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--trust-pickle", action="store_true",
                      help="read a .pt2 whose parts only a full unpickler reads (unpickling can run code: only "
                           "for a file you trust as you would trust code)")
+    add_model_input_arguments(run)
     run.add_argument("--passes", metavar="SPEC",
                      help="pass pipeline, e.g. 'canonicalize,dce' or 'unroll{partition=25},dce' "
                           "(default: the target's default pipeline; see `fxopt passes`)")
     run.add_argument("--backend", metavar="NAME", default="reference",
-                     help=f"backend that compiles the result: {', '.join(backend_names())} (default: reference)")
+                     help=f"backend that compiles the result: {', '.join(backend_names)} (default: reference)")
     run.add_argument("--target", metavar="NAME",
                      help="target the passes optimize for (default: the backend name)")
     run.add_argument("-o", "--output", metavar="OUT",
@@ -130,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "module:Attr import, i.e. run, that file) or an artifact directory")
     insp.add_argument("--trust-pickle", action="store_true",
                       help="read a .pt2 whose parts need a full unpickler (which can run code)")
+    add_model_input_arguments(insp)
     insp.add_argument("--top", metavar="N", type=_NonNegativeInt(), default=15,
                       help="how many ops of the histogram to show (default: 15)")
     insp.set_defaults(handler=cmd_inspect)
@@ -249,15 +300,17 @@ def _swallow_stderr(enabled: bool):
         yield
 
 
-def capture_model(spec: str, debug: bool = False, dynamic_batch: bool = False, trust_pickle: bool = False):
-    """``fxopt.ir.capture.capture(spec)`` with torch's stderr chatter discarded unless ``debug``; with
+def capture_model(spec: str, debug: bool = False, dynamic_batch: bool = False, trust_pickle: bool = False,
+                  inputs: Any = None):
+    """``fxopt.capture(spec, inputs)`` with torch's stderr chatter discarded unless ``debug``; with
     ``dynamic_batch``, dim 0 of the inputs is captured symbolic where the model allows; ``trust_pickle``
-    lets a ``.pt2`` that needs a full unpickler be read. Returns the captured Program (raises InputError
-    when the model cannot be captured)."""
-    from fxopt.ir.capture import capture
+    lets a ``.pt2`` that needs a full unpickler be read; ``inputs`` (see :func:`model_request`) replaces the
+    model's own example inputs. Returns the captured Program (raises InputError when the model cannot be
+    captured)."""
+    from fxopt.api import capture
 
     with _swallow_stderr(not debug):
-        return capture(spec, dynamic_shapes="batch" if dynamic_batch else None, trust_pickle=trust_pickle)
+        return capture(spec, inputs, dynamic_shapes="batch" if dynamic_batch else None, trust_pickle=trust_pickle)
 
 
 def _stdout_console():
@@ -289,7 +342,7 @@ def _env_columns() -> int:
 def default_output_dir(program_name: str) -> str:
     """``out/<name>`` for a program name, made safe as a directory name (``zoo:ranking`` → ``out/ranking``,
     ``model.pt2`` → ``out/model``)."""
-    name = program_name.rsplit(":", 1)[-1]
+    name = re.sub(r"\{[^{}]*\}$", "", program_name).rsplit(":", 1)[-1]   # zoo:ranking{small=true} -> ranking
     name = os.path.basename(name.rstrip("/\\"))
     if name.endswith(".pt2"):
         name = name[:-4]
@@ -305,50 +358,20 @@ def check_output_dir(directory: str) -> None:
     check_replaceable(directory)
 
 
-def flat_leaves(value: Any) -> list:
-    """The leaves of a (nested) model output, in pytree order."""
-    import torch.utils._pytree as pytree
-
-    return pytree.tree_flatten(value)[0]
-
-
-def check_artifact(compiled: Any, program: Any, expected: Sequence[Any], hint: str = "") -> float:
-    """Run ``compiled`` on ``program``'s example inputs and compare its flattened outputs with ``expected``
-    (the captured program's flat outputs) using the pass verifier's tolerances. Returns the max abs error;
-    raises VerificationError (its message ends with ``hint`` in parentheses, when given) when they differ
-    or the artifact fails to run."""
-    from fxopt.errors import FxoptError, VerificationError
-    from fxopt.ir.numerics import first_difference, max_abs_error, output_depths
-
-    try:
-        actual = flat_leaves(compiled(*program.example_inputs))
-    except FxoptError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a compiled artifact that cannot run is a failed check
-        raise VerificationError(
-            f"the compiled artifact ({compiled.backend}) fails to run on the example inputs: "
-            f"{type(exc).__name__}: {_first_line(str(exc)) or '?'}" + (f" ({hint})" if hint else "")) from exc
-    # the shared rule (fxopt.ir.numerics): tolerance scaled to each output's magnitude and rounding depth
-    problem = first_difference(tuple(expected), tuple(actual), output_depths(program.graph_module))
-    if problem:
-        raise VerificationError(
-            f"the compiled artifact ({compiled.backend}) does not reproduce the captured model: {problem}"
-            + (f" ({hint})" if hint else ""))
-    return max_abs_error(expected, actual)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     """``fxopt run``: capture → optimize → compile → check against the captured program → save; prints a
     per-pass table and the artifact line on stdout. Returns 0 (errors are raised as FxoptErrors)."""
     from rich.text import Text
 
-    from fxopt.backends.base import compile_program, get_backend, read_manifest
+    from fxopt.api import check_compiled
+    from fxopt.backends.base import compile_program, get_backend, read_manifest, steps_summary
     from fxopt.passes.manager import optimize
     from fxopt.passes.registry import build_pipeline, default_pipeline
     from fxopt.tools import report
     from fxopt.tools.progress import Progress
 
     # Validate everything cheap before the (slow) capture.
+    model_spec, inputs = model_request(args)
     backend = args.backend
     get_backend(backend)
     target = args.target or backend.partition("{")[0].strip()  # 'neuron{buckets=1;8}' optimizes for neuron
@@ -361,7 +384,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     start_all = time.perf_counter()
     with Progress() as progress:
         with progress.stage(f"capturing {args.model}") as st:
-            program = capture_model(args.model, args.debug, args.dynamic_batch, args.trust_pickle)
+            program = capture_model(model_spec, args.debug, args.dynamic_batch, args.trust_pickle, inputs)
             expected = program.run_flat(program.flat_example_inputs())
             st["done"] = f"captured {program.name}: {program.num_nodes()} nodes"
         for note in program.notes:
@@ -401,7 +424,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             else:
                 hint = (f"every pass passed its own check, so suspect the {backend} backend, or errors "
                         "that add up over the pipeline; bisect with --bisect-limit N")
-            error = check_artifact(compiled, program, expected, hint)
+            error = check_compiled(compiled, program, expected, hint)
             st["done"] = f"artifact matches the captured model (max abs error {error:.3g})"
         timings["check"] = st["seconds"]
         with progress.stage(f"saving to {out_dir}", f"saved {out_dir}") as st:
@@ -430,7 +453,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                        f"(max abs error {error:.3g})"))
     console.print(Text("time: " + ", ".join(f"{k} {report.human_seconds(v)}" for k, v in timings.items())
                        + f"; total {report.human_seconds(total)}"))
-    done, left = report.steps_summary(manifest)
+    done, left = steps_summary(manifest)
     console.print(Text(
         f"artifact: {_display_path(path)} (backend {manifest.get('backend', backend)}); "
         f"compiled here: {', '.join(done) or 'nothing'}; "
@@ -449,17 +472,16 @@ def _display_path(path: str) -> str:
 
 # ------------------------------------------------------------------------------------------ fxopt passes
 def cmd_passes(args: argparse.Namespace) -> int:
-    """``fxopt passes``: a table of registered passes (first docstring line, options with type and
-    default) and the default pipelines. Returns 0."""
+    """``fxopt passes``: a table of the passes (summary, options with type and default) and the default
+    pipelines, from :mod:`fxopt.tools.catalog` (no torch import in a fresh process). Returns 0."""
     from rich.text import Text
 
-    from fxopt.passes.registry import DEFAULT_PIPELINES, get_pass_class, pass_names
-    from fxopt.tools import report
+    from fxopt.tools import catalog, report
 
+    listing = catalog.current()
     console = _stdout_console()
-    entries = [(name, get_pass_class(name)) for name in pass_names()]
-    console.print(report.passes_table(entries))
-    for target, text in sorted(DEFAULT_PIPELINES.items()):
+    console.print(report.passes_table(listing["passes"]))
+    for target, text in sorted(listing["default_pipelines"].items()):
         console.print(Text(f"default pipeline for target '{target}': {text}"))
     console.print(Text("usage: fxopt run --passes 'name{option=value,...},name,...' MODEL"))
     return EXIT_OK
@@ -470,7 +492,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     """``fxopt inspect``: describe a model (captured) or an artifact directory (its manifest). Returns 0."""
     if os.path.isdir(args.model):
         return _inspect_artifact(args.model)
-    return _inspect_model(args.model, args.top, args.debug, getattr(args, "trust_pickle", False))
+    spec, inputs = model_request(args)
+    return _inspect_model(spec, args.top, args.debug, getattr(args, "trust_pickle", False), inputs)
 
 
 def _cost_rows(program: Any) -> list[tuple[str, str]]:
@@ -500,14 +523,14 @@ def _is_symbolic(expr: Any) -> bool:
     return bool(getattr(expr, "free_symbols", None))
 
 
-def _inspect_model(spec: str, top: int, debug: bool, trust_pickle: bool = False) -> int:
+def _inspect_model(spec: str, top: int, debug: bool, trust_pickle: bool = False, inputs: Any = None) -> int:
     from fxopt.backends.base import io_specs
     from fxopt.tools import report
     from fxopt.tools.progress import Progress
 
     with Progress() as progress:
         with progress.stage(f"capturing {spec}") as st:
-            program = capture_model(spec, debug, trust_pickle=trust_pickle)
+            program = capture_model(spec, debug, trust_pickle=trust_pickle, inputs=inputs)
             st["done"] = f"captured {program.name}"
     params = program.parameters()
     unique_numel = _unique_numel(params)
@@ -575,26 +598,10 @@ def _inspect_artifact(directory: str) -> int:
 
 # ------------------------------------------------------------------------------------------ fxopt zoo
 def zoo_entries() -> list[tuple[str, str]]:
-    """``[(name, first line of its docstring), ...]`` for every built-in model in ``fxopt.zoo.names()``."""
-    from fxopt import zoo
+    """``[(name, summary of its module docstring), ...]`` for every built-in model (from the catalog)."""
+    from fxopt.tools import catalog
 
-    entries = []
-    for name in zoo.names():
-        entries.append((name, _zoo_description(zoo, name)))
-    return entries
-
-
-def _zoo_description(zoo: Any, name: str) -> str:
-    """The summary line of a zoo model's module docstring (``fxopt.zoo.<name>``); ``""`` when it has none."""
-    import importlib
-
-    from fxopt.tools.report import first_line
-
-    try:
-        module = importlib.import_module(f"{zoo.__name__}.{name}")
-    except ImportError:
-        return ""
-    return first_line(module.__doc__)
+    return [(m["name"], m["description"]) for m in catalog.current()["zoo"]]
 
 
 def cmd_zoo(args: argparse.Namespace) -> int:

@@ -155,40 +155,26 @@ def pass_table(reports: Iterable[Any], title: str | None = None) -> Table:
     return table
 
 
-def steps_summary(manifest: dict) -> tuple[list[str], list[str]]:
-    """``(done here, left for the target host)``: the partitions' steps from an artifact manifest, each
-    prefixed with its partition name when there are several partitions."""
-    done: list[str] = []
-    left: list[str] = []
-    partitions = manifest.get("partitions") or []
-    for part in partitions:
-        steps = part.get("steps") or {}
-        prefix = f"{part.get('name', '?')}: " if len(partitions) > 1 else ""
-        done += [prefix + s for s in steps.get("done_here", [])]
-        left += [prefix + s for s in steps.get("left_for_target", [])]
-    return done, left
-
-
 # ------------------------------------------------------------------------------------------ fxopt passes
-def _default_text(value: Any) -> str:
+def default_text(value: Any) -> str:
+    """An option's default as ``fxopt passes`` prints it (``(required)`` when it has none)."""
     if value is dataclasses.MISSING:
         return "(required)"
-    from fxopt.passes.base import format_value
+    from fxopt.passes.base import format_value  # local: pass modules import torch; listing reads the catalog
 
     return format_value(value)
 
 
-def passes_table(entries: Iterable[tuple[str, type]]) -> Table:
-    """A table of registered passes from ``[(name, Pass class), ...]``: name, first docstring line, and
-    its options as ``name: type = default`` lines."""
+def passes_table(entries: Iterable[dict]) -> Table:
+    """A table of passes from catalog entries (``{"name", "summary", "options": [[name, type, default]]}``,
+    see :mod:`fxopt.tools.catalog`): name, summary, and its options as ``name: type = default`` lines."""
     table = Table(show_lines=True)
     table.add_column("pass", no_wrap=True, style="bold")
     table.add_column("what it does", ratio=3)
     table.add_column("options (name: type = default)", ratio=2)
-    for name, cls in entries:
-        options = cls.options()
-        opt_text = "\n".join(f"{o}: {t} = {_default_text(d)}" for o, t, d in options) or "(none)"
-        table.add_row(name, Text(class_summary(cls)), Text(opt_text))
+    for entry in entries:
+        opt_text = "\n".join(f"{o}: {t} = {d}" for o, t, d in entry["options"]) or "(none)"
+        table.add_row(entry["name"], Text(entry["summary"]), Text(opt_text))
     return table
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from fxopt.errors import InputError
+from fxopt.options import parse_specs
 from fxopt.zoo import moderation, ocr, ranking, resnet50
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {
@@ -46,4 +47,27 @@ def get(name: str, small: bool = False, seed: int = 0) -> tuple[nn.Module, tuple
     return model, model.example_inputs()
 
 
-__all__ = ["names", "get"]
+def resolve(spec: str) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """The model and inputs named by ``NAME`` or ``NAME{small=true,seed=N}`` (what follows ``zoo:`` in a
+    model spec, so a small variant can be named anywhere a model is); raises InputError for an unknown name
+    or option."""
+    items = parse_specs(spec, "zoo model") if "{" in spec else [(spec.strip(), {})]
+    if len(items) != 1:
+        raise InputError(f"zoo:{spec}: name one model, e.g. zoo:ranking or zoo:ranking{{small=true}}")
+    name, raw = items[0]
+    if name not in _BUILDERS:   # before the options: the unknown name is the likelier mistake
+        get(name)
+    unknown = sorted(set(raw) - {"small", "seed"})
+    if unknown:
+        raise InputError(f"zoo:{spec}: unknown option {unknown[0]!r} (zoo models take small=true|false, seed=N)")
+    small = raw.get("small", "false").lower()
+    if small not in ("true", "false"):
+        raise InputError(f"zoo:{spec}: small must be true or false, not {raw['small']!r}")
+    try:
+        seed = int(raw.get("seed", "0"))
+    except ValueError:
+        raise InputError(f"zoo:{spec}: seed must be an integer, not {raw['seed']!r}") from None
+    return get(name, small=small == "true", seed=seed)
+
+
+__all__ = ["names", "get", "resolve"]

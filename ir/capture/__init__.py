@@ -52,7 +52,8 @@ def resolve_model(spec: Any, example_inputs: Any = None, trust_pickle: bool = Fa
 
     ``spec`` is an nn.Module, an ExportedProgram, a path to a ``.pt2`` file, ``file.py:attr``,
     ``package.module:attr`` or ``zoo:NAME``. ``attr`` may be a module class, a zero-argument factory or an
-    instance. Example inputs default to the model's ``example_inputs()`` method (or the zoo's inputs).
+    instance. Example inputs default to the model's ``example_inputs()`` method (or the zoo's inputs); they
+    may also be a function of the resolved model (or ExportedProgram, or ``.onnx`` path) returning them.
 
     What reading runs: ``file.py:attr`` and ``module:attr`` import (run) that file or module, as Python
     does. A ``.pt2`` is read without running code from it: parts only a full unpickler reads are refused
@@ -73,9 +74,10 @@ def resolve_model(spec: Any, example_inputs: Any = None, trust_pickle: bool = Fa
     prefix, sep, rest = text.partition(":")
     if sep and prefix in MODEL_SOURCES:
         model, inputs = MODEL_SOURCES[prefix](rest)
-        return model, example_inputs if example_inputs is not None else inputs, text
+        return model, _inputs_for(model, example_inputs, text, inputs), text
     if text.endswith(".pt2"):
-        return _load_pt2(text, trust_pickle), example_inputs, os.path.basename(text)
+        ep = _load_pt2(text, trust_pickle)
+        return ep, example_inputs(ep) if _is_inputs_maker(example_inputs) else example_inputs, os.path.basename(text)
     if ":" in text:
         where, _, attr = text.rpartition(":")
         obj = _load_attr(where, attr, text)
@@ -160,13 +162,27 @@ def _instantiate(obj: Any, spec: str) -> torch.nn.Module:
     raise InputError(f"{spec}: is a {type(obj).__name__}, not a torch.nn.Module class, factory or instance")
 
 
-def _inputs_for(model: torch.nn.Module, example_inputs: Any, name: str) -> tuple:
+def _is_inputs_maker(example_inputs: Any) -> bool:
+    """Whether ``example_inputs`` is a function of the resolved model (the CLI's ``--input``) rather than
+    the inputs themselves."""
+    return callable(example_inputs) and not isinstance(example_inputs, (torch.Tensor, tuple, list, dict))
+
+
+def _inputs_for(model: torch.nn.Module, example_inputs: Any, name: str, default: Any = None) -> tuple:
+    """The example inputs: given ones, ``example_inputs(model)`` for a maker, else ``default`` (a model
+    library's), else the model's ``example_inputs()`` method; InputError saying how to give them."""
+    if _is_inputs_maker(example_inputs):
+        return example_inputs(model)
     if example_inputs is not None:
         return example_inputs
+    if default is not None:
+        return default
     method = getattr(model, "example_inputs", None)
     if callable(method):
         return method()
-    raise InputError(f"{name}: no example inputs; pass them, or give the model an example_inputs() method")
+    raise InputError(f"{name}: no example inputs; give them (fxopt.capture(model, inputs), or on the command "
+                     "line --input 'x=float32[8,128]' per forward argument, or --inputs file.pt), or give the "
+                     "model an example_inputs() method")
 
 
 # ---------------------------------------------------------------------------------------------- capture
@@ -185,6 +201,8 @@ def capture(model: Any, example_inputs: Any = None, *, dynamic_shapes: Any = Non
         # local: onnx_import imports this module (ONNX in: converted, then exported as below)
         from fxopt.ir.capture.onnx_import import capture_onnx
 
+        if _is_inputs_maker(example_inputs):
+            example_inputs = example_inputs(os.fspath(model))
         return capture_onnx(os.fspath(model), example_inputs, dynamic_shapes=dynamic_shapes)
     resolved, inputs, name = resolve_model(model, example_inputs, trust_pickle)
     source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else name
@@ -284,7 +302,7 @@ def _quiet_torch_logs():
 
 
 @contextlib.contextmanager
-def _eval_mode(model: torch.nn.Module):
+def eval_mode(model: torch.nn.Module):
     """Put every submodule in eval mode for export and restore each one's own flag afterwards."""
     flags = [(m, m.training) for m in model.modules()]
     model.eval()
@@ -298,7 +316,7 @@ def _eval_mode(model: torch.nn.Module):
 def _export(model: torch.nn.Module, inputs: tuple, dynamic_shapes: Any, source: str):
     try:
         # On failure torch.export prints the partial graph to stderr; the one-line error replaces it.
-        with _quiet_torch_logs(), _eval_mode(model), torch.no_grad(), \
+        with _quiet_torch_logs(), eval_mode(model), torch.no_grad(), \
                 contextlib.redirect_stderr(io.StringIO()):
             ep = torch.export.export(model, inputs, dynamic_shapes=dynamic_shapes, strict=False)
     except InputError:

@@ -149,7 +149,8 @@ def capture_decoder(model: torch.nn.Module, example_inputs: Any = None, *, name:
     if example_inputs is None:
         method = getattr(model, "example_inputs", None)
         if not callable(method):
-            raise InputError(f"{name}: no example inputs; pass them, or give the model an example_inputs() method")
+            raise InputError(f"{name}: no example inputs; give them (capture_decoder(model, inputs), or "
+                             "on the command line --input/--inputs), or give the model an example_inputs() method")
         example_inputs = method()
     inputs = example_inputs if isinstance(example_inputs, tuple) else (
         tuple(example_inputs) if isinstance(example_inputs, list) else (example_inputs,))
