@@ -28,7 +28,7 @@ _LAZY: dict[str, str] = {
     "capture": "fxopt.api:capture",
     "optimize": "fxopt.api:optimize",
     "compile": "fxopt.api:compile",
-    "load": "fxopt.api:load",
+    "load": "fxopt.backends.base:load",   # not through api: loading an artifact imports no capture, no zoo
     "export": "fxopt.api:export",
     "ExportReport": "fxopt.api:ExportReport",
     "optimize_many": "fxopt.passes.dedupe:optimize_many",
@@ -36,11 +36,17 @@ _LAZY: dict[str, str] = {
     "zoo": "fxopt.zoo",
 }
 
+# subpackages reachable as attributes after a bare `import fxopt` (fxopt.ir.Program), as before it was lazy
+_SUBMODULES = frozenset({"api", "backends", "dynamo", "ir", "options", "passes", "tools"})
+
 __all__ = ["FxoptError", "InputError", "VerificationError", "__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:
-    """Import and return the public attribute ``name`` (see ``_LAZY``); AttributeError for anything else."""
+    """Import and return the public attribute ``name`` (see ``_LAZY``) or subpackage; AttributeError for
+    anything else."""
+    if name in _SUBMODULES:
+        return importlib.import_module(f"fxopt.{name}")
     target = _LAZY.get(name)
     if target is None:
         raise AttributeError(f"module 'fxopt' has no attribute {name!r}")

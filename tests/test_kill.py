@@ -66,10 +66,11 @@ def test_sigkill_during_save_always_leaves_the_old_or_the_new_artifact(tmp_path)
     outputs = {name: fxopt.load(path)(torch.ones(2, 8)) for name, path in sources.items()}
     target = str(tmp_path / "art")
     fxopt.load(sources["old"]).save(target)
-    # a forkserver forks each saver from a clean single-threaded process that has fxopt imported (forking
-    # this test process, where jax or onnxruntime may run threads, could deadlock the child)
+    # a forkserver forks each saver from a clean single-threaded process that has fxopt's loading and saving
+    # code imported (forking this test process, where jax or onnxruntime may run threads, could deadlock the
+    # child); `import fxopt` alone is lazy and would leave the children importing torch for most of their life
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["fxopt"])
+    ctx.set_forkserver_preload(["fxopt", "fxopt.backends.base", "fxopt.backends.reference"])
     rng = random.Random(18)
     seen = set()
     for _ in range(50):

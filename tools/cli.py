@@ -97,7 +97,7 @@ def model_request(args: argparse.Namespace) -> tuple[str, Any]:
     with ``{small=true}`` added for ``--small``, and None or a function of the resolved model making its
     inputs. Checked without importing torch; raises InputError."""
     from fxopt.errors import InputError
-    from fxopt.tools.model_inputs import check_inputs_file, inputs_maker, parse_input_specs
+    from fxopt.tools.model_inputs import check_input_specs, check_inputs_file, inputs_maker
 
     spec = args.model
     if getattr(args, "small", False):
@@ -106,8 +106,7 @@ def model_request(args: argparse.Namespace) -> tuple[str, Any]:
         if "{" in spec:
             raise InputError(f"{spec}: give small=true inside the braces or --small, not both")
         spec += "{small=true}"
-    texts = [s.text() for s in getattr(args, "input", None) or []]
-    specs = parse_input_specs(texts)
+    specs = check_input_specs(getattr(args, "input", None) or [])   # each parsed by argparse already
     check_inputs_file(getattr(args, "inputs", None))
     return spec, inputs_maker(specs, getattr(args, "inputs", None))
 

@@ -81,8 +81,14 @@ def parse_input_spec(text: str) -> InputSpec:
 
 
 def parse_input_specs(texts: Sequence[str] | None) -> list[InputSpec]:
-    """Parse every ``--input``; names must be unique, and named and unnamed inputs are not mixed."""
-    specs = [parse_input_spec(t) for t in texts or ()]
+    """Parse every ``--input`` and :func:`check_input_specs` them; returns the specs."""
+    return check_input_specs([parse_input_spec(t) for t in texts or ()])
+
+
+def check_input_specs(specs: Sequence[InputSpec]) -> list[InputSpec]:
+    """Names must be unique, and named and unnamed inputs are not mixed; returns the specs as a list
+    (InputError otherwise)."""
+    specs = list(specs)
     names = [s.name for s in specs if s.name]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
