@@ -77,6 +77,11 @@ class Stage:
         ``files`` (plain file names) and ``steps`` ({"done_here": [...], "left_for_target": [...]})."""
         raise NotImplementedError
 
+    def compile_notes(self) -> list[str]:
+        """One line per compile this stage made at run time (e.g. XLA: compiled, or reused from the
+        persistent cache); none by default."""
+        return []
+
     def entry(self, directory: str) -> dict:
         """The full manifest entry: name, device, runtime, inputs, outputs plus what :meth:`write` returns."""
         return {"name": self.name, "device": self.device, "runtime": self.runtime,

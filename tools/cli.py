@@ -450,6 +450,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         console.print(Text("per-pass verification: off (--no-verify)"))
     console.print(Text(f"check: the {backend} artifact reproduces the captured model on the example inputs "
                        f"(max abs error {error:.3g})"))
+    for stage in getattr(compiled, "stages", []):
+        for line in stage.compile_notes():
+            console.print(Text(line), soft_wrap=True)
     console.print(Text("time: " + ", ".join(f"{k} {report.human_seconds(v)}" for k, v in timings.items())
                        + f"; total {report.human_seconds(total)}"))
     done, left = steps_summary(manifest)

@@ -13,6 +13,8 @@ counts them), weights converted to device arrays once, inputs in through ``to_ja
 from __future__ import annotations
 
 # local imports: jax is optional (pip install 'fxopt[xla]'); it is imported where used, so fxopt plans and loads other backends without it
+import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -29,6 +31,7 @@ from fxopt.ir.partitions import partitions_region
 __all__ = ["XlaBackend", "XlaStage", "RUNTIME", "SPLIT_HINT"]
 
 RUNTIME = "jax-xla"
+_LOG = logging.getLogger("fxopt.xla")
 KNOWN_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 SPLIT_HINT = ("; run split{target=xla,policy=support} first (e.g. fxopt run --passes "
               "'canonicalize,dce,split{target=xla,policy=support}') to keep such ops on the CPU")
@@ -68,6 +71,7 @@ class XlaStage(Stage):
         self.export_info = dict(export_info or {})
         self.op_count = op_count
         self.compile_count = 0
+        self.compile_events: list[dict] = []   # one per XLA compile: seconds, cache hit/miss/off, signature
         self._jitted = jax.jit(fn)
         self._executables: dict[tuple, Any] = {}
 
@@ -158,18 +162,47 @@ class XlaStage(Stage):
     def _compile(self, key: tuple, arrays: list, scalars: dict) -> Any:
         import jax
 
+        from fxopt.backends.xla import cache
+
+        exe_key = None
+        if self.module is None and self.exported is not None:   # a loaded module: its executable may be cached
+            exe_key = cache.executable_key(self.exported.mlir_module_serialized, arrays)
+            t0 = time.perf_counter()
+            in_tree = jax.tree_util.tree_structure(((self.params, *arrays), {}))
+            out_tree = jax.tree_util.tree_structure(tuple(range(len(self.outputs))))
+            exe = cache.load_executable(exe_key, in_tree, out_tree)
+            if exe is not None:
+                return self._keep(key, exe, {"seconds": time.perf_counter() - t0, "cache": "hit",
+                                             "dir": cache.enable()})
         try:
             jitted = self._jitted if not scalars or self.module is None else jax.jit(self._bound(scalars))
-            exe = jitted.lower(self.params, *arrays).compile()
+            exe, event = cache.compile_counted(lambda: jitted.lower(self.params, *arrays).compile())
         except InputError:
             raise
         except Exception as exc:  # noqa: BLE001 - XLA/JAX failures are the backend's
             raise BackendError(f"partition '{self.name}': XLA compile failed for input shapes "
                                f"{[list(s) for s, _ in key[0]]}: {type(exc).__name__}: "
                                f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}") from exc
-        self._executables[key] = exe
+        if exe_key is not None and event["cache"] != "off":
+            cache.store_executable(exe_key, exe)
         self.compile_count += 1
+        return self._keep(key, exe, event)
+
+    def _keep(self, key: tuple, exe: Any, event: dict) -> Any:
+        """Remember ``exe`` for the signature ``key`` and its compile ``event``; returns ``exe``."""
+        from fxopt.backends.xla import cache
+
+        self._executables[key] = exe
+        event["signature"] = [list(shape) for shape, _ in key[0]]
+        self.compile_events.append(event)
+        _LOG.info("fxopt: %s", cache.describe(event, self.name))
         return exe
+
+    def compile_notes(self) -> list[str]:
+        """One line per XLA compile so far: compiled (and stored in the persistent cache) or reused from it."""
+        from fxopt.backends.xla import cache
+
+        return [cache.describe(event, self.name) for event in self.compile_events]
 
     @property
     def signatures(self) -> list[tuple]:
