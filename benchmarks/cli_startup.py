@@ -17,6 +17,8 @@ import subprocess
 import sys
 import time
 
+from benchmarks.timing import load_average, machine_line
+
 COMMANDS = {
     "fxopt --help": ["--help"],
     "fxopt rnu (typo)": ["rnu"],
@@ -42,6 +44,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     argvs = {name: fxopt + rest for name, rest in COMMANDS.items()}
     argvs["python -c pass"] = [sys.executable, "-c", "pass"]
     argvs["python -c 'import torch'"] = [sys.executable, "-c", "import torch"]
+    load_before = load_average()
     samples: dict[str, list[float]] = {name: [] for name in argvs}
     for _ in range(args.runs):
         for name, cmd in argvs.items():
@@ -56,7 +59,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         goal = ("yes" if median < GOAL_S else "NO") if name in COMMANDS else ""
         print(f"{name:<28} {median:>7.3f}s {median / torch_s:>15.2f}x {goal:>11}")
         rows.append({"command": name, "median_s": median, "vs_import_torch": median / torch_s})
-    print(f"({args.runs} runs each, interleaved; {os.cpu_count()} CPUs)")
+    print(f"({args.runs} runs each, interleaved)")
+    print(machine_line(load_before))
     return rows
 
 

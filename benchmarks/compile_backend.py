@@ -10,9 +10,10 @@ sequence 64; random weights, no download) at batch 8 and 64. Systems, each on it
   dynamo's graphs through fxopt's default pipeline for the target, checked, then run by that backend.
 
 Every call runs under ``torch.no_grad()`` with ``dynamic=False`` (one static graph per batch). The first
-call of each compiled system is its compile time (dynamo + the backend), reported apart; then every system
-is timed round-robin (interleaved) so noise hits all alike, and the table gives median latency with ratios
-to eager and to inductor measured in this run. Goal (issue #23): fxopt-xla >= inductor on zoo:ranking at
+call of each compiled system is its compile time (dynamo + the backend), reported apart; then the systems
+are timed in interleaved blocks (``benchmarks.timing.block_interleaved``: rounds over the systems, five
+timed calls each after one untimed call, so one system's leftover OpenMP spinning is not charged to the
+next), and the table gives median latency with ratios to eager and to inductor measured in this run. Goal (issue #23): fxopt-xla >= inductor on zoo:ranking at
 batch 256 on this CPU, and no fxopt system slower than eager.
 
     python -m benchmarks.compile_backend [--quick] [--repeat N]
@@ -28,6 +29,7 @@ import warnings
 import torch
 
 import fxopt
+from benchmarks.timing import block_interleaved, load_average, machine_line
 from fxopt.tools.bench_systems import resize_batch
 
 SYSTEMS = ("eager", "inductor", "fxopt-reference", "fxopt-xla")
@@ -76,17 +78,8 @@ def measure(name: str, model: torch.nn.Module, inputs: tuple, repeat: int, budge
             if not torch.allclose(got, want, atol=1e-3, rtol=1e-3):
                 raise AssertionError(f"{name}: {system} differs from eager by {(got - want).abs().max():.3g}")
             fns[system] = fn
-        for fn in fns.values():
-            fn(*inputs)
-        samples: dict[str, list[float]] = {s: [] for s in SYSTEMS}
-        start = time.perf_counter()
-        for i in range(repeat):
-            for system, fn in fns.items():
-                t0 = time.perf_counter()
-                fn(*inputs)
-                samples[system].append(time.perf_counter() - t0)
-            if i >= 4 and time.perf_counter() - start > budget_s:
-                break
+        samples = block_interleaved({s: (lambda fn=fn: fn(*inputs)) for s, fn in fns.items()},
+                                    max(3, repeat // 5), block=5, budget_s=budget_s)
     medians = {s: statistics.median(v) for s, v in samples.items()}
     return [{"workload": name, "system": s, "first_call_s": (first[s] if s != "eager" else 0.0),
              "median_ms": medians[s] * 1e3, "vs_eager": medians["eager"] / medians[s],
@@ -105,6 +98,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--repeat", type=int, default=50)
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
+    load_before = load_average()
     repeat, budget = (10, 5.0) if args.quick else (args.repeat, 20.0)
     rows = []
     model, base = ranking()
@@ -121,6 +115,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     key = next(r for r in rows if r["workload"] == "ranking b256" and r["system"] == "fxopt-xla")
     print(f"headline: ranking b256 fxopt-xla {key['vs_inductor']:.2f}x inductor, {key['vs_eager']:.2f}x eager "
           f"(goal >= 1x inductor)")
+    print(machine_line(load_before))
     return rows
 
 

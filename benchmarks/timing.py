@@ -70,3 +70,67 @@ def parse_repeat_args(argv, description: str, quick_help: str, repeats: tuple[in
     warnings.filterwarnings("ignore")
     args.repeat = args.repeat or (repeats[0] if args.quick else repeats[1])
     return args
+
+
+def machine_line(load_before: float | None = None) -> str:
+    """One line naming where figures come from: the CPU model, cores, torch threads and the load average
+    (before the run when given, and now), with a warning when it exceeded the cores: then other work competed
+    for the CPU and the figures do not hold on a quiet machine."""
+    import os
+    import platform
+
+    cpu = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    try:
+        now = os.getloadavg()[0]
+    except OSError:
+        now = None
+    cores = os.cpu_count() or 1
+    loads = [x for x in (load_before, now) if x is not None]
+    load_text = " -> ".join(f"{x:.1f}" for x in loads) or "?"
+    line = f"machine: {cpu}, {cores} cores, torch threads {torch.get_num_threads()}, load average {load_text}"
+    if loads and max(loads) > cores:
+        line += (f"\nwarning: the load average exceeded the {cores} cores: other work competed for the CPU; "
+                 "these figures (ratios included) do not hold on a quiet machine")
+    return line
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (None where the OS has none)."""
+    import os
+
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+def block_interleaved(fns: dict, rounds: int, block: int = 5, budget_s: float | None = None) -> dict[str, list[float]]:
+    """Seconds per call for each callable of ``fns``: ``rounds`` rounds, each calling every system in turn
+    for a block of ``block`` timed calls after one untimed call (at least 3 rounds; stop early once
+    ``budget_s`` is spent). Returns ``{name: [seconds, ...]}``.
+
+    Why blocks and an untimed lead-in rather than alternating single calls: after a call into PyTorch its
+    OpenMP workers keep spinning (libgomp's default wait policy) for a while; a runtime with its own
+    threads (XLA's) called right then shares the cores with them. Alternating single calls charged that to
+    XLA: on zoo:ranking at batch 256 (2026-12-02, 2 cores) fxopt-xla measured 15.5 ms right after eager and
+    12.3 ms right after another XLA system, and with OMP_WAIT_POLICY=PASSIVE 11-12 ms anywhere. The lead-in
+    call absorbs the previous system's tail; rounds still interleave systems against slow drift."""
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    start = time.perf_counter()
+    with torch.no_grad():
+        for i in range(rounds):
+            for name, fn in fns.items():
+                fn()
+                for _ in range(block):
+                    t0 = time.perf_counter()
+                    fn()
+                    samples[name].append(time.perf_counter() - t0)
+            if budget_s is not None and i >= 2 and time.perf_counter() - start > budget_s:
+                break
+    return samples
+

@@ -172,6 +172,7 @@ def bench(model_spec: Any, batches: Sequence[int] | None = None, against: Sequen
     name) for the cost-per-million column. ``log`` receives progress lines. Returns a :class:`BenchResult`;
     raises InputError for a model that cannot be resolved or bad arguments. The model is never modified."""
     log = log or (lambda _line: None)
+    start_load = _load_average()
     for name in against:
         if name not in AGAINST:
             raise InputError(f"--against: unknown system {name!r}; choose from {', '.join(AGAINST)}")
@@ -205,7 +206,38 @@ def bench(model_spec: Any, batches: Sequence[int] | None = None, against: Sequen
             result.rows.append(row)
         _add_ratios(result, batch, prices or {})
         del systems, inputs
+    result.notes += noise_warnings(start_load, _load_average(), result.rows)
     return result
+
+
+def _load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+# p99/p50 above this: the samples are too spread for their ratios to mean much
+WIDE_SPREAD = 2.0
+
+
+def noise_warnings(load_before: float | None, load_after: float | None, rows: Sequence[dict]) -> list[str]:
+    """One-line warnings about figures that cannot be trusted: a 1-minute load average above the cores before
+    or after the run (other work competed for them), and systems whose p99 is more than WIDE_SPREAD times
+    their p50."""
+    notes = []
+    cores = os.cpu_count() or 1
+    loads = [x for x in (load_before, load_after) if x is not None]
+    if loads and max(loads) > cores:
+        notes.append(f"warning: the load average was {max(loads):.1f} on {cores} cores: other work competed "
+                     "for the CPU, so these figures (ratios included) do not hold on a quiet machine; rerun "
+                     "when it is idle")
+    wide = [f"{r['system']} at batch {r['batch']} ({r['p99_ms'] / r['p50_ms']:.1f}x)" for r in rows
+            if r.get("p50_ms") and r.get("p99_ms") and r["p99_ms"] / r["p50_ms"] > WIDE_SPREAD]
+    if wide:
+        notes.append(f"warning: wide spread (p99 > {WIDE_SPREAD:g}x p50): {', '.join(wide[:4])}"
+                     f"{f' and {len(wide) - 4} more' if len(wide) > 4 else ''}; more --reps or a quieter machine")
+    return notes
 
 
 def _add_ratios(result: BenchResult, batch: int, prices: dict[str, float]) -> None:
