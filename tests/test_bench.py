@@ -295,3 +295,14 @@ def test_artifact_without_a_resolvable_source_benches_alone(tmp_path):
     assert result.systems == ["fxopt:reference"] and result.batches == [2]
     assert result.unavailable[0].startswith("eager: not available: cannot rebuild the artifact's source model")
     assert any("synthesized" in n for n in result.notes)
+
+
+def test_noise_warnings_name_a_loaded_machine_and_a_wide_spread():
+    cores = os.cpu_count() or 1
+    rows = [{"system": "eager", "batch": 64, "p50_ms": 1.0, "p99_ms": 1.2},
+            {"system": "fxopt:xla", "batch": 64, "p50_ms": 1.0, "p99_ms": 3.5}]
+    notes = B.noise_warnings(cores + 3.0, 0.5, rows)
+    assert len(notes) == 2
+    assert f"on {cores} cores" in notes[0] and "do not hold on a quiet machine" in notes[0]
+    assert "fxopt:xla at batch 64 (3.5x)" in notes[1] and "eager" not in notes[1]
+    assert B.noise_warnings(0.1, 0.2, rows[:1]) == []
