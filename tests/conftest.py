@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 
 import pytest
 import torch
+
+from fxopt.passes.base import Pass, PassResult
+from fxopt.passes.registry import register_pass, unregister_pass
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
@@ -215,3 +219,31 @@ def _shared_captures_stay_unchanged():
     yield
     for key, entry in _CAPTURES.items():
         _check_unchanged(key, entry)
+
+
+# ------------------------------------------------------------------------------ a deliberately wrong pass
+@dataclass(frozen=True)
+class ScaleOutputs(Pass):
+    """Multiply every output by ``factor`` (deliberately wrong, to test verification)."""
+
+    name = "test-scale-outputs"
+    factor: float = 1.5
+
+    def run(self, program):
+        graph = program.graph
+        out = program.output_node()
+        outs = out.args[0] if isinstance(out.args[0], (tuple, list)) else (out.args[0],)
+        with graph.inserting_before(out):
+            scaled = tuple(graph.call_function(torch.ops.aten.mul.Tensor, (o, self.factor)) for o in outs)
+        out.args = (scaled,)
+        return PassResult(modified=True, details={"scaled": len(scaled)})
+
+
+@pytest.fixture
+def wrong_pass():
+    """Register ScaleOutputs for the test and unregister it afterwards; yields its name."""
+    register_pass(ScaleOutputs)
+    try:
+        yield ScaleOutputs.name
+    finally:
+        unregister_pass(ScaleOutputs.name)

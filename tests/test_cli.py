@@ -15,14 +15,11 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from dataclasses import dataclass
 
 import pytest
 import torch
 
 import fxopt
-from fxopt.passes.base import Pass, PassResult
-from fxopt.passes.registry import register_pass, unregister_pass
 from fxopt.tools import cli
 from fxopt.tools.cli import main
 
@@ -79,33 +76,6 @@ def model_file(tmp_path):
 def out_dir(tmp_path):
     """An output path that does not exist yet."""
     return str(tmp_path / "artifact")
-
-
-@dataclass(frozen=True)
-class ScaleOutputs(Pass):
-    """Multiply every output by ``factor`` (deliberately wrong, to test verification)."""
-
-    name = "test-scale-outputs"
-    factor: float = 1.5
-
-    def run(self, program):
-        graph = program.graph
-        out = program.output_node()
-        outs = out.args[0] if isinstance(out.args[0], (tuple, list)) else (out.args[0],)
-        with graph.inserting_before(out):
-            scaled = tuple(graph.call_function(torch.ops.aten.mul.Tensor, (o, self.factor)) for o in outs)
-        out.args = (scaled,)
-        return PassResult(modified=True, details={"scaled": len(scaled)})
-
-
-@pytest.fixture
-def wrong_pass():
-    """Register ScaleOutputs for the test and unregister it afterwards; yields its name."""
-    register_pass(ScaleOutputs)
-    try:
-        yield ScaleOutputs.name
-    finally:
-        unregister_pass(ScaleOutputs.name)
 
 
 def _one_error_line(err: str) -> str:

@@ -9,7 +9,6 @@ import logging
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 
 import pytest
 import torch
@@ -18,8 +17,6 @@ from torch import nn
 import fxopt
 from fxopt.dynamo import DynamoOptions, fxopt_backend
 from fxopt.ir.numerics import assert_outputs_close
-from fxopt.passes.base import Pass, PassResult
-from fxopt.passes.registry import register_pass, unregister_pass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -126,29 +123,6 @@ def test_the_default_fallback_for_training_is_inductor():
     out = torch.compile(model, backend="fxopt")(x)
     assert out.requires_grad
     torch.testing.assert_close(out, model(x))
-
-
-@dataclass(frozen=True)
-class ScaleOutputs(Pass):
-    """Multiply every output by 1.5: deliberately wrong, so fxopt's check refuses the artifact."""
-
-    name = "test-dynamo-scale-outputs"
-
-    def run(self, program):
-        out = program.output_node()
-        outs = out.args[0] if isinstance(out.args[0], (tuple, list)) else (out.args[0],)
-        with program.graph.inserting_before(out):
-            out.args = (tuple(program.graph.call_function(torch.ops.aten.mul.Tensor, (o, 1.5)) for o in outs),)
-        return PassResult(modified=True)
-
-
-@pytest.fixture
-def wrong_pass():
-    register_pass(ScaleOutputs)
-    try:
-        yield ScaleOutputs.name
-    finally:
-        unregister_pass(ScaleOutputs.name)
 
 
 def test_a_graph_fxopt_cannot_compile_runs_with_the_fallback_and_says_why(wrong_pass, caplog):
