@@ -40,7 +40,7 @@ def _child(artifact, cache: str, name: str) -> tuple[list, torch.Tensor]:
     env = dict(os.environ, FXOPT_XLA_CACHE=cache)
     out = artifact / f"{name}.pt"
     done = subprocess.run([sys.executable, "-c", CHILD, str(artifact / "art"), str(artifact / "x.pt"), str(out)],
-                          env=env, capture_output=True, text=True, timeout=300)
+                          env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1]), torch.load(out)
 

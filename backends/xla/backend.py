@@ -185,7 +185,6 @@ class XlaStage(Stage):
                                f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}") from exc
         if exe_key is not None and event["cache"] != "off":
             cache.store_executable(exe_key, exe)
-        self.compile_count += 1
         return self._keep(key, exe, event)
 
     def _keep(self, key: tuple, exe: Any, event: dict) -> Any:
@@ -193,6 +192,7 @@ class XlaStage(Stage):
         from fxopt.backends.xla import cache
 
         self._executables[key] = exe
+        self.compile_count += 1   # one per input signature made runnable, compiled here or read from the cache
         event["signature"] = [list(shape) for shape, _ in key[0]]
         self.compile_events.append(event)
         _LOG.info("fxopt: %s", cache.describe(event, self.name))
