@@ -78,3 +78,23 @@ def test_a_corrupt_entry_is_ignored_and_recompiled(artifact, tmp_path):
     events, out = _child(artifact, str(cache), "again")
     assert events in (["hit"], ["miss"])   # JAX's own cache may still serve the XLA compile
     torch.testing.assert_close(out, torch.load(artifact / "want.pt"))
+
+
+def test_an_entry_that_fails_to_run_is_dropped_and_the_partition_compiled_again(artifact, tmp_path, monkeypatch):
+    from fxopt.backends.xla import cache
+
+    monkeypatch.setenv("FXOPT_XLA_CACHE", str(tmp_path / "c"))
+    monkeypatch.setitem(cache._state, "enabled", None)
+    art = fxopt.load(str(artifact / "art"))
+    stage = art.stages[0]
+
+    class Broken:
+        def __call__(self, *args):
+            raise RuntimeError("NOT_FOUND: Function wrapped_iota not found (type id: 1)")
+
+    dropped = []
+    monkeypatch.setattr(cache, "load_executable", lambda key, i, o: Broken())
+    monkeypatch.setattr(cache, "drop_executable", dropped.append)
+    out = art(torch.load(artifact / "x.pt"))
+    torch.testing.assert_close(out, torch.load(artifact / "want.pt"))
+    assert len(dropped) == 1 and stage.compile_count == 1

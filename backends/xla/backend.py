@@ -72,6 +72,8 @@ class XlaStage(Stage):
         self.op_count = op_count
         self.compile_count = 0
         self.compile_events: list[dict] = []   # one per XLA compile: seconds, cache hit/miss/off, signature
+        self._untried: set[tuple] = set()      # signatures whose executable came from fxopt's cache, not yet run
+        self._exe_keys: dict[tuple, str] = {}  # their cache keys
         self._jitted = jax.jit(fn)
         self._executables: dict[tuple, Any] = {}
 
@@ -133,8 +135,30 @@ class XlaStage(Stage):
         exe = self._executables.get(key)
         if exe is None:
             exe = self._compile(key, arrays, scalars)
+        if key in self._untried:   # read from fxopt's cache and not run yet: a bad entry recompiles once
+            return self._first_run_of_cached(key, exe, arrays, scalars)
         outs = exe(self.params, *arrays)
         return tuple(lower.to_torch(o) if hasattr(o, "dtype") else o for o in outs)
+
+    def _first_run_of_cached(self, key: tuple, exe: Any, arrays: list, scalars: dict) -> tuple:
+        """Run an executable read from the cache for the first time; when it fails (an entry XLA:CPU cannot
+        run, e.g. a function it links in is missing), drop the entry, compile, and run that instead."""
+        from fxopt.backends.xla import cache
+
+        lower = _lower()
+        self._untried.discard(key)
+        try:
+            outs = exe(self.params, *arrays)
+            return tuple(lower.to_torch(o) if hasattr(o, "dtype") else o for o in outs)
+        except Exception as exc:  # noqa: BLE001 - any failure of a cached executable: compile instead
+            _LOG.warning("fxopt: xla partition '%s': the cached executable failed (%s); compiling it again",
+                         self.name, str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+            cache.drop_executable(self._exe_keys.pop(key))
+            del self._executables[key]
+            self.compile_count -= 1
+            exe = self._compile(key, arrays, scalars, use_cache=False)
+            outs = exe(self.params, *arrays)
+            return tuple(lower.to_torch(o) if hasattr(o, "dtype") else o for o in outs)
 
     def _check_loaded(self, arrays: list, scalars: dict) -> None:
 
@@ -159,7 +183,7 @@ class XlaStage(Stage):
             return fn(params, *[scalars[i] if i in scalars else next(it) for i in range(total)])
         return bound
 
-    def _compile(self, key: tuple, arrays: list, scalars: dict) -> Any:
+    def _compile(self, key: tuple, arrays: list, scalars: dict, use_cache: bool = True) -> Any:
         import jax
 
         from fxopt.backends.xla import cache
@@ -170,8 +194,10 @@ class XlaStage(Stage):
             t0 = time.perf_counter()
             in_tree = jax.tree_util.tree_structure(((self.params, *arrays), {}))
             out_tree = jax.tree_util.tree_structure(tuple(range(len(self.outputs))))
-            exe = cache.load_executable(exe_key, in_tree, out_tree)
+            exe = cache.load_executable(exe_key, in_tree, out_tree) if use_cache else None
             if exe is not None:
+                self._untried.add(key)
+                self._exe_keys[key] = exe_key
                 return self._keep(key, exe, {"seconds": time.perf_counter() - t0, "cache": "hit",
                                              "dir": cache.enable()})
         try:
@@ -183,7 +209,9 @@ class XlaStage(Stage):
             raise BackendError(f"partition '{self.name}': XLA compile failed for input shapes "
                                f"{[list(s) for s, _ in key[0]]}: {type(exc).__name__}: "
                                f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}") from exc
-        if exe_key is not None and event["cache"] != "off":
+        if exe_key is not None and event["cache"] == "miss":
+            # only an executable XLA compiled here: one JAX read back from its own cache lacks the function
+            # library XLA:CPU links in, and re-serialized it fails at run time ("Function wrapped_iota not found")
             cache.store_executable(exe_key, exe)
         return self._keep(key, exe, event)
 

@@ -17,7 +17,11 @@ JAX's cache skips XLA's compile but not the lowering of a loaded ``jax.export`` 
 the compiled executable itself (:func:`load_executable` / :func:`store_executable`, JAX's
 ``serialize_executable``), keyed by a digest of the exported module's bytes, the input signature, the
 jax/jaxlib versions, the host key and ``XLA_FLAGS``: a cached first call then costs the executable's
-deserialization (0.04 s for zoo:ranking).
+deserialization (0.04 s for zoo:ranking). Only executables XLA compiled in this process are stored: one JAX
+read back from its own cache lacks the function library XLA:CPU links into it, and stored again it fails
+when run ("NOT_FOUND: Function wrapped_iota not found", seen in CI on 2026-12-02). An entry that fails on its
+first run anyway is dropped and the partition compiled again (one log line), so a bad entry costs a compile,
+never a failed call.
 
 Trust: both caches hold machine code, and fxopt's entries are pickles (what ``serialize_executable``
 writes). The cache is the user's own, like a build cache: fxopt creates its directory with mode 0700 and
@@ -193,3 +197,13 @@ def store_executable(key: str, executable: Any) -> None:
         os.replace(tmp, path)
     except Exception as exc:  # noqa: BLE001 - e.g. a full disk: the next process compiles again
         _LOG.info("fxopt: could not store the XLA executable in the cache (%s)", type(exc).__name__)
+
+
+def drop_executable(key: str) -> None:
+    """Remove the entry stored under ``key`` (one that failed to run); missing entries are fine."""
+    path = _entry_path(key)
+    if path is not None:
+        try:
+            os.remove(path)
+        except OSError:
+            pass
