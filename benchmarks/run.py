@@ -80,6 +80,17 @@ def main(argv=None) -> None:
         headlines.append(f"xla: {x['headline']}" if x.get("headline") else
                          f"xla: zoo:ranking batch 512 xla {speedup:.2f}x eager" if speedup is not None else
                          "xla: see its table above")
+    print()
+    from benchmarks import cli_startup
+    c = {r["command"]: r for r in cli_startup.main(["--runs", "3" if args.quick else "10"])}
+    headlines.append(f"cli_startup: fxopt --help {c['fxopt --help']['median_s']:.2f} s, a typo "
+                     f"{c['fxopt rnu (typo)']['median_s']:.2f} s (goal < 1 s)")
+    print()
+    from benchmarks import compile_backend
+    rows = compile_backend.main(["--quick"] if args.quick else [])
+    key = next(r for r in rows if r["workload"] == "ranking b256" and r["system"] == "fxopt-xla")
+    headlines.append(f"compile_backend: ranking b256 torch.compile(backend=fxopt, xla) {key['vs_inductor']:.2f}x "
+                     f"inductor, {key['vs_eager']:.2f}x eager (goal >= 1x inductor)")
     print("\nheadlines:")
     for line in headlines:
         print("  " + line)
