@@ -179,3 +179,35 @@ def test_import_fxopt_is_lazy_and_its_names_resolve():
             "print('torch' in sys.modules)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr[-2000:]
+
+
+def test_named_inputs_bind_to_an_onnx_files_input_names(tmp_path, capsys):
+    pytest.importorskip("onnx")
+
+    class TwoInputs(torch.nn.Module):
+        def forward(self, a, b):
+            return a * 2 + b.sum(1, keepdim=True)
+
+    path = tmp_path / "two.onnx"
+    with torch.no_grad():
+        torch.onnx.export(TwoInputs(), (torch.randn(2, 3), torch.randn(2, 4)), str(path), dynamo=False,
+                          opset_version=17, input_names=["a", "b"])
+    out = str(tmp_path / "art")
+    code = main(["run", str(path), "--input", "b=float32[2,4]", "--input", "a=float32[2,3]", "-o", out])
+    assert code == 0, capsys.readouterr().err
+    assert [s["shape"] for s in fxopt.load(out).input_specs] == [[2, 3], [2, 4]]
+    assert main(["run", str(path), "--input", "c=float32[2,3]", "-o", out]) == 2
+    assert "no input named 'c' (its inputs: a, b)" in capsys.readouterr().err
+
+
+def test_named_inputs_bind_to_a_pt2s_input_names(tmp_path, capsys):
+    class TwoInputs(torch.nn.Module):
+        def forward(self, a, b):
+            return a * 2 + b.sum(1, keepdim=True)
+
+    path = tmp_path / "two.pt2"
+    torch.export.save(torch.export.export(TwoInputs(), (torch.randn(2, 3), torch.randn(2, 4))), str(path))
+    out = str(tmp_path / "art")
+    code = main(["run", str(path), "--input", "b=float32[2,4]", "--input", "a=float32[2,3]", "-o", out])
+    assert code == 0, capsys.readouterr().err
+    assert [s["shape"] for s in fxopt.load(out).input_specs] == [[2, 3], [2, 4]]
