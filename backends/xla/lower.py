@@ -18,6 +18,7 @@ than casting int64 to int32: docs/backends/xla-lowering.md.
 """
 from __future__ import annotations
 
+import functools
 import operator
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -182,6 +183,37 @@ def to_torch(a: Any) -> Any:
 
 
 # --------------------------------------------------------------------------------------------- lowering
+def _uniform_bag_length(gm: torch.nn.Module, node: torch.fx.Node) -> int | None:
+    """L when embedding-bag ``node`` reads constant offsets ``0, L, 2L, ...`` (a graph weight) that cut its
+    static-length indices into equal bags, in sum or mean mode without per-sample weights or padding; else
+    None (the general rule handles it)."""
+    names = ("weight", "indices", "offsets", "scale_grad_by_freq", "mode", "sparse", "per_sample_weights",
+             "include_last_offset", "padding_idx")
+    bound = dict(zip(names, node.args))
+    bound.update(node.kwargs)
+    offsets, indices = bound.get("offsets"), bound.get("indices")
+    mode, psw = bound.get("mode", 0), bound.get("per_sample_weights")
+    padding = bound.get("padding_idx", -1)
+    if not (isinstance(offsets, torch.fx.Node) and offsets.op == "get_attr" and isinstance(indices, torch.fx.Node)):
+        return None
+    if mode not in (0, 1) or psw is not None or (padding is not None and padding >= 0):
+        return None
+    val = indices.meta.get("val")
+    if val is None or val.dim() != 1 or not isinstance(val.shape[0], int):
+        return None
+    off = _fetch(gm, offsets.target)
+    if not isinstance(off, torch.Tensor) or off.dim() != 1 or off.dtype not in (torch.int64, torch.int32):
+        return None
+    n = int(val.shape[0])
+    nbags = off.shape[0] - 1 if bound.get("include_last_offset", False) else off.shape[0]
+    if nbags < 1 or n % nbags or n == 0:
+        return None
+    length = n // nbags
+    if not torch.equal(off[:nbags].to(torch.int64), torch.arange(0, n, length, dtype=torch.int64)):
+        return None
+    return length
+
+
 @dataclass
 class Lowered:
     """A graph lowered to JAX.
@@ -308,6 +340,10 @@ def lower_graph(gm: torch.fx.GraphModule, *, dtype_check: str = "cast", _prefix:
                                if f"{n.target}.{p}" not in param_names)
 
     rules = {n: ops.lookup(n.target) for n in nodes if n.op == "call_function"}
+    for n in nodes:   # embedding bags of equal, constant length: a gather and a sum instead of segment sums
+        length = _uniform_bag_length(gm, n) if n.op == "call_function" and n.target in ops.EMBEDDING_BAGS else None
+        if length:
+            rules[n] = functools.partial(ops.embedding_bag_uniform, bag_length=length)
 
     def fn(params, *inputs):
         if len(inputs) != len(placeholders):

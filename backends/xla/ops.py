@@ -1167,6 +1167,32 @@ RULES[aten._embedding_bag.default] = _embedding_bag
 RULES[aten._embedding_bag_forward_only.default] = _embedding_bag
 RULES[aten.embedding_bag.padding_idx] = _embedding_bag
 
+#: The embedding-bag targets :func:`embedding_bag_uniform` may stand in for (same arguments, same outputs).
+EMBEDDING_BAGS = (aten._embedding_bag.default, aten._embedding_bag_forward_only.default,
+                  aten.embedding_bag.padding_idx, aten.embedding_bag.default)
+
+
+def embedding_bag_uniform(weight, indices, offsets, scale_grad_by_freq=False, mode=0, sparse=False,
+                          per_sample_weights=None, include_last_offset=False, padding_idx=-1, *, bag_length,
+                          **_):
+    """``_embedding_bag`` when every bag holds ``bag_length`` indices (the lowering saw constant offsets
+    ``0, L, 2L, ...``, what ``nn.EmbeddingBag`` makes of 2-D input): a gather, a reshape to [bags, L, dim]
+    and a sum over L — no searchsorted and no scatter-based segment sums, which XLA:CPU runs serially
+    (zoo:ranking's 8 bags at batch 256: 3.8 ms in XLA with segment sums against 0.5 ms in PyTorch). Sum and
+    mean modes without per-sample weights or padding only; the outputs are :func:`_embedding_bag`'s."""
+    n, d = indices.shape[0], weight.shape[1]
+    nbags = n // bag_length
+    itype = indices.dtype
+    rows = jnp.take(weight, indices, axis=0).reshape(nbags, bag_length, d)
+    acc = jnp.sum(_opmath(rows), axis=1)
+    seg = (jnp.arange(n, dtype=jnp.int64) // bag_length).astype(itype)
+    if mode == 0:
+        fast = weight.dtype in (jnp.float32, jnp.float16, jnp.bfloat16)
+        zeros_b = jnp.zeros((nbags,), itype)
+        return acc.astype(weight.dtype), (jnp.zeros((0,), itype) if fast else seg), zeros_b, zeros_b
+    count = jnp.full((nbags,), bag_length, itype)
+    return (acc / bag_length).astype(weight.dtype), seg, count, count
+
 
 @rule(aten.embedding_bag.default)
 def _embedding_bag_public(weight, indices, offsets, scale_grad_by_freq=False, mode=0, sparse=False,
