@@ -12,7 +12,7 @@ import torch.utils._pytree as pytree
 from fxopt import zoo
 from fxopt.backends.base import (Compiled, check_replaceable, compile_program, get_backend, load as _load,
                                  read_manifest, steps_summary)
-from fxopt.errors import FxoptError, VerificationError
+from fxopt.errors import FxoptError, VerificationError, first_line
 from fxopt.ir import loops
 from fxopt.ir.capture import capture as _capture, eval_mode, register_model_source, resolve_model  # noqa: F401 - resolve_model re-exported for tools
 from fxopt.ir.numerics import first_difference, max_abs_error, output_depths
@@ -173,10 +173,9 @@ def check_compiled(compiled: Any, program: Program, expected: Sequence[Any], hin
     except FxoptError:
         raise
     except Exception as exc:  # noqa: BLE001 - a compiled artifact that cannot run is a failed check
-        text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "?")
         raise VerificationError(
             f"the compiled artifact ({compiled.backend}) fails to run on the example inputs: "
-            f"{type(exc).__name__}: {text}" + (f" ({hint})" if hint else "")) from exc
+            f"{type(exc).__name__}: {first_line(str(exc)) or '?'}" + (f" ({hint})" if hint else "")) from exc
     problem = first_difference(tuple(expected), tuple(actual), output_depths(program.graph_module))
     if problem:
         raise VerificationError(

@@ -27,3 +27,9 @@ class BackendError(FxoptError):
     """A backend could not lower or run a program (e.g. an op it does not support)."""
 
     exit_code = 2
+
+
+def first_line(text: str) -> str:
+    """The first non-blank line of ``text``, stripped (``""`` when there is none): how an error from a library
+    becomes part of fxopt's one-line message."""
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")

@@ -9,6 +9,8 @@ import warnings
 
 import torch
 
+from fxopt.tools.bench import load_average, machine_info, noise_warnings  # noqa: F401 - load_average for the benchmarks
+
 
 def interleaved_medians(fns: list, repeat: int) -> list[float]:
     """Median seconds per callable in ``fns``, after one warm-up call each, timing them round-robin
@@ -74,39 +76,13 @@ def parse_repeat_args(argv, description: str, quick_help: str, repeats: tuple[in
 
 def machine_line(load_before: float | None = None) -> str:
     """One line naming where figures come from: the CPU model, cores, torch threads and the load average
-    (before the run when given, and now), with a warning when it exceeded the cores: then other work competed
-    for the CPU and the figures do not hold on a quiet machine."""
-    import os
-    import platform
-
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    try:
-        now = os.getloadavg()[0]
-    except OSError:
-        now = None
-    cores = os.cpu_count() or 1
-    loads = [x for x in (load_before, now) if x is not None]
-    load_text = " -> ".join(f"{x:.1f}" for x in loads) or "?"
-    line = f"machine: {cpu}, {cores} cores, torch threads {torch.get_num_threads()}, load average {load_text}"
-    if loads and max(loads) > cores:
-        line += (f"\nwarning: the load average exceeded the {cores} cores: other work competed for the CPU; "
-                 "these figures (ratios included) do not hold on a quiet machine")
-    return line
-
-
-def load_average() -> float | None:
-    """The 1-minute load average (None where the OS has none)."""
-    import os
-
-    try:
-        return os.getloadavg()[0]
-    except OSError:
-        return None
+    (before the run when given, and now), plus ``fxopt bench``'s warning line when the load exceeded the
+    cores (then other work competed for the CPU and the figures do not hold on a quiet machine)."""
+    info = machine_info()
+    loads = [x for x in (load_before, info["load_average_1m"]) if x is not None]
+    line = (f"machine: {info['cpu'] or '?'}, {info['cores']} cores, torch threads {info['torch_threads']}, "
+            f"load average {' -> '.join(f'{x:.1f}' for x in loads) or '?'}")
+    return "\n".join([line, *noise_warnings(load_before, info["load_average_1m"], [])])
 
 
 def block_interleaved(fns: dict, rounds: int, block: int = 5, budget_s: float | None = None) -> dict[str, list[float]]:

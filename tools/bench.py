@@ -147,13 +147,9 @@ def machine_info() -> dict:
                     break
     except OSError:
         pass
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        load = None
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
-            "load_average_1m": load}
+            "load_average_1m": load_average()}
 
 
 # ------------------------------------------------------------------------------------------ bench
@@ -172,7 +168,7 @@ def bench(model_spec: Any, batches: Sequence[int] | None = None, against: Sequen
     name) for the cost-per-million column. ``log`` receives progress lines. Returns a :class:`BenchResult`;
     raises InputError for a model that cannot be resolved or bad arguments. The model is never modified."""
     log = log or (lambda _line: None)
-    start_load = _load_average()
+    start_load = load_average()
     for name in against:
         if name not in AGAINST:
             raise InputError(f"--against: unknown system {name!r}; choose from {', '.join(AGAINST)}")
@@ -206,11 +202,12 @@ def bench(model_spec: Any, batches: Sequence[int] | None = None, against: Sequen
             result.rows.append(row)
         _add_ratios(result, batch, prices or {})
         del systems, inputs
-    result.notes += noise_warnings(start_load, _load_average(), result.rows)
+    result.notes += noise_warnings(start_load, load_average(), result.rows)
     return result
 
 
-def _load_average() -> float | None:
+def load_average() -> float | None:
+    """The 1-minute load average (None where the OS has none)."""
     try:
         return os.getloadavg()[0]
     except OSError:

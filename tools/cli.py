@@ -225,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def report_exception(exc: BaseException, debug: bool) -> int:
     """Print ``exc`` as the CLI does (one line, or the traceback and the line with ``debug``); returns the
     exit code: ``exc.exit_code`` for an FxoptError, 3 for anything else."""
-    from fxopt.errors import FxoptError
+    from fxopt.errors import FxoptError, first_line
 
     if isinstance(exc, SystemExit):  # a handler called sys.exit: keep its code
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -234,7 +234,7 @@ def report_exception(exc: BaseException, debug: bool) -> int:
     if isinstance(exc, FxoptError):
         _error_line(_one_line(str(exc)) or type(exc).__name__)
         return int(getattr(exc, "exit_code", 2))
-    text = _first_line(str(exc))
+    text = first_line(str(exc))
     message = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     if debug:
         print(f"fxopt: internal error: {message}", file=sys.stderr)
@@ -260,13 +260,6 @@ def _error_line(message: str) -> None:
 def _one_line(text: str) -> str:
     """FxoptError messages are one line by contract; collapse any stray newlines so the CLI's stays so."""
     return " ".join(line.strip() for line in text.strip().splitlines() if line.strip())
-
-
-def _first_line(text: str) -> str:
-    for line in text.strip().splitlines():
-        if line.strip():
-            return line.strip()
-    return ""
 
 
 @contextlib.contextmanager

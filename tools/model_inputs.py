@@ -18,7 +18,7 @@ import os
 import re
 from typing import Any, Sequence
 
-from fxopt.errors import InputError
+from fxopt.errors import InputError, first_line
 
 FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
 INT_DTYPES = ("int64", "int32", "int16", "int8", "uint8")
@@ -166,8 +166,8 @@ def load_inputs_file(path: str) -> list[tuple[str | None, Any]]:
     try:
         data = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - any failure to read is the file's fault
-        text = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise InputError(f"--inputs {path}: not a file torch.load reads as tensors ({text.strip()}); save "
+        text = first_line(str(exc)) or type(exc).__name__
+        raise InputError(f"--inputs {path}: not a file torch.load reads as tensors ({text}); save "
                          "a tensor, a tuple or list of tensors, or a dict of them with torch.save") from exc
     if isinstance(data, torch.Tensor):
         pairs: list[tuple[str | None, Any]] = [(None, data)]

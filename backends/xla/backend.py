@@ -137,28 +137,28 @@ class XlaStage(Stage):
             exe = self._compile(key, arrays, scalars)
         if key in self._untried:   # read from fxopt's cache and not run yet: a bad entry recompiles once
             return self._first_run_of_cached(key, exe, arrays, scalars)
-        outs = exe(self.params, *arrays)
-        return tuple(lower.to_torch(o) if hasattr(o, "dtype") else o for o in outs)
+        return self._call(exe, arrays)
+
+    def _call(self, exe: Any, arrays: list) -> tuple:
+        """Run ``exe`` on the weights and ``arrays``; returns the outputs as torch tensors (numbers as is)."""
+        lower = _lower()
+        return tuple(lower.to_torch(o) if hasattr(o, "dtype") else o for o in exe(self.params, *arrays))
 
     def _first_run_of_cached(self, key: tuple, exe: Any, arrays: list, scalars: dict) -> tuple:
         """Run an executable read from the cache for the first time; when it fails (an entry XLA:CPU cannot
         run, e.g. a function it links in is missing), drop the entry, compile, and run that instead."""
         from fxopt.backends.xla import cache
 
-        lower = _lower()
         self._untried.discard(key)
         try:
-            outs = exe(self.params, *arrays)
-            return tuple(lower.to_torch(o) if hasattr(o, "dtype") else o for o in outs)
+            return self._call(exe, arrays)
         except Exception as exc:  # noqa: BLE001 - any failure of a cached executable: compile instead
             _LOG.warning("fxopt: xla partition '%s': the cached executable failed (%s); compiling it again",
                          self.name, str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
             cache.drop_executable(self._exe_keys.pop(key))
             del self._executables[key]
             self.compile_count -= 1
-            exe = self._compile(key, arrays, scalars, use_cache=False)
-            outs = exe(self.params, *arrays)
-            return tuple(lower.to_torch(o) if hasattr(o, "dtype") else o for o in outs)
+            return self._call(self._compile(key, arrays, scalars, use_cache=False), arrays)
 
     def _check_loaded(self, arrays: list, scalars: dict) -> None:
 

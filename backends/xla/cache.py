@@ -35,6 +35,7 @@ import hashlib
 import logging
 import os
 import platform
+import stat
 import tempfile
 import threading
 import time
@@ -83,8 +84,6 @@ def _private(directory: str) -> bool:
     except OSError as exc:
         _LOG.warning("fxopt: XLA compile cache off: cannot create %s (%s)", directory, exc.strerror)
         return False
-    import stat  # local: only here
-
     if not stat.S_ISDIR(st.st_mode) or (hasattr(os, "getuid") and st.st_uid != os.getuid()) \
             or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         _LOG.warning("fxopt: XLA compile cache off: %s is not a private directory of this user (it holds "

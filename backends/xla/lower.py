@@ -19,6 +19,7 @@ than casting int64 to int32: docs/backends/xla-lowering.md.
 from __future__ import annotations
 
 import functools
+import inspect
 import operator
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -183,17 +184,21 @@ def to_torch(a: Any) -> Any:
 
 
 # --------------------------------------------------------------------------------------------- lowering
+_EMBEDDING_BAG_SIGNATURE = inspect.signature(ops._embedding_bag)
+
+
 def _uniform_bag_length(gm: torch.nn.Module, node: torch.fx.Node) -> int | None:
     """L when embedding-bag ``node`` reads constant offsets ``0, L, 2L, ...`` (a graph weight) that cut its
     static-length indices into equal bags, in sum or mean mode without per-sample weights or padding; else
     None (the general rule handles it)."""
-    names = ("weight", "indices", "offsets", "scale_grad_by_freq", "mode", "sparse", "per_sample_weights",
-             "include_last_offset", "padding_idx")
-    bound = dict(zip(names, node.args))
-    bound.update(node.kwargs)
-    offsets, indices = bound.get("offsets"), bound.get("indices")
-    mode, psw = bound.get("mode", 0), bound.get("per_sample_weights")
-    padding = bound.get("padding_idx", -1)
+    try:   # the arguments by name, as the general rule takes them (ATen's embedding-bag schemas share them)
+        call = _EMBEDDING_BAG_SIGNATURE.bind(*node.args, **node.kwargs)
+    except TypeError:
+        return None
+    call.apply_defaults()
+    bound = call.arguments
+    offsets, indices = bound["offsets"], bound["indices"]
+    mode, psw, padding = bound["mode"], bound["per_sample_weights"], bound["padding_idx"]
     if not (isinstance(offsets, torch.fx.Node) and offsets.op == "get_attr" and isinstance(indices, torch.fx.Node)):
         return None
     if mode not in (0, 1) or psw is not None or (padding is not None and padding >= 0):
@@ -205,7 +210,7 @@ def _uniform_bag_length(gm: torch.nn.Module, node: torch.fx.Node) -> int | None:
     if not isinstance(off, torch.Tensor) or off.dim() != 1 or off.dtype not in (torch.int64, torch.int32):
         return None
     n = int(val.shape[0])
-    nbags = off.shape[0] - 1 if bound.get("include_last_offset", False) else off.shape[0]
+    nbags = off.shape[0] - 1 if bound["include_last_offset"] else off.shape[0]
     if nbags < 1 or n % nbags or n == 0:
         return None
     length = n // nbags
