@@ -1,0 +1,41 @@
+"""ONNX linear algebra: MatMul, Gemm, Einsum."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from fxopt.ir.capture.onnx_ops.base import Ctx, as_str, rule, tensor
+
+
+# ---------------------------------------------------------------------------------------------- linear algebra
+@rule("MatMul")
+def _matmul(ctx: Ctx, inputs: list, attrs: dict) -> list:
+    return [torch.matmul(tensor(inputs[0]), tensor(inputs[1]))]
+
+
+@rule("Gemm")
+def _gemm(ctx: Ctx, inputs: list, attrs: dict) -> list:
+    a, b = tensor(inputs[0]), tensor(inputs[1])
+    c = tensor(inputs[2]) if len(inputs) > 2 else None
+    alpha, beta = attrs.get("alpha", 1.0), attrs.get("beta", 1.0)
+    if attrs.get("transA", 0):
+        a = a.t()
+    if attrs.get("transB", 0) and alpha == 1.0 and (c is None or beta == 1.0):
+        # the nn.Linear form: F.linear decomposes to permute(weight) + addmm, which passes recognise
+        bias = c if c is not None and c.dim() == 1 and c.shape[0] == b.shape[0] else None
+        out = F.linear(a, b, bias)
+        return [out if c is None or bias is not None else out + c]
+    if not attrs.get("transB", 0):
+        out = torch.matmul(a, b)
+    else:
+        out = torch.matmul(a, b.t())
+    if alpha != 1.0:
+        out = out * alpha
+    if c is not None and beta != 0.0:
+        out = out + (c * beta if beta != 1.0 else c)
+    return [out]
+
+
+@rule("Einsum")
+def _einsum(ctx: Ctx, inputs: list, attrs: dict) -> list:
+    return [torch.einsum(as_str(attrs["equation"]), *[tensor(v) for v in inputs])]
