@@ -21,5 +21,6 @@ from fxopt.ir.capture.onnx_ops.base import (  # noqa: F401 - the package's publi
     supported_ops, tensor,
 )
 from fxopt.ir.capture.onnx_ops import (  # noqa: F401 - each registers its rules
-    control, elementwise, linalg, nn, reductions, shapes, types,
+    attention, control, detection, elementwise, image, linalg, nn, quantize, recurrent, reductions, shapes, signal,
+    types,
 )
