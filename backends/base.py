@@ -27,7 +27,7 @@ import torch.utils._pytree as pytree
 from fxopt.backends import artifact_dir
 from fxopt.errors import InputError
 from fxopt.ir import serialize, targets
-from fxopt.ir.program import Program, signature_text
+from fxopt.ir.program import Program, check_input_value, signature_text
 from fxopt.ir.shapes import dim_expr
 from fxopt.ir.trace import merge_timings, split_timings
 from fxopt.options import Registry, from_options, parse_specs
@@ -130,6 +130,9 @@ def tensor_spec(name: str, val: Any) -> dict:
 def io_specs(program: Program) -> tuple[list[dict], list[dict]]:
     """Input and output tensor specs of the program's flat graph."""
     inputs = [tensor_spec(n.name, n.meta.get("val")) for n in program.placeholders()]
+    for spec, node in zip(inputs, program.placeholders()):
+        if "input_value" in node.meta:  # an input capture specialized to its value: checked on every call
+            spec["value"] = list(node.meta["input_value"])
     out_node = program.output_node()
     outs = out_node.args[0]
     outs = outs if isinstance(outs, (tuple, list)) else (outs,)
@@ -168,6 +171,8 @@ def check_inputs(flat_inputs: list, specs: list[dict]) -> None:
                                  f"inputs sharing {want} must agree")
             else:
                 bound.setdefault(want, (int(have), label))
+        if "value" in spec:
+            check_input_value(x, spec["value"], label)
 
 
 # ------------------------------------------------------------------------------------------ compiled
@@ -418,6 +423,10 @@ def _check_specs(path: str, manifest: dict, key: str) -> None:
             if isinstance(d, bool) or not (isinstance(d, int) and 0 <= d < 2 ** 62 or isinstance(d, str)):
                 raise InputError(f"{path}: manifest field '{label}.shape' holds {d!r}, not a size or a symbol; "
                                  "the artifact is corrupt or hostile")
+        value = _field(path, spec, "value", (list,), f"{label}.value", required=False)
+        if value is not None and (len(value) > 4096 or not all(isinstance(v, (int, float)) for v in value)):
+            raise InputError(f"{path}: manifest field '{label}.value' is not a short list of numbers; the "
+                             "artifact is corrupt or hostile")
 
 
 def check_manifest(path: str, manifest: Any) -> None:

@@ -95,7 +95,11 @@ class Program:
 
     def __call__(self, *args, **kwargs):
         """Run the program like the original model: same argument and result structure."""
-        return self.unflatten_outputs(self.run_flat(self.flatten_inputs(args, kwargs)))
+        flat = self.flatten_inputs(args, kwargs)
+        for node, x in zip(self.placeholders(), flat):
+            if "input_value" in node.meta:
+                check_input_value(x, node.meta["input_value"], f"input '{node.name}'")
+        return self.unflatten_outputs(self.run_flat(flat))
 
     def flat_example_inputs(self) -> list:
         """The example inputs, flattened to placeholder order; cloned when the graph writes into an input
@@ -331,3 +335,12 @@ def writes_into_inputs(graph: torch.fx.Graph) -> bool:
                     and spec.alias_info.is_write:
                 return True
     return False
+
+
+def check_input_value(x: Any, expected: list, label: str) -> None:
+    """Raise a one-line InputError unless tensor ``x`` holds exactly ``expected`` (flattened): the guard of an
+    input that capture specialized to its example value (an ONNX graph reading an ``axes`` input's values)."""
+    got = x.reshape(-1).tolist() if isinstance(x, torch.Tensor) else x
+    if got != list(expected):
+        raise InputError(f"{label}: the model was captured for the value {list(expected)} (the graph needs it "
+                         f"while tracing, e.g. as axes or sizes), got {got}; capture again with this value")

@@ -32,7 +32,8 @@ import torch
 
 from fxopt.errors import InputError
 from fxopt.ir.capture import onnx_ops
-from fxopt.ir.capture.onnx_ops import DTYPES, RULES, Ctx, NotKnown
+from fxopt.ir.capture.onnx_ops import DTYPES, KNOWN_LIMIT, RULES, Ctx, Known, NotKnown
+from fxopt.ir.capture.onnx_ops.base import NeedsValue, trace_values
 from torch.export import Dim
 
 DEFAULT_DYNAMIC_SIZE = 2
@@ -296,6 +297,11 @@ class OnnxModule(torch.nn.Module):
         self.opset = opset_of(model)
         self._taken: set = set()
         self._count = 0
+        self._static_known: dict[str, Known] = {}  # small float initializers: their values, for rules to read
+        self._trace_table: dict | None = None
+        # graph inputs whose values the graph needs while tracing (an axes or sizes input): their example
+        # values, set by capture_onnx, which guards them (see specialize_input)
+        self.specialized: dict[str, Known] = {}
         top = model.graph
         inits = {t.name for t in top.initializer}
         self.graph = self._convert_graph(top, [vi.name for vi in top.input if vi.name not in inits])
@@ -344,10 +350,17 @@ class OnnxModule(torch.nn.Module):
             self.register_parameter(attr, torch.nn.Parameter(value, requires_grad=False))
         else:
             self.register_buffer(attr, value, persistent=not buffer)
+        if value.dim() <= 1 and value.numel() <= KNOWN_LIMIT and not value.dtype.is_complex:
+            self._static_known[attr] = Known(value.reshape(-1).tolist(), tuple(value.shape), value.dtype)
         return attr
 
     def _fetch(self, value: Any) -> Any:
-        return getattr(self, value) if isinstance(value, str) else value
+        if not isinstance(value, str):
+            return value
+        t = getattr(self, value)
+        if self._trace_table is not None and value in self._static_known:
+            self._trace_table[id(t)] = (self._static_known[value], t)
+        return t
 
     # ------------------------------------------------------------------ running
     def forward(self, *inputs: torch.Tensor) -> Any:
@@ -356,13 +369,26 @@ class OnnxModule(torch.nn.Module):
         return self.run(*inputs)
 
     def run(self, *inputs: torch.Tensor) -> Any:
-        """Run the ONNX graph on ``inputs`` (the graph inputs, in order); returns one output or a tuple."""
-        env: dict = {name: self._fetch(v) for name, v in self.graph.statics.items()}
-        for name, value in zip(self.input_names, inputs):
-            env[name] = value
-        for i in range(len(self.graph.nodes)):
-            self.node_calls[f"n{i}"](env)
-        outs = [self._output(env, name) for name in self.output_names]
+        """Run the ONNX graph on ``inputs`` (the graph inputs, in order); returns one output or a tuple.
+        Specialized inputs (:attr:`specialized`) take their example value; rules that read another graph
+        input's value raise :class:`NeedsValue` naming it."""
+        table: dict = {}
+        self._trace_table = table
+        try:
+            with trace_values(table):
+                env: dict = {name: self._fetch(v) for name, v in self.graph.statics.items()}
+                for name, value in zip(self.input_names, inputs):
+                    if name in self.specialized:
+                        env[name] = self.specialized[name]
+                    else:
+                        env[name] = value
+                        if isinstance(value, torch.Tensor):
+                            table[id(value)] = (name, value)
+                for i in range(len(self.graph.nodes)):
+                    self.node_calls[f"n{i}"](env)
+                outs = [self._output(env, name) for name in self.output_names]
+        finally:
+            self._trace_table = None
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     def _output(self, env: Any, name: str) -> Any:
@@ -459,11 +485,41 @@ def capture_onnx(path: str, example_inputs: Any = None, *, dynamic_shapes: Any =
         inputs = _check_inputs(model, cap._as_tuple(example_inputs), path)
     if dynamic_shapes is None:
         dynamic_shapes = dynamic_shapes_for(model)
-    ep = cap._export(module, inputs, dynamic_shapes, path)
+    while True:
+        try:
+            ep = cap._export(module, inputs, dynamic_shapes, path)
+            break
+        except NeedsValue as need:  # an axes/k/sizes input: trace again with its example value
+            specialize_input(module, need, inputs, path)
     name = os.path.basename(path)[: -len(".onnx")] or "model"
     program = cap.program_from_exported(ep, inputs, name=name, source=path, original=module)
     name_onnx_nodes(program, module)
+    guard_specialized_inputs(program, module)
     return program
+
+
+def specialize_input(module: OnnxModule, need: NeedsValue, inputs: tuple, path: str) -> None:
+    """Fix graph input ``need.name`` to its example value in ``inputs`` (the ONNX graph reads its values while
+    tracing: an ``axes``, ``k``, ``pads`` or ``sizes`` given as a graph input). Raises a one-line InputError
+    when the value cannot be held (more than KNOWN_LIMIT elements, rank > 1) or was already fixed."""
+    index = module.input_names.index(need.name)
+    value = inputs[index]
+    if need.name in module.specialized:
+        raise InputError(f"{path}: graph input '{need.name}' was specialized and is still read at run time")
+    if value.dim() > 1 or value.numel() > KNOWN_LIMIT:
+        raise InputError(f"{path}: graph input '{need.name}' ({list(value.shape)}) gives a node's {need.what}, "
+                         f"which must be known while tracing; make it an initializer (a constant) in the model")
+    module.specialized[need.name] = Known(value.reshape(-1).tolist(), tuple(value.shape), value.dtype)
+
+
+def guard_specialized_inputs(program, module: OnnxModule) -> None:
+    """Record each specialized input's value on its placeholder (``meta["input_value"]``): running the
+    program or its artifact with another value is then a one-line error instead of a silently wrong result."""
+    placeholders = program.placeholders()
+    for name, known in module.specialized.items():
+        index = module.input_names.index(name)
+        if index < len(placeholders):
+            placeholders[index].meta["input_value"] = list(known.data)
 
 
 def name_onnx_nodes(program, module: OnnxModule) -> int:

@@ -2,10 +2,14 @@
 :data:`RULES` registry and its :func:`rule` decorator, and helpers for operands, axes and indices."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
+
+from fxopt.errors import InputError
 
 
 # ONNX TensorProto.DataType → torch dtype
@@ -56,18 +60,64 @@ class NotKnown(Exception):
     """A value a rule needs at trace time (a shape, an axis list) is only known at run time."""
 
 
-def ints(v: Any, what: str = "input") -> list:
-    """The elements of a Known as a list of ints/SymInts; raises NotKnown for a run-time tensor."""
+class NeedsValue(InputError):
+    """A rule needs the value of graph input ``name`` while tracing (an ``axes``, ``k`` or ``sizes`` given as a
+    graph input): capture specializes that input to its example value, guards it, and traces again."""
+
+    def __init__(self, name: str, what: str):
+        super().__init__(f"graph input '{name}' gives a node's {what}, which must be known while tracing")
+        self.name = name
+        self.what = what
+
+
+# While the ONNX graph runs: id(tensor) -> (Known or graph-input name, the tensor), for tensors whose values a
+# rule may read at trace time (small float initializers; graph inputs, which then need specializing).
+_TRACE_VALUES: contextvars.ContextVar[dict | None] = contextvars.ContextVar("onnx_trace_values", default=None)
+
+
+@contextlib.contextmanager
+def trace_values(table: dict) -> Iterator[None]:
+    """Make ``table`` (``id(tensor) -> (Known | input name, tensor)``) what :func:`known_value` consults."""
+    token = _TRACE_VALUES.set(table)
+    try:
+        yield
+    finally:
+        _TRACE_VALUES.reset(token)
+
+
+def known_value(v: Any, what: str = "input") -> Known | None:
+    """``v`` as a Known when its value is known while tracing: a Known, or a tensor registered with
+    :func:`trace_values` (a small float initializer); None otherwise. A graph-input tensor raises
+    :class:`NeedsValue`, so that capture specializes it."""
     if isinstance(v, Known):
-        return [x if not isinstance(x, bool) else int(x) for x in v.data]
+        return v
+    table = _TRACE_VALUES.get()
+    if table is None or not isinstance(v, torch.Tensor):
+        return None
+    entry = table.get(id(v))
+    if entry is None or entry[1] is not v:
+        return None
+    if isinstance(entry[0], str):
+        raise NeedsValue(entry[0], what)
+    return entry[0]
+
+
+def ints(v: Any, what: str = "input") -> list:
+    """The elements of a value known while tracing (see :func:`known_value`) as a list of Python numbers or
+    SymInts (bools as ints); raises NotKnown for a value computed at run time."""
+    k = known_value(v, what)
+    if k is not None:
+        return [x if not isinstance(x, bool) else int(x) for x in k.data]
     raise NotKnown(f"its {what} is computed from tensor values at run time (only shapes and constants are "
                    "supported there)")
 
 
 def scalar(v: Any, what: str = "input") -> Any:
-    """A Known's single element; raises NotKnown for a run-time tensor."""
-    if isinstance(v, Known):
-        return v.scalar()
+    """The single element of a value known while tracing (see :func:`known_value`); raises NotKnown for a
+    value computed at run time."""
+    k = known_value(v, what)
+    if k is not None:
+        return k.scalar()
     raise NotKnown(f"its {what} is computed from tensor values at run time")
 
 
