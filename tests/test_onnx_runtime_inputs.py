@@ -109,3 +109,38 @@ def test_float_initializer_is_read_while_tracing(tmp_path):
     program = fxopt.capture(path, (x,))
     np.testing.assert_allclose(program(x).numpy(), _ort(path, (x,))[0])
     assert program(x)[0, 0].item() == -3.5
+
+
+def test_if_on_a_tensor_condition_selects_between_both_branches(tmp_path):
+    then_g = helper.make_graph([helper.make_node("Mul", ["x", "two"], ["y"])], "then", [],
+                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])],
+                               [helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])])
+    else_g = helper.make_graph([helper.make_node("Neg", ["x"], ["y2"])], "else", [],
+                               [helper.make_tensor_value_info("y2", TensorProto.FLOAT, [3])])
+    nodes = [helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+             helper.make_node("Greater", ["s", "zero"], ["c"]),
+             helper.make_node("If", ["c"], ["out"], then_branch=then_g, else_branch=else_g)]
+    path = _save(tmp_path, nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+                 [helper.make_tensor_value_info("out", TensorProto.FLOAT, [3])],
+                 [helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])])
+    x = torch.tensor([1.0, 2.0, 3.0])
+    program = fxopt.capture(path, (x,))
+    assert program.op_histogram().get("aten.where.self") == 1
+    for v in (x, -x):   # one program, both branches taken
+        np.testing.assert_allclose(program(v).numpy(), _ort(path, (v,))[0])
+
+
+def test_if_whose_branches_differ_in_shape_names_the_node(tmp_path):
+    then_g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "then", [],
+                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    else_g = helper.make_graph([helper.make_node("ReduceSum", ["x"], ["y2"], keepdims=0)], "else", [],
+                               [helper.make_tensor_value_info("y2", TensorProto.FLOAT, None)])
+    nodes = [helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+             helper.make_node("Greater", ["s", "zero"], ["c"]),
+             helper.make_node("If", ["c"], ["out"], name="branchy", then_branch=then_g, else_branch=else_g)]
+    path = _save(tmp_path, nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+                 [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+                 [helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])])
+    with pytest.raises(InputError, match=r"node 'branchy' \(If\).*output 0 differs between the branches "
+                                         r"\(float32\[3\] vs float32\[\]\)"):
+        fxopt.capture(path, (torch.ones(3),))

@@ -1,6 +1,8 @@
 """ONNX control flow and sequences: If, Loop (unrolled when its count is known), Sequence*."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from fxopt.ir.capture.onnx_ops.base import Ctx, Known, NotKnown, rule, scalar, tensor
@@ -9,13 +11,34 @@ from fxopt.ir.capture.onnx_ops.base import Ctx, Known, NotKnown, rule, scalar, t
 # ---------------------------------------------------------------------------------------------- control flow
 @rule("If")
 def _if(ctx: Ctx, inputs: list, attrs: dict) -> list:
-    try:
-        cond = bool(scalar(inputs[0], "condition"))
-    except NotKnown as exc:
-        raise NotKnown("its condition depends on tensor values; only If nodes whose condition follows from "
-                       "shapes and constants are supported") from exc
-    branch = attrs["then_branch"] if cond else attrs["else_branch"]
-    return ctx.run_graph(branch, [], ctx.env)
+    """If: a condition known while tracing (shapes, constants) runs one branch inline. A condition computed
+    from tensor values runs both branches and selects each output with ``torch.where``: exact, since ONNX
+    branches have no side effects, provided both give outputs of one shape and dtype (else a one-line error).
+    (``torch.cond`` would run only one branch, but it traces branches with dynamo, which refuses this
+    interpreter's bookkeeping as a side effect.)"""
+    cond = inputs[0]
+    if isinstance(cond, Known):
+        branch = attrs["then_branch"] if bool(cond.scalar()) else attrs["else_branch"]
+        return ctx.run_graph(branch, [], ctx.env)
+    then_outs = [tensor(v) for v in ctx.run_graph(attrs["then_branch"], [], ctx.env)]
+    else_outs = [tensor(v) for v in ctx.run_graph(attrs["else_branch"], [], ctx.env)]
+    pred = tensor(cond).reshape(())
+    pred = pred if pred.dtype == torch.bool else pred != 0
+    outs = []
+    for k, (a, b) in enumerate(zip(then_outs, else_outs)):
+        if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor) or a.dtype != b.dtype \
+                or list(a.shape) != list(b.shape):
+            raise NotKnown(f"its condition depends on tensor values and output {k} differs between the branches "
+                           f"({_describe(a)} vs {_describe(b)}); only branches giving equal shapes and dtypes "
+                           "are supported then")
+        outs.append(torch.where(pred, a, b))
+    return outs
+
+
+def _describe(v: Any) -> str:
+    if isinstance(v, torch.Tensor):
+        return f"{str(v.dtype).replace('torch.', '')}{list(v.shape)}"
+    return type(v).__name__
 
 
 MAX_LOOP_ITERATIONS = 100_000
@@ -99,3 +122,60 @@ def _concat_from_sequence(ctx: Ctx, inputs: list, attrs: dict) -> list:
     if attrs.get("new_axis", 0):
         return [torch.stack(items, attrs["axis"])]
     return [torch.cat(items, attrs["axis"])]
+
+
+@rule("Scan")
+def _scan(ctx: Ctx, inputs: list, attrs: dict) -> list:
+    """Scan, unrolled over the (static) scan length: the body runs once per slice of the scan inputs, carrying
+    the state variables; scan outputs are stacked. Opset 8's form (a leading batch axis and an optional
+    ``sequence_lens`` input) runs the opset-9 form once per batch item; only full-length sequences."""
+    body = attrs["body"]
+    n_scan = attrs["num_scan_inputs"]
+    if ctx.opset < 9:
+        if inputs and inputs[0] is not None:
+            raise ValueError("Scan's sequence_lens input (opset 8) is not supported; re-export with opset >= 9")
+        states, scans = [tensor(v) for v in inputs[1:len(inputs) - n_scan]], [tensor(v) for v in inputs[-n_scan:]]
+        per_item = [_scan_once(ctx, body, attrs, [s[b] for s in states], [x[b] for x in scans], n_scan)
+                    for b in range(scans[0].shape[0])]
+        return [torch.stack([item[k] for item in per_item]) for k in range(len(per_item[0]))]
+    states = [tensor(v) for v in inputs[: len(inputs) - n_scan]]
+    return _scan_once(ctx, body, attrs, states, [tensor(v) for v in inputs[len(inputs) - n_scan:]], n_scan)
+
+
+def _scan_once(ctx: Ctx, body: Any, attrs: dict, states: list, scans: list, n_scan: int) -> list:
+    in_axes = list(attrs.get("scan_input_axes", [0] * n_scan))
+    in_dirs = list(attrs.get("scan_input_directions", [0] * n_scan))
+    n_out = len(body.outputs) - len(states)
+    out_axes = list(attrs.get("scan_output_axes", [0] * n_out))
+    out_dirs = list(attrs.get("scan_output_directions", [0] * n_out))
+    in_axes = [a + x.dim() if a < 0 else a for a, x in zip(in_axes, scans)]
+    length = scans[0].shape[in_axes[0]]
+    collected: list[list] = [[] for _ in range(n_out)]
+    for t in range(length):
+        slices = [torch.select(x, a, length - 1 - t if d else t) for x, a, d in zip(scans, in_axes, in_dirs)]
+        outs = ctx.run_graph(body, [*states, *slices], ctx.env)
+        states = [tensor(v) for v in outs[: len(states)]]
+        for k, v in enumerate(outs[len(states):]):
+            collected[k].append(tensor(v))
+    results = []
+    for items, axis, direction in zip(collected, out_axes, out_dirs):
+        if direction:
+            items = items[::-1]
+        rank = items[0].dim() + 1
+        results.append(torch.stack(items, axis + rank if axis < 0 else axis))
+    return states + results
+
+
+@rule("OptionalHasElement")
+def _optional_has_element(ctx: Ctx, inputs: list, attrs: dict) -> list:
+    """OptionalHasElement: whether the (optional) input is present; an absent input is an empty optional."""
+    present = bool(inputs) and inputs[0] is not None
+    return [Known([present], (), torch.bool)]
+
+
+@rule("OptionalGetElement")
+def _optional_get_element(ctx: Ctx, inputs: list, attrs: dict) -> list:
+    """OptionalGetElement: the element of a present optional (a plain tensor input passes through)."""
+    if not inputs or inputs[0] is None:
+        raise ValueError("OptionalGetElement of an empty optional")
+    return [inputs[0]]
