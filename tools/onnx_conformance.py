@@ -58,6 +58,12 @@ EXCLUDED_TESTS: dict[str, str] = {
     "test_training_dropout": "random output: values cannot match ONNX's numpy generator",
     "test_dropout_random*": "random output: values cannot match ONNX's numpy generator",
 }
+# Cases whose expected values carry the generating library's rounding noise above the case's atol; the
+# check uses the looser tolerance given, and the table says so.
+TOLERANCE_OVERRIDES: dict[str, tuple[float, float, str]] = {
+    "test_dft_inverse*": (1e-3, 1e-6, "expected imaginary Nyquist bin holds numpy float32 FFT noise (1.9e-7 "
+                                      "for an exact 0); atol 1e-6"),
+}
 
 
 @dataclass
@@ -311,7 +317,11 @@ def _run(case: Case) -> tuple[str, str]:
             except Exception as exc:  # noqa: BLE001
                 return "run", f"{type(exc).__name__}: {(first_line(str(exc)) or type(exc).__name__)}"
             got = list(got) if isinstance(got, (tuple, list)) else [got]
-            diff = compare(list(outputs), got, case.rtol, case.atol)
+            rtol, atol = case.rtol, case.atol
+            for pattern, (o_rtol, o_atol, _why) in TOLERANCE_OVERRIDES.items():
+                if fnmatch.fnmatch(case.name, pattern):
+                    rtol, atol = max(rtol, o_rtol), max(atol, o_atol)
+            diff = compare(list(outputs), got, rtol, atol)
             if diff:
                 return "wrong", diff
     return "pass", ""
