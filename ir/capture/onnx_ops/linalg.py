@@ -1,4 +1,4 @@
-"""ONNX linear algebra: MatMul, Gemm, Einsum."""
+"""ONNX linear algebra: MatMul, Gemm, Einsum, Det."""
 from __future__ import annotations
 
 import torch
@@ -10,11 +10,13 @@ from fxopt.ir.capture.onnx_ops.base import Ctx, as_str, rule, tensor
 # ---------------------------------------------------------------------------------------------- linear algebra
 @rule("MatMul")
 def _matmul(ctx: Ctx, inputs: list, attrs: dict) -> list:
+    """ONNX MatMul (numpy matmul broadcasting)."""
     return [torch.matmul(tensor(inputs[0]), tensor(inputs[1]))]
 
 
 @rule("Gemm")
 def _gemm(ctx: Ctx, inputs: list, attrs: dict) -> list:
+    """ONNX Gemm: alpha * op(A) @ op(B) + beta * C, op transposing as transA / transB say."""
     a, b = tensor(inputs[0]), tensor(inputs[1])
     c = tensor(inputs[2]) if len(inputs) > 2 else None
     alpha, beta = attrs.get("alpha", 1.0), attrs.get("beta", 1.0)
@@ -38,4 +40,16 @@ def _gemm(ctx: Ctx, inputs: list, attrs: dict) -> list:
 
 @rule("Einsum")
 def _einsum(ctx: Ctx, inputs: list, attrs: dict) -> list:
+    """ONNX Einsum with its ``equation``."""
     return [torch.einsum(as_str(attrs["equation"]), *[tensor(v) for v in inputs])]
+
+
+@rule("Det")
+def _det(ctx: Ctx, inputs: list, attrs: dict) -> list:
+    """ONNX Det: the determinant of each [..., M, M] matrix (output shape [...])."""
+    x = tensor(inputs[0])
+    if not x.dtype.is_floating_point:
+        raise ValueError(f"Det on {x.dtype} is not supported (floating-point types only)")
+    if x.dtype in (torch.float16, torch.bfloat16):  # torch's LU has no half-precision kernels
+        return [torch.linalg.det(x.float()).to(x.dtype)]
+    return [torch.linalg.det(x)]
