@@ -33,6 +33,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
+# local imports: onnx, numpy, torch and fxopt's importer load only when cases are collected or run (the
+# worker processes import them themselves; --help answers without them)
+
 EXPECTED_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onnx_conformance_expected.json")
 DOCS_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "onnx-import.md")
 MODEL_SUITES = ("simple", "pytorch-converted", "pytorch-operator")

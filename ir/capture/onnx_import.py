@@ -37,6 +37,12 @@ from fxopt.ir.capture.onnx_ops.base import NeedsValue, trace_values
 from torch.export import Dim
 
 DEFAULT_DYNAMIC_SIZE = 2
+FOLD_INPUT_LIMIT = 4096      # constants read by folding at most this many elements (not weight matrices)
+FOLD_OUTPUT_LIMIT = 1 << 16  # a folded node's outputs are stored as buffers: at most this many elements each
+# nodes never computed at conversion: random values, and ops whose outputs are sequences or optionals
+_NOT_FOLDED = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli",
+                         "Multinomial", "Dropout", "SequenceEmpty", "SequenceConstruct", "SequenceInsert",
+                         "SplitToSequence", "Optional", "If", "Loop", "Scan"})
 INT_HIGH = 4
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -305,6 +311,7 @@ class OnnxModule(torch.nn.Module):
         top = model.graph
         inits = {t.name for t in top.initializer}
         self.graph = self._convert_graph(top, [vi.name for vi in top.input if vi.name not in inits])
+        self.folded = self._fold_constants(self.graph)
         self.input_names = list(self.graph.inputs)
         self.output_names = list(self.graph.outputs)
         self.node_calls = torch.nn.ModuleDict({f"n{i}": _NodeCall(self, i) for i in range(len(self.graph.nodes))})
@@ -319,6 +326,59 @@ class OnnxModule(torch.nn.Module):
             statics[t.name] = self._add_static(t.name, torch.from_numpy(numpy_helper.to_array(t).copy()))
         nodes = [self._convert_node(n) for n in graph.node]
         return _Graph(input_names, [o.name for o in graph.output], nodes, statics)
+
+    def _fold_constants(self, graph: _Graph) -> int:
+        """Compute, once at conversion, every node fed only by constants (initializers, Constant nodes and
+        nodes folded before): its outputs become statics. Exporters build pads and shapes from constants
+        through ops a rank <= 1 Known cannot follow (the legacy exporter's ``F.pad`` reshapes to [-1, 2]);
+        folded, they are plain constants again. Returns how many nodes were folded."""
+        values: dict = {}
+        for name, v in graph.statics.items():
+            value = self._fetch(v)
+            if not isinstance(value, torch.Tensor) or value.numel() <= FOLD_INPUT_LIMIT:
+                values[name] = value
+        kept, folded = [], 0
+        table: dict = {}
+        self._trace_table = table
+        try:
+            with trace_values(table):
+                for node in graph.nodes:
+                    outs = self._try_fold(node, values)
+                    if outs is None:
+                        kept.append(node)
+                        continue
+                    folded += 1
+                    for name, value in zip(node.outputs, outs):
+                        if name:
+                            values[name] = value
+                            graph.statics[name] = value if not isinstance(value, torch.Tensor) else \
+                                self._add_static("folded_" + name, value.detach().clone(), buffer=True)
+        finally:
+            self._trace_table = None
+        graph.nodes = kept
+        return folded
+
+    def _try_fold(self, node: _Node, values: dict) -> list | None:
+        """The outputs of ``node`` computed from the constant ``values``, or None when it is not foldable
+        (a non-constant input, a random or control-flow op, a failure, a large or non-tensor output)."""
+        if node.op in _NOT_FOLDED or any(isinstance(v, (_Graph, list)) and v and isinstance(
+                v[0] if isinstance(v, list) else v, _Graph) for v in node.attrs.values()):
+            return None
+        if not all(name in values for name in node.inputs if name):
+            return None
+        if not any(node.inputs) and node.op != "Constant":
+            return None
+        env = dict(values)
+        try:
+            with torch.no_grad():
+                self.run_node(node, env)
+        except Exception:  # noqa: BLE001 - not foldable here; the node runs while tracing and reports then
+            return None
+        outs = [env.get(name) for name in node.outputs if name]
+        if not all(isinstance(v, Known) or (isinstance(v, torch.Tensor) and v.numel() <= FOLD_OUTPUT_LIMIT)
+                   for v in outs):
+            return None
+        return [env.get(name) if name else None for name in node.outputs]
 
     def _convert_node(self, node) -> _Node:
         import onnx
