@@ -102,6 +102,16 @@ def known_value(v: Any, what: str = "input") -> Known | None:
     return entry[0]
 
 
+def static_value(v: Any) -> Known | None:
+    """``v`` as a Known when it is one or a small constant tensor readable while tracing (see
+    :func:`known_value`); None otherwise, graph inputs included (no specializing: for rules that only
+    *prefer* a known value, such as Cast)."""
+    try:
+        return known_value(v)
+    except NeedsValue:
+        return None
+
+
 def ints(v: Any, what: str = "input") -> list:
     """The elements of a value known while tracing (see :func:`known_value`) as a list of Python numbers or
     SymInts (bools as ints); raises NotKnown for a value computed at run time."""

@@ -136,6 +136,9 @@ def _div(ctx: Ctx, inputs: list, attrs: dict) -> list:
 @rule("Mod")
 def _mod(ctx: Ctx, inputs: list, attrs: dict) -> list:
     """ONNX Mod: the divisor's sign (integer ``fmod=0``) or the dividend's (``fmod=1``, C fmod)."""
+    if not attrs.get("fmod", 0) and all_known(inputs) and all(
+            isinstance(v, int) for k in inputs for v in k.data):
+        return [known_binary("Mod", *inputs)]  # shape arithmetic (Python's % has the divisor's sign)
     x, y = binary_operands(*inputs)
     if _is_wide_unsigned(x, y):  # both conventions agree on unsigned values
         return [_unsigned_binary("Mod", x, y)]

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from fxopt.ir.capture.onnx_ops.base import (
-    Ctx, DTYPES, Known, NeedsValue, cast_known, known_value, rule, tensor,
+    Ctx, DTYPES, NeedsValue, cast_known, known_value, rule, static_value, tensor,
 )
 
 
@@ -18,8 +18,9 @@ def _cast(ctx: Ctx, inputs: list, attrs: dict) -> list:
     if to is None:
         raise ValueError(f"cast to ONNX dtype {attrs['to']} is not supported")
     x = inputs[0]
-    if isinstance(x, Known):
-        return [cast_known(x, to)]
+    known = static_value(x)
+    if known is not None:
+        return [cast_known(known, to)]
     return [x.to(to)]
 
 
@@ -27,8 +28,9 @@ def _cast(ctx: Ctx, inputs: list, attrs: dict) -> list:
 def _cast_like(ctx: Ctx, inputs: list, attrs: dict) -> list:
     """ONNX CastLike: Cast to the second input's dtype."""
     x, like = inputs
-    if isinstance(x, Known):
-        return [cast_known(x, like.dtype)]
+    known = static_value(x)
+    if known is not None:
+        return [cast_known(known, like.dtype)]
     return [x.to(like.dtype)]
 
 
