@@ -144,3 +144,20 @@ def test_if_whose_branches_differ_in_shape_names_the_node(tmp_path):
     with pytest.raises(InputError, match=r"node 'branchy' \(If\).*output 0 differs between the branches "
                                          r"\(float32\[3\] vs float32\[\]\)"):
         fxopt.capture(path, (torch.ones(3),))
+
+
+def test_value_computed_from_a_graph_input_specializes_that_input(tmp_path):
+    """Reshape's shape is computed (Add) from a graph input: the input it comes from is specialized, the data
+    input next to it is not."""
+    one = helper.make_tensor("one", TensorProto.INT64, [2], [1, 1])
+    nodes = [helper.make_node("Add", ["dims", "one"], ["shape"]),
+             helper.make_node("Reshape", ["x", "shape"], ["y"])]
+    path = _save(tmp_path, nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [12]),
+                                   helper.make_tensor_value_info("dims", TensorProto.INT64, [2])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [one])
+    x, dims = torch.randn(12), torch.tensor([2, 3])
+    program = fxopt.capture(path, (x, dims))
+    assert tuple(program(x, dims).shape) == (3, 4)
+    assert [p.meta.get("input_value") for p in program.placeholders()] == [None, [2, 3]]
+    with pytest.raises(InputError, match="input 'dims'"):
+        program(x, torch.tensor([1, 5]))

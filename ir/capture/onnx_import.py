@@ -279,6 +279,22 @@ class _Node:
     constant: Any = None  # Constant nodes: a Known or the attribute name of a registered buffer
 
 
+class ValueNotKnown(InputError):
+    """A node needs, while tracing, a value computed from tensor values (``node``: the :class:`_Node`);
+    capture specializes the graph inputs it is computed from, when there are such, and traces again."""
+
+    def __init__(self, message: str, node: "_Node"):
+        super().__init__(message)
+        self.node = node
+
+
+# ops whose output depends only on the *shape* of these inputs: a value computed through them does not
+# depend on the input's values
+_SHAPE_ONLY = {"Shape": (0,), "Size": (0,), "EyeLike": (0,), "CastLike": (1,), "ConstantOfShape": ()}
+# ops whose first input is the data and the rest attribute-like (axes, shape, pads, k, sizes, ...)
+_VALUE_INPUTS_FROM_ZERO = {"ConstantOfShape", "Range", "OneHot"}
+
+
 class _NodeCall(torch.nn.Module):
     """One top-level ONNX node as a submodule, so torch.export's nn_module_stack records which node made
     each ATen node."""
@@ -479,7 +495,8 @@ class OnnxModule(torch.nn.Module):
         except InputError:
             raise
         except NotKnown as exc:
-            raise InputError(f"{self.file}: node '{node.name}' ({node.op}) cannot be converted: {exc}") from exc
+            raise ValueNotKnown(f"{self.file}: node '{node.name}' ({node.op}) cannot be converted: {exc}",
+                                node) from exc
         except Exception as exc:  # noqa: BLE001 - every failure names the ONNX node
             raise InputError(f"{self.file}: node '{node.name}' ({node.op}) failed to convert: "
                              f"{type(exc).__name__}: {_first_line(exc)}") from exc
@@ -551,11 +568,46 @@ def capture_onnx(path: str, example_inputs: Any = None, *, dynamic_shapes: Any =
             break
         except NeedsValue as need:  # an axes/k/sizes input: trace again with its example value
             specialize_input(module, need, inputs, path)
+        except ValueNotKnown as missing:  # computed from graph inputs: specialize those, or report it
+            sources = value_sources(module, missing.node, inputs)
+            if not sources:
+                raise InputError(str(missing)) from None
+            for name in sources:
+                value = inputs[module.input_names.index(name)]
+                module.specialized[name] = Known(value.reshape(-1).tolist(), tuple(value.shape), value.dtype)
     name = os.path.basename(path)[: -len(".onnx")] or "model"
     program = cap.program_from_exported(ep, inputs, name=name, source=path, original=module)
     name_onnx_nodes(program, module)
     guard_specialized_inputs(program, module)
     return program
+
+
+def value_sources(module: OnnxModule, node: _Node, inputs: tuple) -> list[str]:
+    """The graph inputs whose *values* the attribute-like inputs of ``node`` are computed from (walking the
+    top-level graph back, not through ops that read only shapes) and that can be specialized (rank <= 1, at
+    most KNOWN_LIMIT elements, not yet specialized); ``[]`` when there are none."""
+    producers = {out: n for n in module.graph.nodes for out in n.outputs if out}
+    start = node.inputs if node.op in _VALUE_INPUTS_FROM_ZERO or len(node.inputs) == 1 else node.inputs[1:]
+    stack, seen, found = [name for name in start if name], set(), []
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name in module.input_names:
+            found.append(name)
+            continue
+        producer = producers.get(name)
+        if producer is None:
+            continue
+        skip = _SHAPE_ONLY.get(producer.op, None)
+        stack += [v for i, v in enumerate(producer.inputs) if v and (skip is None or i not in skip)]
+    out = []
+    for name in found:
+        value = inputs[module.input_names.index(name)]
+        if name not in module.specialized and value.dim() <= 1 and value.numel() <= KNOWN_LIMIT:
+            out.append(name)
+    return out
 
 
 def specialize_input(module: OnnxModule, need: NeedsValue, inputs: tuple, path: str) -> None:
