@@ -211,7 +211,7 @@ def _to_torch(value: Any) -> Any:
     if value.dtype.kind in "OSU" or value.dtype.names:
         raise TypeError(f"a {value.dtype} array, which torch tensors cannot hold")
     if str(value.dtype) == "bfloat16":
-        return torch.from_numpy(np.ascontiguousarray(value).view(np.int16).copy()).view(torch.bfloat16)
+        return torch.from_numpy(np.array(value, copy=True, order="C").view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(np.array(value, copy=True, order="C"))  # 0-d stays 0-d
 
 

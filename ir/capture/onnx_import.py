@@ -292,7 +292,7 @@ class ValueNotKnown(InputError):
 # depend on the input's values
 _SHAPE_ONLY = {"Shape": (0,), "Size": (0,), "EyeLike": (0,), "CastLike": (1,), "ConstantOfShape": ()}
 # ops whose first input is the data and the rest attribute-like (axes, shape, pads, k, sizes, ...)
-_VALUE_INPUTS_FROM_ZERO = {"ConstantOfShape", "Range", "OneHot"}
+_VALUE_INPUTS_FROM_ZERO = {"ConstantOfShape", "Range", "OneHot", "Loop"}
 
 
 class _NodeCall(torch.nn.Module):
@@ -585,8 +585,8 @@ def capture_onnx(path: str, example_inputs: Any = None, *, dynamic_shapes: Any =
 def value_sources(module: OnnxModule, node: _Node, inputs: tuple) -> list[str]:
     """The graph inputs whose *values* the attribute-like inputs of ``node`` are computed from (walking the
     top-level graph back, not through ops that read only shapes) and that can be specialized (rank <= 1, at
-    most KNOWN_LIMIT elements, not yet specialized); ``[]`` when there are none."""
-    producers = {out: n for n in module.graph.nodes for out in n.outputs if out}
+    most KNOWN_LIMIT elements, integers or float scalars, not yet specialized); ``[]`` when there are none."""
+    producers = {out: n for n in _all_nodes(module.graph) for out in n.outputs if out}
     start = node.inputs if node.op in _VALUE_INPUTS_FROM_ZERO or len(node.inputs) == 1 else node.inputs[1:]
     stack, seen, found = [name for name in start if name], set(), []
     while stack:
@@ -602,12 +602,29 @@ def value_sources(module: OnnxModule, node: _Node, inputs: tuple) -> list[str]:
             continue
         skip = _SHAPE_ONLY.get(producer.op, None)
         stack += [v for i, v in enumerate(producer.inputs) if v and (skip is None or i not in skip)]
+        for value in producer.attrs.values():  # an If/Loop body reads outer values by name
+            for sub in value if isinstance(value, list) else [value]:
+                if isinstance(sub, _Graph):
+                    stack += [v for n in _all_nodes(sub) for v in n.inputs if v]
     out = []
     for name in found:
         value = inputs[module.input_names.index(name)]
-        if name not in module.specialized and value.dim() <= 1 and value.numel() <= KNOWN_LIMIT:
+        # attribute-like values are integers (axes, sizes, pads) or float scalars (Range's bounds); a float
+        # vector is data (specializing it would bake the data into the graph)
+        value_like = not value.dtype.is_floating_point or value.dim() == 0
+        if name not in module.specialized and value_like and value.dim() <= 1 and value.numel() <= KNOWN_LIMIT:
             out.append(name)
     return out
+
+
+def _all_nodes(graph: _Graph):
+    """Every node of ``graph`` and of its subgraphs (ONNX names are unique across scopes)."""
+    for node in graph.nodes:
+        yield node
+        for value in node.attrs.values():
+            for sub in value if isinstance(value, list) else [value]:
+                if isinstance(sub, _Graph):
+                    yield from _all_nodes(sub)
 
 
 def specialize_input(module: OnnxModule, need: NeedsValue, inputs: tuple, path: str) -> None:

@@ -5,7 +5,8 @@ as int64 holding the same 64-bit pattern (zero-extended for uint16/uint32, reint
 on there, and narrowed back, which wraps modulo 2**bits like ONNX's unsigned arithmetic."""
 from __future__ import annotations
 
-from typing import Callable
+import math
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -173,12 +174,24 @@ _UNARY: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
+# unary ops computed in Python on Known values (Python's round() rounds half to even, as ONNX's Round does)
+_KNOWN_UNARY: dict[str, Callable[[Any], Any]] = {
+    "Ceil": math.ceil, "Floor": math.floor, "Abs": abs, "Round": round, "Relu": lambda v: max(v, 0),
+    "Sign": lambda v: (v > 0) - (v < 0),
+}
+
+
 @rule(*_UNARY)
 def _unary(ctx: Ctx, inputs: list, attrs: dict) -> list:
     """The attribute-free unary math ops and activations (``Not`` on a Known stays Known)."""
     if ctx.op == "Not" and all_known(inputs):
         k = inputs[0]
         return [Known([not x for x in k.data], k.shape, torch.bool)]
+    if ctx.op in _KNOWN_UNARY and all_known(inputs) and all(isinstance(v, (int, float)) for v in inputs[0].data):
+        k = inputs[0]  # shape arithmetic in Python (Range's trip count: Ceil(Div(Sub(limit, start), delta)))
+        data = [_KNOWN_UNARY[ctx.op](v) for v in k.data]
+        return [Known([float(v) for v in data] if k.dtype.is_floating_point else [int(v) for v in data],
+                      k.shape, k.dtype)]
     x = tensor(inputs[0])
     if _is_wide_unsigned(x) and ctx.op in ("Abs", "Sign"):  # torch has neither kernel for these dtypes
         return [x if ctx.op == "Abs" else (x != 0).to(x.dtype)]
@@ -352,4 +365,9 @@ def _swish(ctx: Ctx, inputs: list, attrs: dict) -> list:
 def _prelu(ctx: Ctx, inputs: list, attrs: dict) -> list:
     """ONNX PRelu: slope * x where x < 0, x elsewhere (slope broadcasts to x)."""
     x, slope = binary_operands(*inputs)
+    if isinstance(slope, torch.Tensor) and slope.dim() == 1 and x.dim() > 2 and slope.shape[0] == x.shape[1] \
+            and slope.shape[0] != x.shape[-1] and slope.shape[0] != 1:
+        # a per-channel slope of shape [C]: opset < 7 PRelu broadcast it over the channel dim (what
+        # PyTorch's old exporter emits for nn.PReLU(C)); numpy broadcasting would fail on it
+        slope = slope.reshape([-1] + [1] * (x.dim() - 2))
     return [torch.where(x < 0, x * slope, x)]

@@ -1,4 +1,6 @@
-"""ONNX shape and indexing ops: Shape, Reshape, Squeeze, Transpose, Expand, Concat, Split, Slice, Gather, Scatter, Pad, ..."""
+"""ONNX shape and indexing ops: Shape, Reshape, Squeeze, Transpose, Expand, Concat, Split, Slice, Pad, Trilu,
+Gather/GatherElements/GatherND, Scatter/ScatterElements/ScatterND, and the data-dependent Compress, NonZero,
+Unique (their output sizes are unbacked sizes in torch.export)."""
 from __future__ import annotations
 
 import math
@@ -43,8 +45,14 @@ def _constant_of_shape(ctx: Ctx, inputs: list, attrs: dict) -> list:
 
 @rule("Range")
 def _range(ctx: Ctx, inputs: list, attrs: dict) -> list:
+    """ONNX Range(start, limit, delta); integer bounds giving at most KNOWN_LIMIT elements stay Known
+    (RMSNormalization's expanded form computes its ReduceMean axes with Range)."""
     start, limit, delta = (scalar(v, "bounds") for v in inputs)
     dtype = inputs[0].dtype
+    if all(isinstance(v, int) for v in (start, limit, delta)) and not dtype.is_floating_point and delta:
+        values = list(range(start, limit, delta))
+        if len(values) <= KNOWN_LIMIT:
+            return [Known(values, (len(values),), dtype)]
     return [torch.arange(start, limit, delta, dtype=dtype)]
 
 
@@ -52,6 +60,9 @@ def _range(ctx: Ctx, inputs: list, attrs: dict) -> list:
 def _reshape(ctx: Ctx, inputs: list, attrs: dict) -> list:
     x, shape = inputs[0], ints(inputs[1], "shape")
     if not attrs.get("allowzero", 0):
+        rank = len(x.shape)
+        if any(isinstance(d, int) and d == 0 and i >= rank for i, d in enumerate(shape)):
+            raise ValueError(f"Reshape's shape {shape} copies (0) a dim past the input's rank {rank}")
         shape = [x.shape[i] if d == 0 else d for i, d in enumerate(shape)]
     if isinstance(x, Known):
         n = len(x.data)
@@ -131,16 +142,24 @@ def _concat(ctx: Ctx, inputs: list, attrs: dict) -> list:
 
 @rule("Split")
 def _split(ctx: Ctx, inputs: list, attrs: dict) -> list:
-    x = tensor(inputs[0])
+    """ONNX Split into given sizes or ``num_outputs`` near-equal parts; a 1-D Known splits into Knowns."""
     axis = attrs.get("axis", 0)
     sizes = attrs.get("split")
     if sizes is None and len(inputs) > 1 and inputs[1] is not None:
         sizes = ints(inputs[1], "split")
+    x = inputs[0]
+    if isinstance(x, Known) and len(x.shape) == 1 and axis in (0, -1):
+        dim = len(x.data)
+        if sizes is None:  # near-equal parts, the last one smaller (what torch.split with one size gives)
+            part = -(-dim // attrs.get("num_outputs", ctx.n_outputs))
+            sizes = [min(part, dim - i) for i in range(0, dim, part)]
+        bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+        return [Known(x.data[a:b], (b - a,), x.dtype) for a, b in zip(bounds, bounds[1:])]
+    x = tensor(x)
     if sizes is not None:
         return list(torch.split(x, list(sizes), dim=axis))
     n = attrs.get("num_outputs", ctx.n_outputs)
-    dim = x.shape[axis]
-    return list(torch.split(x, -(-dim // n), dim=axis))
+    return list(torch.split(x, -(-x.shape[axis] // n), dim=axis))
 
 
 @rule("Slice")
@@ -214,16 +233,21 @@ def _gather(ctx: Ctx, inputs: list, attrs: dict) -> list:
 
 @rule("GatherElements")
 def _gather_elements(ctx: Ctx, inputs: list, attrs: dict) -> list:
-    x, idx = tensor(inputs[0]), tensor(inputs[1])
-    return [torch.gather(x, attrs.get("axis", 0), idx)]
+    """ONNX GatherElements (torch.gather; negative indices count from the end)."""
+    x, idx = tensor(inputs[0]), tensor(inputs[1]).to(torch.int64)
+    axis = attrs.get("axis", 0)
+    return [torch.gather(x, axis, _nonneg(idx, x.shape[axis]))]
 
 
 @rule("ScatterND")
 def _scatter_nd(ctx: Ctx, inputs: list, attrs: dict) -> list:
+    """ONNX ScatterND: updates written (none) or combined (add/mul/max/min) at index tuples."""
     data, idx, upd = (tensor(v) for v in inputs)
     red = as_str(attrs.get("reduction", "none"))
+    if red in ("mul", "max", "min"):
+        return [_scatter_nd_reduce(data, idx.to(torch.int64), upd, red)]
     if red not in ("none", "add"):
-        raise ValueError(f"ScatterND reduction '{red}' is not supported (none, add are)")
+        raise ValueError(f"ScatterND reduction '{red}' is not supported (none, add, mul, max, min are)")
     k = idx.shape[-1]
     index = tuple(idx[..., j] for j in range(k))
     return [torch.index_put(data, index, upd, accumulate=red == "add")]
@@ -231,9 +255,11 @@ def _scatter_nd(ctx: Ctx, inputs: list, attrs: dict) -> list:
 
 @rule("ScatterElements")
 def _scatter_elements(ctx: Ctx, inputs: list, attrs: dict) -> list:
+    """ONNX ScatterElements (torch.scatter / scatter_reduce; negative indices count from the end)."""
     data, idx, upd = (tensor(v) for v in inputs)
     red = as_str(attrs.get("reduction", "none"))
     axis = attrs.get("axis", 0)
+    idx = _nonneg(idx.to(torch.int64), data.shape[axis])
     if red == "none":
         return [torch.scatter(data, axis, idx, upd)]
     return [torch.scatter_reduce(data, axis, idx, upd, {"add": "sum", "mul": "prod", "max": "amax",
@@ -242,6 +268,7 @@ def _scatter_elements(ctx: Ctx, inputs: list, attrs: dict) -> list:
 
 @rule("Pad")
 def _pad(ctx: Ctx, inputs: list, attrs: dict) -> list:
+    """ONNX Pad (constant / reflect / edge / wrap; pads from the attribute or input, optional axes)."""
     x = tensor(inputs[0])
     pads = list(attrs["pads"]) if "pads" in attrs else ints(inputs[1], "pads")
     value = attrs.get("value", 0.0)
@@ -251,12 +278,149 @@ def _pad(ctx: Ctx, inputs: list, attrs: dict) -> list:
     axes = [a + x.dim() if a < 0 else a for a in axes]
     n = len(axes)
     per_dim = {a: (pads[i], pads[i + n]) for i, a in enumerate(axes)}
-    last = max(per_dim) if per_dim else 0
     torch_pads = []
-    for d in range(last, -1, -1):
+    for d in range(x.dim() - 1, -1, -1):  # F.pad lists the last dim first
         torch_pads += list(per_dim.get(d, (0, 0)))
+    while torch_pads[-2:] == [0, 0]:  # leading unpadded dims need no entry
+        torch_pads = torch_pads[:-2]
+    if not torch_pads:
+        return [x]
     mode = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}[
         as_str(attrs.get("mode", "constant"))]
     if mode == "constant":
         return [F.pad(x, torch_pads, mode, value)]
-    return [F.pad(x, torch_pads, mode)]
+    return [_pad_non_constant(x, torch_pads, mode)]
+
+
+def _pad_non_constant(x: torch.Tensor, torch_pads: list, mode: str) -> torch.Tensor:
+    """F.pad's reflect/replicate/circular modes, which take 1-3 padded trailing dims after one or two
+    leading dims: the leading dims are folded into one (or one is added) around the call; more padded
+    dims go one at a time."""
+    k = len(torch_pads) // 2
+    if k > 3:  # these modes pad each dim independently: one dim at a time, moved last
+        for i in range(k):
+            d = x.dim() - 1 - i
+            moved = torch.movedim(x, d, -1)
+            x = torch.movedim(_pad_non_constant(moved, torch_pads[2 * i:2 * i + 2], mode), -1, d)
+        return x
+    lead = list(x.shape[:x.dim() - k])
+    folded = torch.reshape(x, [math.prod(lead) if lead else 1, 1] + list(x.shape[x.dim() - k:]))
+    out = F.pad(folded, torch_pads, mode)
+    return torch.reshape(out, lead + list(out.shape[2:]))
+
+
+# ---------------------------------------------------------------------------------------------- indexing
+def _nonneg(idx: torch.Tensor, dim: Any) -> torch.Tensor:
+    """Indices with negative entries counted from the end of a dim of size ``dim``."""
+    return torch.where(idx < 0, idx + dim, idx)
+
+
+@rule("GatherND")
+def _gather_nd(ctx: Ctx, inputs: list, attrs: dict) -> list:
+    """ONNX GatherND: index the first ``k = indices.shape[-1]`` dims after ``batch_dims`` leading batch
+    dims shared by data and indices."""
+    data, idx = tensor(inputs[0]), tensor(inputs[1]).to(torch.int64)
+    b = attrs.get("batch_dims", 0)
+    k = idx.shape[-1]
+    batch = list(data.shape[:b])
+    nb = math.prod(batch)
+    flat_data = torch.reshape(data, [nb] + list(data.shape[b:]))
+    flat_idx = torch.reshape(idx, [nb, -1, k])
+    picks = [torch.arange(nb, dtype=torch.int64).reshape(nb, 1)]
+    picks += [_nonneg(flat_idx[..., j], data.shape[b + j]) for j in range(k)]
+    out = flat_data[tuple(picks)]
+    return [torch.reshape(out, batch + list(idx.shape[b:-1]) + list(data.shape[b + k:]))]
+
+
+@rule("Scatter")
+def _scatter_old(ctx: Ctx, inputs: list, attrs: dict) -> list:
+    """ONNX Scatter (deprecated since opset 11): ScatterElements without reduction."""
+    return _scatter_elements(ctx, inputs, {"axis": attrs.get("axis", 0)})
+
+
+def _scatter_nd_reduce(data: torch.Tensor, idx: torch.Tensor, upd: torch.Tensor, red: str) -> torch.Tensor:
+    """ScatterND with a mul/max/min reduction: rows of data (the first k dims flattened) combined with
+    their updates by scatter_reduce."""
+    k = idx.shape[-1]
+    lead = list(data.shape[:k])
+    lin = torch.zeros(list(idx.shape[:-1]), dtype=torch.int64)
+    for j in range(k):
+        lin = lin * lead[j] + _nonneg(idx[..., j], lead[j])
+    rows = torch.reshape(data, [math.prod(lead), -1])
+    flat_upd = torch.reshape(upd, [-1, rows.shape[1]])
+    where = torch.reshape(lin, [-1, 1]).expand(flat_upd.shape)
+    out = torch.scatter_reduce(rows, 0, where, flat_upd, {"mul": "prod", "max": "amax", "min": "amin"}[red])
+    return torch.reshape(out, data.shape)
+
+
+@rule("Compress")
+def _compress(ctx: Ctx, inputs: list, attrs: dict) -> list:
+    """ONNX Compress: the slices along ``axis`` (of the flattened input when absent) where the 1-D
+    condition is true; a condition shorter than the axis leaves the rest out."""
+    x, cond = tensor(inputs[0]), inputs[1]
+    axis = attrs.get("axis")
+    if axis is None:
+        x, axis = torch.reshape(x, [-1]), 0
+    axis = axis + x.dim() if axis < 0 else axis
+    if isinstance(cond, Known):
+        picked = torch.tensor([i for i, c in enumerate(cond.data) if c], dtype=torch.int64)
+    else:
+        picked = torch.nonzero(cond.to(torch.bool)).reshape(-1)
+    return [torch.index_select(x, axis, picked)]
+
+
+@rule("NonZero")
+def _nonzero(ctx: Ctx, inputs: list, attrs: dict) -> list:
+    """ONNX NonZero: the indices of the non-zero elements, shape (rank, count), row-major order."""
+    x = tensor(inputs[0])
+    if x.dim() == 0:
+        x = torch.reshape(x, [1])
+        return [torch.nonzero(x).t()[:0]]
+    return [torch.nonzero(x).t()]
+
+
+@rule("Unique")
+def _unique(ctx: Ctx, inputs: list, attrs: dict) -> list:
+    """ONNX Unique: Y, first-occurrence indices, inverse indices, counts; sorted ascending or (sorted=0)
+    in order of first occurrence; along ``axis`` or over the flattened input."""
+    x = tensor(inputs[0])
+    axis = attrs.get("axis")
+    if axis is None:
+        x, dim = torch.reshape(x, [-1]), 0
+        y, inv, counts = torch.unique(x, sorted=True, return_inverse=True, return_counts=True)
+    else:
+        dim = axis + x.dim() if axis < 0 else axis
+        y, inv, counts = torch.unique(x, sorted=True, return_inverse=True, return_counts=True, dim=dim)
+    n = x.shape[dim]
+    positions = torch.arange(n, dtype=torch.int64)
+    first = torch.full([y.shape[dim]], n, dtype=torch.int64).scatter_reduce(0, inv, positions, "amin")
+    if not attrs.get("sorted", 1):
+        order = torch.argsort(first)
+        y = torch.index_select(y, dim, order)
+        first, counts = first[order], counts[order]
+        inv = torch.argsort(order)[inv]
+    return [y, first, inv, counts][:max(ctx.n_outputs, 1)]
+
+
+@rule("ReverseSequence")
+def _reverse_sequence(ctx: Ctx, inputs: list, attrs: dict) -> list:
+    """ONNX ReverseSequence: for each batch entry b, reverse its first sequence_lens[b] time steps."""
+    x, lens = tensor(inputs[0]), tensor(inputs[1]).to(torch.int64)
+    b_axis, t_axis = attrs.get("batch_axis", 1), attrs.get("time_axis", 0)
+    steps = x.shape[t_axis]
+    shape_b = [1] * x.dim()
+    shape_b[b_axis] = -1
+    shape_t = [1] * x.dim()
+    shape_t[t_axis] = -1
+    t = torch.arange(steps, dtype=torch.int64).reshape(shape_t)
+    n = lens.reshape(shape_b)
+    src = torch.where(t < n, n - 1 - t, t)
+    return [torch.gather(x, t_axis, src.expand(x.shape))]
+
+
+@rule("Trilu")
+def _trilu(ctx: Ctx, inputs: list, attrs: dict) -> list:
+    """ONNX Trilu: keep the upper (default) or lower triangle of the last two dims, offset by k."""
+    x = tensor(inputs[0])
+    k = scalar(inputs[1], "k") if len(inputs) > 1 and inputs[1] is not None else 0
+    return [torch.triu(x, k) if attrs.get("upper", 1) else torch.tril(x, k)]
