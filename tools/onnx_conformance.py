@@ -174,6 +174,9 @@ def exclusion(case: Case, model: Any = None) -> str | None:
     if case.op in EXCLUDED_OPS:
         return f"{case.op}: {EXCLUDED_OPS[case.op]}"
     if model is not None:
+        for node in model.graph.node:
+            if node.domain in EXCLUDED_DOMAINS:
+                return f"uses {node.domain}.{node.op_type}: {EXCLUDED_DOMAINS[node.domain]}"
         why = _type_exclusion(model)
         if why:
             return why

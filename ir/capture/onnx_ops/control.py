@@ -5,7 +5,7 @@ from typing import Any
 
 import torch
 
-from fxopt.ir.capture.onnx_ops.base import Ctx, Known, NotKnown, rule, scalar, tensor
+from fxopt.ir.capture.onnx_ops.base import Ctx, Known, NotKnown, ints, rule, scalar, tensor
 
 
 # ---------------------------------------------------------------------------------------------- control flow
@@ -179,3 +179,31 @@ def _optional_get_element(ctx: Ctx, inputs: list, attrs: dict) -> list:
     if not inputs or inputs[0] is None:
         raise ValueError("OptionalGetElement of an empty optional")
     return [inputs[0]]
+
+
+@rule("SplitToSequence")
+def _split_to_sequence(ctx: Ctx, inputs: list, attrs: dict) -> list:
+    """SplitToSequence: the input split along ``axis`` into a sequence (a Python list): chunks of size 1
+    (squeezed unless keepdims=1) without ``split``, of ``split`` elements for a scalar, of the given sizes
+    for a 1-D ``split``."""
+    x = tensor(inputs[0])
+    axis = attrs.get("axis", 0)
+    split = inputs[1] if len(inputs) > 1 else None
+    if split is None:
+        parts = list(torch.split(x, 1, dim=axis))
+        if not attrs.get("keepdims", 1):
+            parts = [torch.squeeze(p, axis) for p in parts]
+        return [parts]
+    sizes = ints(split, "split")
+    if isinstance(split, Known) and split.shape == ():
+        return [list(torch.split(x, sizes[0], dim=axis))]
+    return [list(torch.split(x, sizes, dim=axis))]
+
+
+@rule("SequenceErase")
+def _sequence_erase(ctx: Ctx, inputs: list, attrs: dict) -> list:
+    """SequenceErase: the sequence without the element at ``position`` (default: the last)."""
+    seq = list(inputs[0])
+    pos = int(scalar(inputs[1], "position")) if len(inputs) > 1 and inputs[1] is not None else -1
+    del seq[pos]
+    return [seq]

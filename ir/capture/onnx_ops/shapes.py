@@ -424,3 +424,22 @@ def _trilu(ctx: Ctx, inputs: list, attrs: dict) -> list:
     x = tensor(inputs[0])
     k = scalar(inputs[1], "k") if len(inputs) > 1 and inputs[1] is not None else 0
     return [torch.triu(x, k) if attrs.get("upper", 1) else torch.tril(x, k)]
+
+
+@rule("OneHot")
+def _one_hot(ctx: Ctx, inputs: list, attrs: dict) -> list:
+    """ONNX OneHot(indices, depth, values=[off, on]): a new axis (``axis``, default last) of size depth;
+    negative indices count from depth, indices outside [-depth, depth) give an all-off row."""
+    indices, values = tensor(inputs[0]), tensor(inputs[2])
+    depth = int(scalar(inputs[1], "depth"))
+    idx = indices.to(torch.int64)
+    if indices.dtype.is_floating_point:
+        idx = torch.trunc(indices).to(torch.int64)
+    idx = torch.where(idx < 0, idx + depth, idx)
+    hot = idx.unsqueeze(-1) == torch.arange(depth, dtype=torch.int64)
+    off, on = values[0], values[1]
+    out = torch.where(hot, on, off)
+    axis = attrs.get("axis", -1)
+    rank = out.dim()
+    axis = axis + rank if axis < 0 else axis
+    return [torch.movedim(out, -1, axis)]
