@@ -365,3 +365,14 @@ def test_onnx_program_round_trips_through_neuron(exported, tmp_path):
     loaded = fxopt.load(fxopt.compile(optimized, "neuron").save(str(tmp_path / "neuron")))
     with torch.no_grad():
         assert_close(loaded(*inputs), model(*inputs), optimized)
+
+
+def test_slice_backwards_to_the_int64_sentinel_reverses_the_whole_axis(tmp_path):
+    """Exporters reverse an axis with Slice(start=-1, end=-INT64_MAX, step=-1) (the legacy exporter's
+    F.pad); the sentinel end means "through the first element"."""
+    node = helper.make_node("Slice", ["x", "st", "en", "ax", "sp"], ["y"])
+    inits = [ints_init("st", [-1]), ints_init("en", [-(2 ** 63 - 1)]), ints_init("ax", [0]), ints_init("sp", [-1])]
+    model = make_model([node], [vi("x", [4, 2])], [vi("y", None)], inits)
+    x = torch.randn(4, 2)
+    program = check_against_ort(model, tmp_path, (x,))
+    torch.testing.assert_close(program(x), x.flip(0))

@@ -199,8 +199,10 @@ def _slice_axis(x: torch.Tensor, axis: int, start: Any, end: Any, step: int) -> 
         index = [slice(None)] * axis + [slice(s, e, step)]
         return x[tuple(index)]
     dim = x.shape[axis]
-    start = norm_index(start if abs(start) < _BIG else (dim - 1 if start > 0 else -1), dim)
-    end = norm_index(end if abs(end) < _BIG else (dim if end > 0 else -1), dim)
+    # INT64 sentinels mean "from the last element" / "through the first"; -1 is then already an end point
+    # past the front, not an index to wrap
+    start = dim - 1 if abs(start) >= _BIG and start > 0 else (-1 if abs(start) >= _BIG else norm_index(start, dim))
+    end = dim if abs(end) >= _BIG and end > 0 else (-1 if abs(end) >= _BIG else norm_index(end, dim))
     start = torch.sym_max(-1, torch.sym_min(start, dim - 1))
     end = torch.sym_max(-1, torch.sym_min(end, dim - 1))
     flipped = torch.flip(x, [axis])
