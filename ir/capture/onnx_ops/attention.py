@@ -12,12 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from fxopt.ir.capture.onnx_ops.base import DTYPES, Ctx, as_str, rule, tensor
-
-
-def _opt(inputs: list, i: int):
-    """Input ``i`` as a tensor, or None when it is absent."""
-    return tensor(inputs[i]) if len(inputs) > i and inputs[i] is not None else None
+from fxopt.ir.capture.onnx_ops.base import DTYPES, Ctx, as_str, optional_input, rule, tensor
 
 
 def _static_int(n, what: str) -> int:
@@ -117,7 +112,7 @@ def _attention(ctx: Ctx, inputs: list, attrs: dict) -> list:
     past key/value concatenation, bool/float attn_mask, bottom-right causal mask, sliding window,
     nonpad_kv_seqlen key padding, softcap, softmax_precision; outputs Y, present_key/value, qk_matmul_output."""
     q, k, v = (tensor(x) for x in inputs[:3])
-    mask, past_k, past_v, nonpad = (_opt(inputs, i) for i in range(3, 7))
+    mask, past_k, past_v, nonpad = (optional_input(inputs, i) for i in range(3, 7))
     if (past_k is None) != (past_v is None):
         raise ValueError("Attention needs past_key and past_value together")
     packed = q.dim() == 3
@@ -185,7 +180,7 @@ def _rotary_embedding(ctx: Ctx, inputs: list, attrs: dict) -> list:
     """ONNX RotaryEmbedding: rotates the first rotary_embedding_dim features of each head by the cos/sin
     caches (indexed by position_ids when given), in halves or interleaved pairs; (B, H, S, D) or (B, S, H*D)."""
     x, cos, sin = (tensor(v) for v in inputs[:3])
-    pos = _opt(inputs, 3)
+    pos = optional_input(inputs, 3)
     shape = x.shape
     if x.dim() == 4:
         x = x.transpose(1, 2)  # (B, S, H, D)
@@ -234,7 +229,7 @@ def _linear_attention(ctx: Ctx, inputs: list, attrs: dict) -> list:
     β_t (v_t - S^T k_t) for the delta rules), o_t = scale q_t^T S_t, in float32, unrolled over T; GQA shares
     each KV head's state across its query heads."""
     query, key, value = (tensor(x) for x in inputs[:3])
-    past, decay, beta = (_opt(inputs, i) for i in range(3, 6))
+    past, decay, beta = (optional_input(inputs, i) for i in range(3, 6))
     rule_name = as_str(attrs.get("update_rule", "gated_delta"))
     if rule_name not in ("linear", "gated", "delta", "gated_delta"):
         raise ValueError(f"LinearAttention update_rule '{rule_name}' is not supported")
@@ -270,7 +265,7 @@ def _causal_conv_with_state(ctx: Ctx, inputs: list, attrs: dict) -> list:
     """ONNX CausalConvWithState: depthwise conv1d over [past_state (or zeros), input] (B, C, L) with no padding,
     optional fused SiLU; present_state = the last k-1 positions of that concatenation."""
     x, w = tensor(inputs[0]), tensor(inputs[1])
-    bias, past = _opt(inputs, 2), _opt(inputs, 3)
+    bias, past = optional_input(inputs, 2), optional_input(inputs, 3)
     act = as_str(attrs.get("activation", "none"))
     if act not in ("none", "silu", "swish"):
         raise ValueError(f"CausalConvWithState activation '{act}' is not supported")
@@ -290,7 +285,7 @@ def _tensor_scatter(ctx: Ctx, inputs: list, attrs: dict) -> list:
     """ONNX TensorScatter: writes ``update`` into ``past_cache`` along ``axis`` starting at each batch's
     write index (0 by default), wrapping around the cache length in "circular" mode."""
     cache, update = tensor(inputs[0]), tensor(inputs[1])
-    starts = _opt(inputs, 2)
+    starts = optional_input(inputs, 2)
     mode = as_str(attrs.get("mode", "linear"))
     if mode not in ("linear", "circular"):
         raise ValueError(f"TensorScatter mode '{mode}' is not supported")

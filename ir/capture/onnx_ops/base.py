@@ -112,6 +112,11 @@ def static_value(v: Any) -> Known | None:
         return None
 
 
+def optional_input(inputs: list, i: int) -> Any:
+    """Input ``i`` as a tensor (a Known made one), or None when the node omits it."""
+    return tensor(inputs[i]) if len(inputs) > i and inputs[i] is not None else None
+
+
 def ints(v: Any, what: str = "input") -> list:
     """The elements of a value known while tracing (see :func:`known_value`) as a list of Python numbers or
     SymInts (bools as ints); raises NotKnown for a value computed at run time."""

@@ -9,16 +9,11 @@ from __future__ import annotations
 
 import torch
 
-from fxopt.ir.capture.onnx_ops.base import DTYPES, RULES, Ctx, rule, tensor
+from fxopt.ir.capture.onnx_ops.base import DTYPES, RULES, Ctx, optional_input, rule, tensor
 
 _RANGES: dict[torch.dtype, tuple[int, int]] = {
     torch.uint8: (0, 255), torch.int8: (-128, 127), torch.uint16: (0, 65535), torch.int16: (-32768, 32767),
 }
-
-
-def _opt(inputs: list, i: int):
-    """Input ``i`` as a tensor, or None when absent."""
-    return tensor(inputs[i]) if len(inputs) > i and inputs[i] is not None else None
 
 
 def _quant_dtype(dtype: torch.dtype, what: str) -> tuple[int, int]:
@@ -65,7 +60,7 @@ def _wide(v: torch.Tensor) -> torch.Tensor:
 def _quantize_linear(ctx: Ctx, inputs: list, attrs: dict) -> list:
     """y = saturate(round_half_even(x / y_scale) + y_zero_point); per tensor, per axis or blocked; the output
     type is the zero point's, else ``output_dtype``, else uint8 (``precision`` sets the division's type)."""
-    x, scale, zp = tensor(inputs[0]), tensor(inputs[1]), _opt(inputs, 2)
+    x, scale, zp = tensor(inputs[0]), tensor(inputs[1]), optional_input(inputs, 2)
     axis, block = attrs.get("axis", 1), attrs.get("block_size", 0)
     dtype = _onnx_dtype(attrs["output_dtype"], "output_dtype") if attrs.get("output_dtype") else torch.uint8
     if zp is not None:
@@ -83,7 +78,7 @@ def _quantize_linear(ctx: Ctx, inputs: list, attrs: dict) -> list:
 @rule("DequantizeLinear")
 def _dequantize_linear(ctx: Ctx, inputs: list, attrs: dict) -> list:
     """y = (float32(x) - x_zero_point) * x_scale, in the scale's type (or ``output_dtype``)."""
-    x, scale, zp = tensor(inputs[0]), tensor(inputs[1]), _opt(inputs, 2)
+    x, scale, zp = tensor(inputs[0]), tensor(inputs[1]), optional_input(inputs, 2)
     if not (x.dtype in _RANGES or x.dtype == torch.int32):
         raise ValueError(f"DequantizeLinear of a {x.dtype} input is not supported")
     axis, block = attrs.get("axis", 1), attrs.get("block_size", 0)
@@ -126,7 +121,7 @@ def _row_param(p: torch.Tensor | None, a: torch.Tensor) -> torch.Tensor | None:
 def _matmul_integer(ctx: Ctx, inputs: list, attrs: dict) -> list:
     """int32 (A - a_zero_point) @ (B - b_zero_point); a's zero point may be per row, b's per column."""
     a, b = tensor(inputs[0]), tensor(inputs[1])
-    azp, bzp = _row_param(_opt(inputs, 2), a), _opt(inputs, 3)
+    azp, bzp = _row_param(optional_input(inputs, 2), a), optional_input(inputs, 3)
     return [torch.matmul(_centered(a, azp), _centered(b, bzp)).to(torch.int32)]
 
 
@@ -134,7 +129,7 @@ def _matmul_integer(ctx: Ctx, inputs: list, attrs: dict) -> list:
 def _qlinear_matmul(ctx: Ctx, inputs: list, attrs: dict) -> list:
     """Quantized matmul: saturate(round((a - a_zp) @ (b - b_zp) * (a_scale * b_scale / y_scale)) + y_zp)."""
     a, a_scale, a_zp, b, b_scale, b_zp, y_scale = (tensor(v) if v is not None else None for v in inputs[:7])
-    y_zp = _opt(inputs, 7)
+    y_zp = optional_input(inputs, 7)
     c = torch.matmul(_centered(a, _row_param(a_zp, a)), _centered(b, b_zp))
     scale = _row_param(a_scale, a) * b_scale / _row_param(y_scale, a)
     d = torch.round(c * scale.to(torch.float64))
@@ -160,7 +155,7 @@ def _int_conv(ctx: Ctx, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | N
 def _conv_integer(ctx: Ctx, inputs: list, attrs: dict) -> list:
     """int32 Conv of (x - x_zero_point) and (w - w_zero_point); w's zero point may be per output channel."""
     x, w = tensor(inputs[0]), tensor(inputs[1])
-    xzp, wzp = _opt(inputs, 2), _channel_param(_opt(inputs, 3), w)
+    xzp, wzp = optional_input(inputs, 2), _channel_param(optional_input(inputs, 3), w)
     return [_int_conv(ctx, _centered(x, xzp), _centered(w, wzp), None, attrs).to(torch.int32)]
 
 
@@ -169,7 +164,7 @@ def _qlinear_conv(ctx: Ctx, inputs: list, attrs: dict) -> list:
     """Quantized Conv: saturate(round((conv(x - x_zp, w - w_zp) + B) * x_scale * w_scale / y_scale) + y_zp);
     w's scale and zero point may be per output channel."""
     x, x_scale, x_zp, w, w_scale, w_zp, y_scale = (tensor(v) if v is not None else None for v in inputs[:7])
-    y_zp, bias = _opt(inputs, 7), _opt(inputs, 8)
+    y_zp, bias = optional_input(inputs, 7), optional_input(inputs, 8)
     res = _int_conv(ctx, _centered(x, x_zp), _centered(w, _channel_param(w_zp, w)), bias, attrs)
     scale = x_scale * w_scale / y_scale
     if scale.numel() > 1:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from fxopt.ir.capture.onnx_ops.base import Ctx, as_str, rule, tensor
+from fxopt.ir.capture.onnx_ops.base import Ctx, as_str, optional_input, rule, tensor
 
 # name (lower case) -> (alpha default or None when unused, beta default or None, fn(x, alpha, beta))
 _ACTIVATIONS: dict[str, tuple] = {
@@ -53,10 +53,6 @@ def _activations(op: str, attrs: dict, n_dirs: int) -> list[list[Callable]]:
     return [fns[d * per_dir:(d + 1) * per_dir] for d in range(n_dirs)]
 
 
-def _opt(inputs: list, i: int):
-    return tensor(inputs[i]) if len(inputs) > i and inputs[i] is not None else None
-
-
 class _Setup:
     """What every recurrent op reads the same way: X as [T, B, I], W, R, B, lengths, initial states as
     [num_directions, B, H], the directions and the per-direction activations and clip."""
@@ -72,13 +68,13 @@ class _Setup:
             raise ValueError(f"{ctx.op} direction '{direction}' is not supported")
         self.reverse = [False, True] if direction == "bidirectional" else [direction == "reverse"]
         n_dirs = len(self.reverse)
-        bias = _opt(inputs, 3)
+        bias = optional_input(inputs, 3)
         if bias is None:
             bias = torch.zeros(n_dirs, 2 * n_gates * self.hidden, dtype=self.x.dtype)
         self.wb, self.rb = bias[:, :n_gates * self.hidden], bias[:, n_gates * self.hidden:]
-        lens = _opt(inputs, 4)
+        lens = optional_input(inputs, 4)
         self.lens = None if lens is None else lens.to(torch.int64).reshape(-1, 1)
-        self.init = [self._state(_opt(inputs, i), n_dirs) for i in (5, 6)]
+        self.init = [self._state(optional_input(inputs, i), n_dirs) for i in (5, 6)]
         self.acts = _activations(ctx.op, attrs, n_dirs)
         clip = attrs.get("clip")
         self.clip = (lambda v: v.clamp(-clip, clip)) if clip is not None else (lambda v: v)
@@ -164,7 +160,7 @@ def _lstm(ctx: Ctx, inputs: list, attrs: dict) -> list:
     """ONNX LSTM (gates i, o, f, c; peepholes P = [Pi, Po, Pf]): i, f = f(... + P * C_{t-1}), c = g(...),
     C_t = f * C_{t-1} + i * c, o = f(... + Po * C_t), H_t = o * h(C_t); ``input_forget`` couples f = 1 - i."""
     s = _Setup(ctx, inputs, attrs, 4)
-    peep = _opt(inputs, 7)
+    peep = optional_input(inputs, 7)
     coupled = bool(attrs.get("input_forget", 0))
     per_dir = []
     for d in range(len(s.reverse)):
