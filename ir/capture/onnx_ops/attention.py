@@ -82,28 +82,14 @@ def _softcap(x: torch.Tensor, cap: float) -> torch.Tensor:
     return torch.tanh(x / cap) * cap if cap > 0 else x
 
 
-_SEQUENTIAL_SUM_LIMIT = 32  # keys per row up to which a bfloat16 softmax sum is rounded step by step
-
-
-def _row_sum(e: torch.Tensor) -> torch.Tensor:
-    """The last-axis sum, keepdim. In bfloat16 ONNX's reference rounds every partial sum to bfloat16; short
-    rows do that too (unrolled), longer ones accumulate in float32 (a rounding-level difference)."""
-    n = e.shape[-1]
-    if e.dtype != torch.bfloat16 or not isinstance(n, int) or n > _SEQUENTIAL_SUM_LIMIT:
-        return e.sum(dim=-1, keepdim=True)
-    acc = e[..., :1]
-    for j in range(1, n):
-        acc = acc + e[..., j:j + 1]
-    return acc
-
-
 def _softmax(x: torch.Tensor) -> torch.Tensor:
     """Softmax over the last axis as ONNX defines it, exp(x - max) / sum, each step rounded to x's dtype (as
-    the reference does for float16/bfloat16); an all -inf row takes 0 as its max, so its exps are 0, not NaN."""
+    the reference does for float16/bfloat16; the row sum accumulates in float32, a rounding-level
+    difference); an all -inf row takes 0 as its max, so its exps are 0, not NaN."""
     m = torch.amax(x, dim=-1, keepdim=True)
     m = torch.where(m == float("-inf"), torch.zeros((), dtype=x.dtype), m)
     e = torch.exp(x - m)
-    return e / _row_sum(e)
+    return e / e.sum(dim=-1, keepdim=True)
 
 
 @rule("Attention")
