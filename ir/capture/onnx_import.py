@@ -39,7 +39,7 @@ from torch.export import Dim
 DEFAULT_DYNAMIC_SIZE = 2
 FOLD_INPUT_LIMIT = 4096      # constants read by folding at most this many elements (not weight matrices)
 FOLD_OUTPUT_LIMIT = 1 << 16  # a folded node's outputs are stored as buffers: at most this many elements each
-# nodes never computed at conversion: random values, and ops whose outputs are sequences or optionals
+# nodes never computed at conversion: random values, control flow, and ops whose outputs are sequences
 _NOT_FOLDED = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli",
                          "Multinomial", "Dropout", "SequenceEmpty", "SequenceConstruct", "SequenceInsert",
                          "SplitToSequence", "Optional", "If", "Loop", "Scan"})
@@ -288,10 +288,11 @@ class ValueNotKnown(InputError):
         self.node = node
 
 
-# ops whose output depends only on the *shape* of these inputs: a value computed through them does not
-# depend on the input's values
-_SHAPE_ONLY = {"Shape": (0,), "Size": (0,), "EyeLike": (0,), "CastLike": (1,), "ConstantOfShape": ()}
-# ops whose first input is the data and the rest attribute-like (axes, shape, pads, k, sizes, ...)
+# ops whose output depends only on the *shape* (or dtype) of these inputs: a value computed through them does
+# not depend on those inputs' values
+_SHAPE_ONLY = {"Shape": (0,), "Size": (0,), "EyeLike": (0,), "CastLike": (1,)}
+# ops all of whose inputs are attribute-like; for the others, input 0 is the data and the rest (axes, shape,
+# pads, k, sizes, ...) are attribute-like
 _VALUE_INPUTS_FROM_ZERO = {"ConstantOfShape", "Range", "OneHot", "Loop"}
 
 
@@ -348,16 +349,16 @@ class OnnxModule(torch.nn.Module):
         nodes folded before): its outputs become statics. Exporters build pads and shapes from constants
         through ops a rank <= 1 Known cannot follow (the legacy exporter's ``F.pad`` reshapes to [-1, 2]);
         folded, they are plain constants again. Returns how many nodes were folded."""
-        values: dict = {}
-        for name, v in graph.statics.items():
-            value = self._fetch(v)
-            if not isinstance(value, torch.Tensor) or value.numel() <= FOLD_INPUT_LIMIT:
-                values[name] = value
         kept, folded = [], 0
         table: dict = {}
-        self._trace_table = table
+        self._trace_table = table  # set before fetching, so small float constants are readable by the rules
         try:
             with trace_values(table):
+                values: dict = {}
+                for name, v in graph.statics.items():
+                    value = self._fetch(v)
+                    if not isinstance(value, torch.Tensor) or value.numel() <= FOLD_INPUT_LIMIT:
+                        values[name] = value
                 for node in graph.nodes:
                     outs = self._try_fold(node, values)
                     if outs is None:
@@ -584,7 +585,7 @@ def capture_onnx(path: str, example_inputs: Any = None, *, dynamic_shapes: Any =
 
 def value_sources(module: OnnxModule, node: _Node, inputs: tuple) -> list[str]:
     """The graph inputs whose *values* the attribute-like inputs of ``node`` are computed from (walking the
-    top-level graph back, not through ops that read only shapes) and that can be specialized (rank <= 1, at
+    graph back, into If/Loop bodies, not through ops that read only shapes) and that can be specialized (rank <= 1, at
     most KNOWN_LIMIT elements, integers or float scalars, not yet specialized); ``[]`` when there are none."""
     producers = {out: n for n in _all_nodes(module.graph) for out in n.outputs if out}
     start = node.inputs if node.op in _VALUE_INPUTS_FROM_ZERO or len(node.inputs) == 1 else node.inputs[1:]
