@@ -235,9 +235,7 @@ def _expected(value: Any) -> Any:
     from onnx import TensorProto, numpy_helper
 
     if isinstance(value, TensorProto):
-        if value.data_type == TensorProto.BFLOAT16:
-            return numpy_helper.to_array(value).astype(np.float32)
-        return numpy_helper.to_array(value)
+        value = numpy_helper.to_array(value)
     if str(getattr(value, "dtype", "")) == "bfloat16":
         return np.asarray(value).astype(np.float32)
     return value
