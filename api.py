@@ -14,6 +14,7 @@ from fxopt.backends.base import (Compiled, check_replaceable, compile_program, g
                                  read_manifest, steps_summary)
 from fxopt.errors import FxoptError, VerificationError, first_line
 from fxopt.ir import loops
+from fxopt.ir.capture.library_outputs import plain_tree
 from fxopt.ir.capture import capture as _capture, eval_mode, register_model_source, resolve_model  # noqa: F401 - resolve_model re-exported for tools
 from fxopt.ir.numerics import first_difference, max_abs_error, output_depths
 from fxopt.ir.program import Program
@@ -24,14 +25,17 @@ from fxopt.passes.registry import build_pipeline, default_pipeline
 register_model_source("zoo", zoo.resolve)   # "zoo:NAME", "zoo:NAME{small=true}": the built-in models
 
 
-def capture(model: Any, example_inputs: Any = None, *, dynamic_shapes: Any = None,
-            trust_pickle: bool = False) -> Program:
+def capture(model: Any, example_inputs: Any = None, *, example_kwargs: dict | None = None,
+            dynamic_shapes: Any = None, trust_pickle: bool = False) -> Program:
     """Capture ``model`` (nn.Module, ``.pt2`` path, ``file.py:Attr``, ``module:Attr`` or ``zoo:NAME``) with
     torch.export into a flat core-ATen :class:`~fxopt.ir.Program`. ``example_inputs`` is a tuple of positional
-    inputs (default: the model's ``example_inputs()``); ``dynamic_shapes`` as for ``torch.export.export``.
+    inputs (default: the model's ``example_inputs()``), ``example_kwargs`` a dict of keyword inputs (a Hugging
+    Face batch: ``example_kwargs=tokenizer(text, return_tensors="pt")``); ``dynamic_shapes`` as for
+    ``torch.export.export``.
     ``file.py:Attr`` and ``module:Attr`` import (run) that Python file; a ``.pt2`` whose parts need a full
     unpickler (which can run code) is refused unless ``trust_pickle``."""
-    return _capture(model, example_inputs, dynamic_shapes=dynamic_shapes, trust_pickle=trust_pickle)
+    return _capture(model, example_inputs, example_kwargs=example_kwargs, dynamic_shapes=dynamic_shapes,
+                    trust_pickle=trust_pickle)
 
 
 def optimize(program: Program, passes: str | Iterable[Any] | None = None, *, target: str = "reference",
@@ -100,9 +104,9 @@ class ExportResult(NamedTuple):
 
 def export(model: Any, example_inputs: Any = None, *, backend: str = "reference",
            passes: str | Iterable[Any] | None = None, target: str | None = None, out: str | None = None,
-           verify: bool = True, dynamic_shapes: Any = None) -> ExportResult:
+           verify: bool = True, dynamic_shapes: Any = None, example_kwargs: dict | None = None) -> ExportResult:
     """The translation job after training, in one call: capture ``model`` (as :func:`capture` takes it) on
-    ``example_inputs``, optimize it (``passes``, default: the target's pipeline; ``target`` defaults to the
+    ``example_inputs`` (and keyword inputs ``example_kwargs``), optimize it (``passes``, default: the target's pipeline; ``target`` defaults to the
     backend's name), compile it with ``backend``, check the artifact against the model on those inputs, and
     save it to ``out`` when given (atomically; an existing ``out`` is replaced only if it is an fxopt
     artifact or empty). Cheap arguments (backend, passes, out) are checked before the capture.
@@ -116,7 +120,7 @@ def export(model: Any, example_inputs: Any = None, *, backend: str = "reference"
         check_replaceable(out)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    program = _capture(model, example_inputs, dynamic_shapes=dynamic_shapes)
+    program = _capture(model, example_inputs, example_kwargs=example_kwargs, dynamic_shapes=dynamic_shapes)
     expected = _model_outputs(model, program)
     seconds["capture"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -148,7 +152,8 @@ def _model_outputs(model: Any, program: Program) -> tuple:
     (a spec string, a ``.pt2``, a decode-loop model whose program is the whole loop)."""
     if isinstance(model, torch.nn.Module) and not loops.is_decode_loop(model):
         with torch.no_grad(), eval_mode(model):
-            return tuple(flat_leaves(model(*fresh_copy(program.example_inputs))))
+            return tuple(flat_leaves(plain_tree(model(*fresh_copy(program.example_inputs),
+                                                      **fresh_copy(program.example_kwargs)))))
     return tuple(program.run_flat(program.flat_example_inputs()))
 
 
@@ -169,7 +174,7 @@ def check_compiled(compiled: Any, program: Program, expected: Sequence[Any], hin
     error; raises VerificationError (its message ends with ``hint`` in parentheses, when given) when they
     differ or the artifact fails to run."""
     try:
-        actual = flat_leaves(compiled(*fresh_copy(program.example_inputs)))
+        actual = flat_leaves(compiled(*fresh_copy(program.example_inputs), **fresh_copy(program.example_kwargs)))
     except FxoptError:
         raise
     except Exception as exc:  # noqa: BLE001 - a compiled artifact that cannot run is a failed check

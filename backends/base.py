@@ -27,6 +27,7 @@ import torch.utils._pytree as pytree
 from fxopt.backends import artifact_dir
 from fxopt.errors import InputError
 from fxopt.ir import serialize, targets
+from fxopt.ir.fields import neutral_spec
 from fxopt.ir.program import Program, check_input_value, signature_text
 from fxopt.ir.shapes import dim_expr
 from fxopt.ir.trace import merge_timings, split_timings
@@ -213,7 +214,8 @@ class Compiled:
             flat = list(args)   # what flattening gives, without its ~15 us: every argument is one leaf
         else:
             flat, spec = pytree.tree_flatten((tuple(args), dict(kwargs)))
-            if self.in_spec is not None and spec != self.in_spec:
+            if self.in_spec is not None and spec != self.in_spec \
+                    and neutral_spec(spec) != neutral_spec(self.in_spec):
                 raise InputError(f"inputs to '{self.name}' do not match its signature: expected "
                                  f"{signature_text(self.in_spec)}, got {signature_text(spec)}")
         check_inputs(flat, self.input_specs)
@@ -245,8 +247,12 @@ class Compiled:
             "passes": self.passes,
             "inputs": self.input_specs,
             "outputs": self.output_specs,
+            # the model's own structure (its classes), and the same in tuples/lists/dicts/Fields, which any
+            # process can rebuild (fxopt/ir/fields.py); load takes the first one this process can rebuild
             "in_spec": _dump_spec(self.in_spec),
             "out_spec": _dump_spec(self.out_spec),
+            "in_structure": _dump_spec(self.in_spec, neutral=True),
+            "out_structure": _dump_spec(self.out_spec, neutral=True),
             "partitions": partitions,
             **self.extra,
         }
@@ -336,18 +342,31 @@ def write_json(path: str, data: Any) -> None:
         f.write("\n")
 
 
-def _dump_spec(spec) -> str | None:
+def _dump_spec(spec, neutral: bool = False) -> str | None:
+    """``spec`` as pytree's JSON; with ``neutral``, its :func:`~fxopt.ir.fields.neutral_spec` form. None
+    for no spec, and for an original spec whose classes pytree cannot serialize (the neutral form stands in)."""
     if spec is None:
         return None
     try:
-        return pytree.treespec_dumps(spec)
+        return pytree.treespec_dumps(neutral_spec(spec) if neutral else spec)
     except Exception as exc:  # noqa: BLE001
+        if not neutral:
+            return None
         raise InputError(f"cannot save the model's input/output structure ({exc}); "
                          "use tuples, lists and dicts of tensors") from exc
 
 
-def _load_spec(text: str | None):
-    return pytree.treespec_loads(text) if text is not None else None
+def _load_spec(original: str | None, structure: str | None = None):
+    """The saved spec: the original one when every class it names is registered with pytree in this
+    process, else the neutral structure (tuples, lists, dicts, Fields); None when neither was saved. Loading
+    never imports a module the manifest names."""
+    if original is not None:
+        try:
+            return pytree.treespec_loads(original)
+        except NotImplementedError:   # a class this process has not registered (its library not imported)
+            if structure is None:
+                raise
+    return pytree.treespec_loads(structure) if structure is not None else None
 
 
 def steps_summary(manifest: dict) -> tuple[list[str], list[str]]:
@@ -456,7 +475,7 @@ def check_manifest(path: str, manifest: Any) -> None:
                              "artifact is corrupt or hostile")
     _check_specs(path, manifest, "inputs")
     _check_specs(path, manifest, "outputs")
-    for key in ("in_spec", "out_spec"):
+    for key in ("in_spec", "out_spec", "in_structure", "out_structure"):
         _field(path, manifest, key, (str, type(None)), key, required=False)
     parts = _field(path, manifest, "partitions", (list,), "partitions")
     for i, part in enumerate(parts):
@@ -511,7 +530,8 @@ def load(directory: str) -> Compiled:
 def common_kwargs(manifest: dict) -> dict:
     """Constructor keyword arguments of :class:`Compiled` recovered from a manifest."""
     try:
-        in_spec, out_spec = _load_spec(manifest.get("in_spec")), _load_spec(manifest.get("out_spec"))
+        in_spec = _load_spec(manifest.get("in_spec"), manifest.get("in_structure"))
+        out_spec = _load_spec(manifest.get("out_spec"), manifest.get("out_structure"))
     except Exception as exc:  # noqa: BLE001
         raise InputError(f"manifest: unreadable input/output structure ({_first_line(exc)}); the artifact is "
                          "corrupt or hostile") from None

@@ -315,7 +315,8 @@ def _widen(t: torch.Tensor) -> torch.Tensor:
 
 def max_abs_error(expected: Iterable[Any], actual: Iterable[Any]) -> float:
     """Largest absolute difference over the tensor pairs of two flat output sequences (0.0 when there are
-    none); NaN meeting NaN counts 0, NaN against a number and a shape mismatch count as infinity."""
+    none); NaN meeting NaN and an infinity meeting the same infinity count 0, NaN against a number and a
+    shape mismatch count as infinity."""
     worst = 0.0
     for e, a in zip(expected, actual):
         if not (isinstance(e, torch.Tensor) and isinstance(a, torch.Tensor)):
@@ -327,8 +328,8 @@ def max_abs_error(expected: Iterable[Any], actual: Iterable[Any]) -> float:
         if e.dtype.is_floating_point or e.dtype.is_complex or a.dtype.is_floating_point:
             e64, a64 = _widen(e.detach()), _widen(a.detach())
             diff = (a64 - e64).abs()
-            both_nan = torch.isnan(e64) & torch.isnan(a64)
-            diff = torch.where(both_nan, torch.zeros_like(diff), diff)
+            same = (torch.isnan(e64) & torch.isnan(a64)) | (e64 == a64)   # equal infinities differ by 0, not NaN
+            diff = torch.where(same, torch.zeros_like(diff), diff)
             worst = max(worst, float(torch.nan_to_num(diff, nan=float("inf")).max()))
         elif not torch.equal(e, a):
             worst = max(worst, float((a.long() - e.long()).abs().max()))

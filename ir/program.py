@@ -3,7 +3,8 @@
 A Program is a *flat* ATen-level FX GraphModule (placeholders are the flattened user inputs, the output node
 returns a tuple of tensors) plus what passes need around it:
 
-- ``example_inputs``: the user-level example inputs (positional tuple) used for verification;
+- ``example_inputs`` / ``example_kwargs``: the user-level example inputs (a positional tuple, and keyword
+  inputs as a dict) used for verification;
 - ``in_spec`` / ``out_spec``: pytree specs mapping user-level args/results to the flat graph and back;
 - ``dynamic_dims``: for each symbolic dim, which input dim it came from (``{"s0": [("x", 0)]}``);
 - ``regions``: loop regions and other structure recorded by capture or passes (e.g. the decode loop);
@@ -63,6 +64,8 @@ class Program:
     # What capture wants the user told, one line each (e.g. that a model in train mode was captured in
     # eval mode); saved in the artifact's manifest as ``capture_notes``.
     notes: list = field(default_factory=list)
+    # Keyword example inputs (``model(**batch)``), beside the positional ``example_inputs``.
+    example_kwargs: dict = field(default_factory=dict)
 
     # ----------------------------------------------------------------- running
     def flatten_inputs(self, args: tuple, kwargs: dict | None = None) -> list:
@@ -105,7 +108,7 @@ class Program:
         """The example inputs, flattened to placeholder order; cloned when the graph writes into an input
         (a model's ``x.add_(1)`` is captured as ``copy_`` into the placeholder), so that running the program
         never changes the caller's tensors, nor the inputs the next check runs on."""
-        flat = self.flatten_inputs(self.example_inputs)
+        flat = self.flatten_inputs(self.example_inputs, self.example_kwargs)
         if writes_into_inputs(self.graph):
             flat = [t.clone() if isinstance(t, torch.Tensor) else t for t in flat]
         return flat

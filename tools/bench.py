@@ -30,8 +30,8 @@ from fxopt.tools.bench_measure import (  # noqa: F401 - measure/Timing re-export
 from fxopt.tools.bench_systems import System
 
 __all__ = ["BenchResult", "Timing", "bench", "measure", "measure_side_by_side", "parse_batches", "parse_names",
-           "parse_prices", "price_for", "cost_per_million", "results_table", "write_outputs", "register",
-           "cmd_bench", "machine_info"]
+           "parse_prices", "price_for", "cost_per_million", "results_table", "write_outputs",
+           "machine_info"]
 
 BENCH_FORMAT = "fxopt-bench"
 BENCH_VERSION = 1

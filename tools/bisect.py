@@ -157,7 +157,7 @@ def make_judge(program, pipeline: list, *, backend: str | None = None, atol: flo
         except Exception as exc:  # noqa: BLE001 - BackendError or a crash: the backend fails here
             return Verdict(True, f"backend '{backend}' fails to compile it: {_first_line(exc)}", float("inf"))
         try:
-            artifact = tuple(flat_leaves(compiled(*program.example_inputs)))
+            artifact = tuple(flat_leaves(compiled(*program.example_inputs, **program.example_kwargs)))
         except Exception as exc:  # noqa: BLE001
             return Verdict(True, f"the {backend} artifact fails to run: {_first_line(exc)}", float("inf"))
         verdict = _compare(expected, artifact, atol, rtol, depths)

@@ -165,7 +165,9 @@ def write_partition(directory: str, stem: str, exported: Any, params_np: dict) -
     with open(os.path.join(directory, names[1]), "w", encoding="utf-8") as f:
         f.write(exported.mlir_module())
 
-    save_file({k: np.ascontiguousarray(v) for k, v in params_np.items()}, os.path.join(directory, names[2]),
+    # np.ascontiguousarray makes 0-d arrays 1-d; the reshape keeps a scalar weight a scalar
+    save_file({k: np.ascontiguousarray(v).reshape(np.shape(v)) for k, v in params_np.items()},
+              os.path.join(directory, names[2]),
               metadata={"format": "fxopt-xla-params"})
     return names
 

@@ -1127,7 +1127,7 @@ def _embedding_bag(weight, indices, offsets, scale_grad_by_freq=False, mode=0, s
     auxiliary outputs reproduce PyTorch's CPU kernel (sum mode: empty offset2bag on its fast path, zeros)."""
     if indices.ndim != 1:
         raise Unlowerable("_embedding_bag with 2-d indices (torch passes 1-d indices plus offsets)")
-    n, d = indices.shape[0], weight.shape[1]
+    n = indices.shape[0]
     nbags = offsets.shape[0] - 1 if include_last_offset else offsets.shape[0]
     starts = offsets[:nbags]
     itype = indices.dtype

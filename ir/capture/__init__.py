@@ -11,6 +11,7 @@ import contextvars
 import importlib
 import io
 import importlib.util
+import inspect
 import logging
 import os
 import sys
@@ -27,7 +28,8 @@ from fxopt.errors import InputError
 from fxopt.ir import cost, loops, provenance
 from fxopt.ir.program import Program, delete_attr, fetch_attr, set_attr  # noqa: F401 - set_attr re-exported
 from fxopt.ir import serialize
-from fxopt.ir.capture import pt2_check
+from fxopt.ir.capture import attention_layout, library_ops, pt2_check
+from fxopt.ir.capture.library_outputs import plain_outputs
 from fxopt.ir.program import concrete_int
 
 _DATA_DEPENDENT_HINT = (
@@ -186,12 +188,13 @@ def _inputs_for(model: torch.nn.Module, example_inputs: Any, name: str, default:
 
 
 # ---------------------------------------------------------------------------------------------- capture
-def capture(model: Any, example_inputs: Any = None, *, dynamic_shapes: Any = None,
-            trust_pickle: bool = False) -> Program:
+def capture(model: Any, example_inputs: Any = None, *, example_kwargs: dict | None = None,
+            dynamic_shapes: Any = None, trust_pickle: bool = False) -> Program:
     """Capture ``model`` as a flat, core-ATen :class:`Program`.
 
     Takes an nn.Module (or spec string, see :func:`resolve_model`), its example inputs (a tuple of
-    positional args, or a single tensor) and optional ``torch.export`` ``dynamic_shapes``, or ``"batch"``:
+    positional args, or a single tensor), keyword inputs ``example_kwargs`` (a Hugging Face model's
+    ``model(**batch)``: ``example_kwargs=batch``) and optional ``torch.export`` ``dynamic_shapes``, or ``"batch"``:
     dim 0 of every input tensor as ``Dim.AUTO`` (symbolic where the model allows it, static where it
     hard-codes the size). ``trust_pickle``: read a ``.pt2`` whose parts need a full unpickler (which can run
     code; see :func:`resolve_model`). Returns a Program whose nodes carry ``val``, ``provenance`` and
@@ -204,13 +207,16 @@ def capture(model: Any, example_inputs: Any = None, *, dynamic_shapes: Any = Non
         if _is_inputs_maker(example_inputs):
             example_inputs = example_inputs(os.fspath(model))
         return capture_onnx(os.fspath(model), example_inputs, dynamic_shapes=dynamic_shapes)
+    if example_kwargs is not None and example_inputs is None:
+        example_inputs = ()    # keywords only: the model's own example_inputs() is not wanted
     resolved, inputs, name = resolve_model(model, example_inputs, trust_pickle)
+    kwargs = dict(example_kwargs or {})
     source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else name
     original = resolved if isinstance(resolved, torch.nn.Module) else None
     outermost = not _CAPTURING.get()
     token = _CAPTURING.set(True)   # the decode-loop protocol captures its pieces through capture() again
     try:
-        program = _capture_resolved(resolved, inputs, name, source, original, dynamic_shapes)
+        program = _capture_resolved(resolved, inputs, kwargs, name, source, original, dynamic_shapes)
     finally:
         _CAPTURING.reset(token)
     moded = _mode_dependent_in_training(original) if outermost and original is not None \
@@ -240,10 +246,10 @@ def _mode_dependent_in_training(model: torch.nn.Module) -> list[tuple[str, str]]
             and not (isinstance(m, torch.nn.modules.instancenorm._InstanceNorm) and not m.track_running_stats)]
 
 
-def _capture_resolved(resolved: Any, inputs: Any, name: str, source: str, original: Any,
+def _capture_resolved(resolved: Any, inputs: Any, kwargs: dict, name: str, source: str, original: Any,
                       dynamic_shapes: Any) -> Program:
     """Capture a resolved model or ExportedProgram (see :func:`capture`)."""
-    if original is not None and dynamic_shapes in (None, "batch"):
+    if original is not None and dynamic_shapes in (None, "batch") and not kwargs:
         # decode-loop protocol modules: encode/init_state/step captured apart
         from fxopt.ir.capture import decoder   # local: decoder imports this module (its pieces go through capture)
 
@@ -252,6 +258,7 @@ def _capture_resolved(resolved: Any, inputs: Any, name: str, source: str, origin
                                               dynamic_batch=dynamic_shapes == "batch")
             provenance.mark_unowned(program.graph, "capture")
             return program
+    notes: list[str] = []
     if isinstance(resolved, torch.export.ExportedProgram):
         ep = _decompose(resolved, source)
         if inputs is None:
@@ -260,8 +267,22 @@ def _capture_resolved(resolved: Any, inputs: Any, name: str, source: str, origin
         inputs = _as_tuple(inputs)
         if dynamic_shapes == "batch":
             dynamic_shapes = batch_dynamic_shapes(inputs)
-        ep = _export(resolved, inputs, dynamic_shapes, source)
-    return program_from_exported(ep, inputs, name=name, source=source, original=original)
+            if kwargs:
+                dynamic_shapes = {**dict(zip(_positional_names(resolved, len(inputs)), dynamic_shapes)),
+                                  **dict(zip(kwargs, batch_dynamic_shapes(tuple(kwargs.values()))))}
+        with plain_outputs(resolved, notes):
+            ep = _export(resolved, inputs, kwargs, dynamic_shapes, source)
+    program = program_from_exported(ep, inputs, name=name, source=source, original=original,
+                                    example_kwargs=kwargs)
+    program.notes.extend(notes)
+    return program
+
+
+def _positional_names(model: torch.nn.Module, n: int) -> list[str]:
+    """The names of ``model.forward``'s first ``n`` parameters (dynamic_shapes by name when there are
+    keyword inputs too)."""
+    params = list(inspect.signature(model.forward).parameters)
+    return params[:n]
 
 
 def batch_dynamic_shapes(inputs: tuple) -> tuple:
@@ -313,12 +334,12 @@ def eval_mode(model: torch.nn.Module):
             m.training = flag
 
 
-def _export(model: torch.nn.Module, inputs: tuple, dynamic_shapes: Any, source: str):
+def _export(model: torch.nn.Module, inputs: tuple, kwargs: dict, dynamic_shapes: Any, source: str):
     try:
         # On failure torch.export prints the partial graph to stderr; the one-line error replaces it.
         with _quiet_torch_logs(), eval_mode(model), torch.no_grad(), \
                 contextlib.redirect_stderr(io.StringIO()):
-            ep = torch.export.export(model, inputs, dynamic_shapes=dynamic_shapes, strict=False)
+            ep = torch.export.export(model, inputs, kwargs or None, dynamic_shapes=dynamic_shapes, strict=False)
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - every export failure becomes one clear line
@@ -331,7 +352,17 @@ def _decompose(ep: torch.export.ExportedProgram, source: str) -> torch.export.Ex
         with _quiet_torch_logs():
             return ep.run_decompositions()
     except Exception as exc:  # noqa: BLE001
-        raise InputError(f"{source}: decomposing to core ATen failed: {_first_line(exc)}") from exc
+        failure = exc
+    hint = ""
+    if attention_layout.has_sdpa(ep):
+        # the default sdpa decomposition changes the memory layout a later view relies on (GPT-2)
+        try:
+            with _quiet_torch_logs():
+                return ep.run_decompositions(attention_layout.sdpa_in_recorded_layout(ep))
+        except Exception:  # noqa: BLE001 - the first failure is the one to report
+            hint = ("; the model calls scaled_dot_product_attention: a Hugging Face model may capture with "
+                    "attn_implementation=\"eager\" (in its config or from_pretrained)")
+    raise InputError(f"{source}: decomposing to core ATen failed: {_first_line(failure)}{hint}") from failure
 
 
 def _export_error(exc: BaseException, source: str) -> InputError:
@@ -390,7 +421,7 @@ def _inputs_from_signature(ep: torch.export.ExportedProgram) -> tuple:
 
 # ---------------------------------------------------------------------------------------------- flattening
 def program_from_exported(ep: torch.export.ExportedProgram, example_inputs: tuple, *, name: str = "model",
-                          source: str = "", original: Any = None) -> Program:
+                          source: str = "", original: Any = None, example_kwargs: dict | None = None) -> Program:
     """Build a flat Program from a (decomposed) ExportedProgram: plain codegen, no guard call, cloned
     weights, provenance and cost on every node, symbolic dims recorded."""
     with _quiet_torch_logs():
@@ -409,11 +440,14 @@ def program_from_exported(ep: torch.export.ExportedProgram, example_inputs: tupl
     _clone_weights(gm)
     for node in graph.nodes:
         node.meta["provenance"] = provenance.from_export(node)
+    library_notes = library_ops.replace_library_ops(gm, source or name)
     graph.eliminate_dead_code()
     _remove_unused_attrs(gm)
     gm.recompile()
     program = Program(graph_module=gm, example_inputs=tuple(example_inputs), in_spec=in_spec,
-                      out_spec=out_spec, name=name, source=source, original=original)
+                      out_spec=out_spec, name=name, source=source, original=original,
+                      example_kwargs=dict(example_kwargs or {}))
+    program.notes.extend(library_notes)
     program.dynamic_dims = _dynamic_dims(program)
     annotate(program)
     return program

@@ -565,7 +565,7 @@ def capture_onnx(path: str, example_inputs: Any = None, *, dynamic_shapes: Any =
         dynamic_shapes = dynamic_shapes_for(model)
     while True:
         try:
-            ep = cap._export(module, inputs, dynamic_shapes, path)
+            ep = cap._export(module, inputs, {}, dynamic_shapes, path)
             break
         except NeedsValue as need:  # an axes/k/sizes input: trace again with its example value
             specialize_input(module, need, inputs, path)
