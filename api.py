@@ -142,7 +142,8 @@ def export(model: Any, example_inputs: Any = None, *, backend: str = "reference"
         done, left = steps_summary(read_manifest(path))
     report = ExportReport(program=program.name, backend=backend, target=target, passes=tuple(optimized.reports),
                           max_abs_error=error, seconds=seconds, path=path, done_here=tuple(done),
-                          left_for_target=tuple(left), notes=tuple(program.notes))
+                          left_for_target=tuple(left),
+                          notes=tuple(program.notes) + tuple(compiled.extra.get("notes", [])))
     return ExportResult(compiled, report)
 
 

@@ -24,6 +24,7 @@ import contextlib
 import functools
 import io
 import logging
+import operator
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -31,12 +32,13 @@ from typing import Any, Iterator
 
 import torch
 import torch.fx
+import torch.utils._pytree as pytree
 
 from fxopt.errors import BackendError
 from fxopt.ir.provenance import source_of
 from fxopt.ir.program import fetch_attr
 from torch.export import graph_signature as gs
-from torch.export.exported_program import ExportedProgram, ModuleCallEntry
+from torch.export.exported_program import ExportedProgram, ModuleCallEntry, ModuleCallSignature
 from torch.utils._sympy.value_ranges import ValueRanges
 from fxopt.ir.targets import tensorrt_operators
 
@@ -94,6 +96,41 @@ def _attr_value(gm: torch.fx.GraphModule, target: str) -> torch.Tensor:
     return fetch_attr(gm, target)
 
 
+_SPLITS = (torch.ops.aten.split_with_sizes.default, torch.ops.aten.split.Tensor)
+
+
+def split_as_slices(node: torch.fx.Node) -> dict[torch.fx.Node, tuple[int, int, int]] | None:
+    """``{getitem user: (dim, start, end)}`` when ``node`` is a split with static sizes whose every user
+    takes one piece, else None. The exporter turns such a split into ONNX ``SplitToSequence`` where the
+    pieces are used apart, which TensorRT's parser rejects although split itself is supported there; the same
+    pieces as ``Slice`` ops are what TensorRT takes (one support truth: what split{target=tensorrt} sends,
+    the exporter emits as supported ONNX)."""
+    if node.op != "call_function" or node.target not in _SPLITS or not node.users:
+        return None
+    if not all(u.op == "call_function" and u.target is operator.getitem and isinstance(u.args[1], int)
+               for u in node.users):
+        return None
+    val = node.args[0].meta.get("val") if isinstance(node.args[0], torch.fx.Node) else None
+    dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+    if not isinstance(val, torch.Tensor) or not isinstance(dim, int):
+        return None
+    dim %= val.dim()
+    size = val.shape[dim]
+    if not isinstance(size, int):
+        return None
+    if node.target is torch.ops.aten.split.Tensor:
+        step = node.args[1]
+        if not isinstance(step, int) or step <= 0:
+            return None
+        sizes = [min(step, size - start) for start in range(0, size, step)]
+    else:
+        sizes = list(node.args[1])
+    if not all(isinstance(k, int) for k in sizes):
+        return None
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    return {u: (dim, starts[u.args[1]], starts[u.args[1]] + sizes[u.args[1]]) for u in node.users}
+
+
 def to_exported_program(gm: torch.fx.GraphModule, name: str = "partition"):
     """Wrap the flat core-ATen partition module ``gm`` (placeholders = inputs, ``get_attr`` weights, output
     tuple; every node with ``meta["val"]``) as a ``torch.export.ExportedProgram`` without re-tracing: weights
@@ -110,7 +147,12 @@ def to_exported_program(gm: torch.fx.GraphModule, name: str = "partition"):
         value = _attr_value(gm, n.target)
         stem = "c_" + re.sub(r"\W", "_", n.target)
         p = g.placeholder(stem)
-        p.meta = {**n.meta, "val": n.meta.get("val", value)}
+        val = n.meta.get("val", value)
+        if isinstance(val, torch.Tensor) and val.requires_grad:
+            # an inference constant: a parameter's requires_grad would make the exporter's decompositions
+            # trace autograd through it (a batch-norm weight deduped with its running_var fails there)
+            val = val.detach()
+        p.meta = {**n.meta, "val": val}
         env[n] = p
         in_specs.append(gs.InputSpec(gs.InputKind.CONSTANT_TENSOR, gs.TensorArgument(p.name), target=n.target))
         constants[n.target] = value.detach() if isinstance(value, torch.Tensor) else value
@@ -139,14 +181,36 @@ def to_exported_program(gm: torch.fx.GraphModule, name: str = "partition"):
         if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload) \
                 and n.target._opname in _ASSERTIONS and not n.users:
             continue  # metadata checks: the exporter drops them anyway, and they have no val
+        if n in env:
+            continue   # a getitem already emitted as a slice of its split
         if n.op == "call_function" and "val" not in n.meta:
             raise BackendError(f"{name}: node '{n.name}' has no recorded shape (meta['val']); run it through "
                                "fxopt.optimize, which fills them in")
+        slices = split_as_slices(n)
+        if slices is not None:
+            for user, (dim, start, end) in slices.items():
+                env[user] = g.call_function(torch.ops.aten.slice.Tensor, (env[n.args[0]], dim, start, end))
+                env[user].meta = dict(user.meta)
+            continue
         env[n] = g.node_copy(n, lambda a: env[a])
+        if n.target is torch.ops.aten.sort.stable:
+            # ONNX TopK breaks ties by the lower index (its spec, since opset 11): the stable order, which
+            # the exporter's sort (TopK) then gives; torchlib translates only the default overload
+            dim = n.kwargs.get("dim", -1)
+            env[n].target = torch.ops.aten.sort.default
+            env[n].args, env[n].kwargs = (env[n].args[0], dim, n.kwargs.get("descending", False)), {}
     root = torch.fx.GraphModule(torch.nn.Module(), g)
+    # the call signature (flat user inputs in, a tuple out): the exporter's own decompositions rebuild the
+    # module from it (ExportedProgram.module() reads call_spec), e.g. for an unbind or sdpa in the partition
+    user_inputs = [spec.arg for spec in in_specs if spec.kind == gs.InputKind.USER_INPUT]
+    signature = ModuleCallSignature(
+        inputs=user_inputs, outputs=[spec.arg for spec in out_specs],
+        in_spec=pytree.tree_flatten((tuple(range(len(user_inputs))), {}))[1],
+        out_spec=pytree.tree_flatten(tuple(range(len(out_specs))))[1],
+        forward_arg_names=[arg.name for arg in user_inputs])
     return ExportedProgram(root=root, graph=root.graph, graph_signature=gs.ExportGraphSignature(in_specs, out_specs),
                            state_dict={}, range_constraints=_range_constraints(nodes),
-                           module_call_graph=[ModuleCallEntry("", None)], constants=constants)
+                           module_call_graph=[ModuleCallEntry("", signature)], constants=constants)
 
 
 def _range_constraints(nodes: list[torch.fx.Node]) -> dict:

@@ -269,6 +269,9 @@ def compile_partitioned(program: Program, backend: str, target: str,
         stages.append(TorchStage.from_plan(plan) if plan.device == "cpu" else compile_stage(plan))
     refs, constants = _output_refs(prog)
     inputs, outputs = io_specs(prog)
+    idle = no_accelerator_work(prog, target, stages)
+    if idle:
+        extra = {**(extra or {}), "notes": [*(extra or {}).get("notes", []), idle]}
     return PartitionedCompiled(
         stages, [p.name for p in prog.placeholders()], refs, constants, backend,
         name=prog.name, in_spec=prog.in_spec, out_spec=prog.out_spec, input_specs=inputs,
@@ -276,6 +279,21 @@ def compile_partitioned(program: Program, backend: str, target: str,
         passes=[r.spec for r in prog.reports if r.status == "ran"],
         extra={"dynamic_dims": prog.dynamic_dims, "source": prog.source, **capture_notes(prog), "target": target,
                **(extra or {})})
+
+
+def no_accelerator_work(program: Program, target: str, stages: list) -> str | None:
+    """One line saying why an artifact for accelerator ``target`` has no ``target`` partition (its split put
+    every op on the CPU), or None when some stage runs on ``target``."""
+    if any(stage.device != "cpu" for stage in stages):
+        return None
+    region = partitions_region(program, required=False) or {}
+    estimate = (region.get("estimated_time") or {}).get("before")
+    why = (f"split's {region.get('policy', 'cost')} policy ({region.get('profile', '?')} profile) found no "
+           f"placement faster than the CPU alone ({estimate * 1e6:.3g} us estimated)"
+           if region.get("policy") == "cost" and isinstance(estimate, (int, float)) else
+           "split put every op on the CPU")
+    return (f"no {target} partition: {why}, so the artifact does no {target} work and runs with PyTorch eager "
+            f"on the host; split{{target={target},policy=support}} places every supported op on {target}")
 
 
 def load_partitioned(directory: str, manifest: dict, backend: str,

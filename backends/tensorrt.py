@@ -176,7 +176,8 @@ class OnnxStage(Stage):
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise BackendError(f"partition '{self.name}': onnxruntime failed: "
                                f"{(str(exc).strip().splitlines() or ['?'])[0][:300]}") from exc
-        return tuple(torch.from_numpy(np.ascontiguousarray(o)) for o in outs)
+        # np.ascontiguousarray makes a 0-d output 1-d; the reshape keeps a scalar a scalar
+        return tuple(torch.from_numpy(np.ascontiguousarray(o).reshape(np.shape(o))) for o in outs)
 
     # saving
     def write(self, directory: str) -> dict:

@@ -84,7 +84,7 @@ def _onnxruntime(gm, inputs):
     by_name = dict(zip(names, inputs))
     session = ort.InferenceSession(exported.model.SerializeToString(), providers=["CPUExecutionProvider"])
     feeds = {i.name: by_name[i.name].numpy() for i in session.get_inputs()}
-    return tuple(torch.from_numpy(np.ascontiguousarray(o)) for o in session.run(None, feeds))
+    return tuple(torch.from_numpy(np.ascontiguousarray(o).reshape(np.shape(o))) for o in session.run(None, feeds))
 
 
 def _torchscript(gm, inputs):

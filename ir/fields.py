@@ -79,25 +79,33 @@ _PLAIN = (tuple, list, dict, collections.OrderedDict, collections.defaultdict, c
 def neutral_spec(spec: pytree.TreeSpec) -> pytree.TreeSpec:
     """``spec`` with every node of another class (a library's output class, a namedtuple, a registered
     dataclass) replaced by a :class:`Fields` of the same leaves in the same order, named by the node's keys
-    when its context lists one name per child (as ModelOutput, namedtuple and dataclass specs do), else
+    when the node names one per child (ModelOutput, namedtuple and registered dataclass specs do), else
     ``"0"``, ``"1"``, ...; tuples, lists, dicts and leaves stay. Takes and returns a TreeSpec."""
     if spec.is_leaf():
         return spec
     children = [neutral_spec(c) for c in spec.children_specs]
     if spec.type in _PLAIN:
         return pytree.TreeSpec(spec.type, spec.context, children)
+    if spec.type is collections.namedtuple:   # pytree's namedtuple node: the context is the class
+        cls = spec.context
+        return pytree.TreeSpec(Fields, (cls.__name__, _names(getattr(cls, "_fields", None), len(children))),
+                               children)
     return pytree.TreeSpec(Fields, (spec.type.__name__, _field_names(spec)), children)
 
 
 def _field_names(spec: pytree.TreeSpec) -> tuple[str, ...]:
     n = spec.num_children
     context = spec.context
-    if isinstance(context, (list, tuple)) and len(context) == n and all(isinstance(k, str) for k in context):
+    if _is_names(context, n):                 # ModelOutput: the keys of its set fields
         return tuple(context)
-    fields = getattr(spec.type, "_fields", None)    # namedtuple: the class itself is the context
-    if isinstance(fields, tuple) and len(fields) == n:
-        return tuple(fields)
-    if isinstance(context, (list, tuple)) and len(context) == 2 and isinstance(context[1], (list, tuple)) \
-            and len(context[1]) == n and all(isinstance(k, str) for k in context[1]):
-        return tuple(context[1])    # dataclass-style (flat names, none names)
-    return tuple(str(i) for i in range(n))
+    if isinstance(context, (list, tuple)) and context and _is_names(context[0], n):
+        return tuple(context[0])              # a registered dataclass: [field names, names of None fields]
+    return _names(None, n)
+
+
+def _is_names(value: Any, n: int) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) == n and all(isinstance(k, str) for k in value)
+
+
+def _names(names: Any, n: int) -> tuple[str, ...]:
+    return tuple(names) if _is_names(names, n) else tuple(str(i) for i in range(n))

@@ -68,6 +68,12 @@ def _rules_by_op(rules) -> dict:
 
 def _compatible(node: torch.fx.Node, replacement: torch.fx.Node) -> bool:
     a, b = val(node), val(replacement)
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):   # multi-output ops (sort, topk)
+        return len(a) == len(b) and all(_same_type(x, y) for x, y in zip(a, b))
+    return _same_type(a, b)
+
+
+def _same_type(a, b) -> bool:
     if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
         return False
     return a.dtype == b.dtype and a.device == b.device and same_shape(tuple(a.shape), b)

@@ -104,6 +104,13 @@ def test_max_abs_error_counts_nan_meeting_nan_as_zero():
     assert numerics.max_abs_error([torch.ones(2)], [torch.ones(3)]) == math.inf
 
 
+def test_max_abs_error_counts_equal_infinities_as_zero():
+    # an attention mask's -inf entries, equal on both sides (inf - inf is NaN, not a difference)
+    inf = float("inf")
+    assert numerics.max_abs_error([torch.tensor([-inf, 1.0, inf])], [torch.tensor([-inf, 1.25, inf])]) == 0.25
+    assert numerics.max_abs_error([torch.tensor([-inf])], [torch.tensor([inf])]) == math.inf
+
+
 # ------------------------------------------------------------------------------------------ depths
 class _LinearReluScale(torch.nn.Module):
     def __init__(self):

@@ -24,6 +24,13 @@ def test_canonicalize_collapses_a_view_chain():
     assert_rewrites("canonicalize", before, expected, X, X_OTHER)
 
 
+def test_canonicalize_makes_a_sort_stable():
+    # sort(x, dim, descending) == sort(x, dim, descending, stable=True): ties in one order for every runtime
+    before = Fn(lambda x: torch.sort(x, dim=0, descending=True))
+    expected = Fn(lambda x: torch.sort(x, dim=0, descending=True, stable=True))
+    assert_rewrites("canonicalize", before, expected, X, X_OTHER)
+
+
 def test_dedupe_merges_a_repeated_subexpression():
     # relu(x) + relu(x) == r + r with r = relu(x)
     before = Fn(lambda x: x.relu() + x.relu())

@@ -331,3 +331,106 @@ def test_float64_partition_is_rejected_by_dtype():
     with pytest.raises(BackendError, match=r"ONNX (\w+) \(from aten\.\w+\.default at \S+linear\.py:\d+\): "
                                            r"onnx-tensorrt's \1 does not take FP64"):
         fxopt.compile(program, "tensorrt")
+
+
+# ------------------------------------------------------------------------------------------ real-model failures
+class ConvBnAtInit(torch.nn.Module):
+    """Conv + batch norm at PyTorch's initial values: the BN weight (a parameter) equals running_var (a
+    buffer), so dedupe merges them into one tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.head = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+
+SUPPORT = "canonicalize,fold-constants,dedupe,dce,split{target=tensorrt,policy=support}"
+
+
+def test_a_batch_norm_weight_deduped_with_its_running_var_exports_to_onnx():
+    model = ConvBnAtInit().eval()
+    x = torch.randn(2, 3, 8, 8)
+    compiled, report = fxopt.export(model, (x,), backend="tensorrt", passes=SUPPORT)
+    dedupe = next(r for r in report.passes if r.name == "dedupe")
+    assert dedupe.modified   # the weight and running_var were merged
+    assert any(s.device == "tensorrt" for s in compiled.stages)
+    torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+class FusedQkvAttention(torch.nn.Module):
+    """A ViT block as timm writes it: one qkv Linear, reshape/permute, unbind (the exporter decomposes it)."""
+
+    def __init__(self, d=16, heads=4):
+        super().__init__()
+        self.heads = heads
+        self.qkv = torch.nn.Linear(d, 3 * d)
+        self.proj = torch.nn.Linear(d, d)
+
+    def forward(self, x):
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(y.transpose(1, 2).reshape(b, n, d))
+
+
+def test_a_partition_the_exporter_must_decompose_exports_with_its_input_names():
+    model = FusedQkvAttention().eval()
+    x = torch.randn(2, 5, 16)
+    compiled, _ = fxopt.export(model, (x,), backend="tensorrt", passes=SUPPORT)
+    assert [s.device for s in compiled.stages] == ["tensorrt"]
+    torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+def test_an_artifact_with_no_tensorrt_partition_says_why_in_one_line():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU()).eval()
+    compiled, report = fxopt.export(model, (torch.randn(1, 4),), backend="tensorrt")
+    assert all(s.device == "cpu" for s in compiled.stages)
+    notes = [n for n in report.notes if n.startswith("no tensorrt partition:")]
+    assert len(notes) == 1 and "\n" not in notes[0] and "policy=support" in notes[0]
+    assert "policy=support" in next(r for r in report.passes if r.name == "split").notes[0]
+
+
+class SplitHeads(torch.nn.Module):
+    """GPT-2's qkv split: ``split`` whose pieces are used apart (the exporter makes that SplitToSequence)."""
+
+    def __init__(self, d=12):
+        super().__init__()
+        self.qkv = torch.nn.Linear(d, 3 * d)
+        self.d = d
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).split(self.d, dim=-1)
+        return (q * k).softmax(-1) @ v.transpose(-1, -2)
+
+
+def test_a_split_whose_pieces_are_used_apart_exports_as_slices_tensorrt_supports():
+    import onnx
+
+    model = SplitHeads().eval()
+    x = torch.randn(2, 5, 12)
+    compiled, _ = fxopt.export(model, (x,), backend="tensorrt", passes=SUPPORT)
+    (stage,) = [s for s in compiled.stages if s.device == "tensorrt"]
+    ops = {n.op_type for n in onnx.load_from_string(stage.model_bytes).graph.node}
+    assert "Slice" in ops and "SplitToSequence" not in ops
+    torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+def test_a_sort_with_ties_in_a_tensorrt_partition_matches_pytorch():
+    # MoE routing sorts expert ids (many equal keys); canonicalize makes the sort stable, ONNX TopK is stable
+    class SortIds(torch.nn.Module):
+        def forward(self, ids, rows):
+            order = torch.sort(ids).indices
+            return rows[order] * 2, order
+
+    ids = torch.arange(40) * 7 % 4    # 40 keys, 4 values: PyTorch's unstable CPU sort reorders these ties
+    assert not torch.equal(torch.sort(ids).indices, torch.sort(ids, stable=True).indices)
+    rows = torch.randn(40, 4)
+    compiled, _ = fxopt.export(SortIds().eval(), (ids, rows), backend="tensorrt", passes=SUPPORT)
+    assert any(s.device == "tensorrt" for s in compiled.stages)
+    got_rows, got_order = compiled(ids, rows)
+    assert torch.equal(got_order, torch.sort(ids, stable=True).indices)
+    torch.testing.assert_close(got_rows, rows[got_order] * 2)

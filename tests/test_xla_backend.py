@@ -184,6 +184,31 @@ def test_dynamic_dims_export_symbolically_and_reload_at_other_batch(tmp_path):
         _close(loaded(other), model(other), program)
 
 
+class ScalarWeight(torch.nn.Module):
+    """A 0-d weight (a learned temperature), as fold-constants also makes of scalar subexpressions."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+        self.temperature = torch.nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, x):
+        return (self.lin(x) / self.temperature).softmax(-1)
+
+
+def test_a_zero_dim_weight_is_saved_zero_dim_and_the_artifact_reloads(tmp_path):
+    model = ScalarWeight().eval()
+    x = torch.randn(3, 4)
+    program = fxopt.capture(model, (x,))
+    path = fxopt.compile(program, "xla").save(tmp_path / "scalar")
+    from safetensors.numpy import load_file
+    (weights_file,) = [f for f in os.listdir(path) if f.endswith(".safetensors")]
+    weights = load_file(os.path.join(path, weights_file))
+    assert sorted(w.ndim for w in weights.values()) == [0, 1, 2]
+    with torch.no_grad():
+        _close(fxopt.load(path)(x), model(x), program)
+
+
 def test_static_export_rejects_another_shape_in_one_line(encoder, tmp_path):
     model, ids, program = _dynamic_encoder(encoder)
     path = fxopt.compile(program, "xla{dynamic=false,platforms=cpu}").save(tmp_path / "static")

@@ -446,6 +446,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     for stage in getattr(compiled, "stages", []):
         for line in stage.compile_notes():
             console.print(Text(line), soft_wrap=True)
+    for note in getattr(compiled, "extra", {}).get("notes", []):
+        console.print(Text(f"warning: {note}"), soft_wrap=True)
     console.print(Text("time: " + ", ".join(f"{k} {report.human_seconds(v)}" for k, v in timings.items())
                        + f"; total {report.human_seconds(total)}"))
     done, left = steps_summary(manifest)

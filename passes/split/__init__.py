@@ -213,6 +213,11 @@ def split_program(program: Program, target: str, acc, policy: str = "cost", min_
                          "solver": placement.solver},
     }
     notes = [f"support data: {data_source(target)}"]
+    if n_acc == 0 and n_calls:
+        notes.insert(0, f"nothing placed on {target}: " + (
+            f"the cost model ({acc.name} profile) estimates no placement faster than the CPU alone "
+            f"({before * 1e6:.3g} us); policy=support places every supported op on {target}"
+            if policy == "cost" else "no op is supported there"))
     for pk, count in sorted(unsupported.items()):
         notes.append(f"on CPU (unsupported on {target}): {pk} x{count}: {reasons[pk]}")
     return {"placement": placement_of, "partition": partition_of, "resident_on": resident,

@@ -141,6 +141,16 @@ def deberta_v2():
     return wrap(DebertaV2Model(config), token_inputs(), "last_hidden_state")
 
 
+@seeded
+def mobilebert():
+    """MobileBertModel: bottleneck layers (32 -> 16 inside each block), stacked FFNs, no-norm (NoNorm) layers."""
+    from transformers import MobileBertConfig, MobileBertModel
+
+    config = encoder_config(MobileBertConfig, embedding_size=16, intra_bottleneck_size=16, true_hidden_size=16,
+                            num_feedforward_networks=2)
+    return wrap(MobileBertModel(config), token_inputs(), "last_hidden_state", "pooler_output")
+
+
 # ---------------------------------------------------------------------------------------------- decoders
 @seeded
 def gpt2():
@@ -286,6 +296,22 @@ def mobilenet_v2():
     return wrap(model, image_inputs(), "logits")
 
 
+@seeded
+def efficientnet():
+    """EfficientNetForImageClassification (B0 scaled down): depthwise convs, squeeze-and-excitation, swish;
+    batch norm at PyTorch's initial values (weight and running_var both ones: dedupe merges them)."""
+    from transformers import EfficientNetConfig, EfficientNetForImageClassification
+
+    config = EfficientNetConfig(image_size=IMAGE, width_coefficient=0.25, depth_coefficient=0.25,
+                                hidden_dim=320, num_labels=5, dropout_rate=0.0, drop_connect_rate=0.0)
+    model = EfficientNetForImageClassification(config)
+    with torch.no_grad():   # transformers' init (N(0, 0.02) weights, a zero head) shrinks the logits to ~1e-29
+        for module in model.modules():
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear, torch.nn.modules.batchnorm._BatchNorm)):
+                module.reset_parameters()   # PyTorch's own init; batch norm: weight 1 = running_var 1
+    return wrap(model, image_inputs(), "logits")
+
+
 def randomize_batch_norm(model: torch.nn.Module) -> None:
     """Non-trivial running statistics, so eval-mode batch norm is not the identity."""
     for module in model.modules():
@@ -341,12 +367,65 @@ def segformer():
     return wrap(model, image_inputs(), "logits")
 
 
+# ---------------------------------------------------------------------------------------------- mixture of experts
+def moe_config(cls, **extra):
+    """A decoder config with 4 experts, 2 per token (transformers 5.x runs them as stacked 3-D weights through
+    its grouped-matmul op)."""
+    return cls(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+               num_key_value_heads=2, intermediate_size=FFN, max_position_embeddings=64, num_experts_per_tok=2,
+               use_cache=False, **extra)
+
+
+@seeded
+def mixtral():
+    """MixtralForCausalLM: sparse MoE MLPs (4 experts, top-2) in every layer."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    return wrap(MixtralForCausalLM(moe_config(MixtralConfig, num_local_experts=4)), token_inputs(), "logits")
+
+
+@seeded
+def qwen2_moe():
+    """Qwen2MoeForCausalLM: 4 routed experts (top-2) plus a gated shared expert per layer."""
+    from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM
+
+    config = moe_config(Qwen2MoeConfig, num_experts=4, moe_intermediate_size=32, shared_expert_intermediate_size=64,
+                        decoder_sparse_step=1)
+    return wrap(Qwen2MoeForCausalLM(config), token_inputs(), "logits")
+
+
+@seeded
+def olmoe():
+    """OlmoeForCausalLM: 4 experts (top-2), QK layer norms."""
+    from transformers import OlmoeConfig, OlmoeForCausalLM
+
+    return wrap(OlmoeForCausalLM(moe_config(OlmoeConfig, num_experts=4)), token_inputs(), "logits")
+
+
 BUILDERS: dict[str, Callable[[], tuple[torch.nn.Module, tuple]]] = {
     "bert": bert, "roberta": roberta, "albert": albert, "distilbert": distilbert, "electra": electra,
-    "deberta_v2": deberta_v2,
+    "deberta_v2": deberta_v2, "mobilebert": mobilebert,
     "gpt2": gpt2, "gpt_neox": gpt_neox, "llama": llama, "mistral": mistral, "qwen2": qwen2, "bloom": bloom,
     "t5": t5, "bart": bart,
     "vit": vit, "swin": swin, "convnext": convnext, "resnet": resnet, "mobilenet_v2": mobilenet_v2,
+    "efficientnet": efficientnet,
     "wav2vec2": wav2vec2, "whisper": whisper,
     "segformer": segformer,
+    "mixtral": mixtral, "qwen2_moe": qwen2_moe, "olmoe": olmoe,
 }
+
+# Models whose forward runs a library operator torch.onnx cannot export (transformers' grouped_mm_fallback):
+# no ONNX round trip for them (tests/test_onnx_corpus.py)
+NOT_ONNX_EXPORTABLE = {"mixtral", "qwen2_moe", "olmoe"}
+
+
+def hf_model(name: str) -> tuple[torch.nn.Module, dict]:
+    """Corpus model ``name`` as a user holds it: the Hugging Face model itself (returning its ModelOutput,
+    with the library's default ``use_cache=True`` where the config has it) and its inputs as the keyword
+    dict a user passes with ``model(**batch)``."""
+    wrapped, inputs = BUILDERS[name]()
+    model = wrapped.model
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "use_cache"):
+        config.use_cache = True
+    return model, dict(zip(wrapped.input_names, inputs))
