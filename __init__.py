@@ -31,6 +31,7 @@ _LAZY: dict[str, str] = {
     "load": "fxopt.backends.base:load",   # not through api: loading an artifact imports no capture, no zoo
     "export": "fxopt.api:export",
     "ExportReport": "fxopt.api:ExportReport",
+    "Fields": "fxopt.ir.fields:Fields",   # what a loaded artifact returns for a model library's output class
     "optimize_many": "fxopt.passes.dedupe:optimize_many",
     "explain": "fxopt.dynamo:explain",
     "zoo": "fxopt.zoo",

@@ -23,7 +23,7 @@ import fxopt
 from benchmarks.timing import interleaved_medians
 from benchmarks.zoo_models import zoo_model
 
-PASSES = "canonicalize,fold-constants,dedupe,moe,decompose-embedding-bag,dce,split{target=tensorrt,policy=support}"
+PASSES = "canonicalize,stable-sort,fold-constants,dedupe,moe,decompose-embedding-bag,dce,split{target=tensorrt,policy=support}"
 
 
 def measure(name: str, quick: bool, repeat: int) -> dict:

@@ -1,5 +1,5 @@
 """`canonicalize`: local rewrites to a canonical form — no-op views and copies removed, view and permute
-chains collapsed, arithmetic identities dropped, sorts made stable (one order of equal keys for every runtime).
+chains collapsed, arithmetic identities dropped.
 
 Rules are data: each :class:`Rule` names the ops it matches and a function that returns the node (or a
 new node) to use instead, or None when the rule does not apply. One identity per rule, in its comment.
@@ -144,20 +144,6 @@ def _div_one(node, graph):
     return first_input(node) if len(node.args) > 1 and _is_scalar(node.args[1], 1) else None
 
 
-def _stable_sort(node, graph):
-    # sort(x, dim, descending) == sort(x, stable=True, dim, descending): an unstable sort leaves the order of
-    # equal keys unspecified and the stable order is one of those orders; with it every runtime agrees
-    # (PyTorch's unstable CPU sort does not keep it, ONNX TopK and XLA's sort do), so a partition that sorts
-    # MoE expert ids (many ties) reproduces PyTorch exactly
-    if node.target is not aten.sort.default:
-        return None
-    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", -1)
-    descending = node.args[2] if len(node.args) > 2 else node.kwargs.get("descending", False)
-    with graph.inserting_before(node):
-        return graph.call_function(aten.sort.stable, (node.args[0],),
-                                   {"stable": True, "dim": dim, "descending": descending})
-
-
 def _is_scalar(value, number) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == number
 
@@ -189,13 +175,12 @@ RULES: tuple[Rule, ...] = (
     Rule("mul-one", (aten.mul,), _mul_one, removes_copy=True),
     Rule("add-zero", (aten.add, aten.sub), _add_zero, removes_copy=True),
     Rule("div-one", (aten.div,), _div_one, removes_copy=True),
-    Rule("stable-sort", (aten.sort,), _stable_sort),
 )
 
 
 @dataclass(frozen=True)
 class Canonicalize(Pass):
-    """Remove no-op views/copies, collapse view and permute chains, drop x*1, x+0, x/1, make sorts stable."""
+    """Remove no-op views/copies, collapse view and permute chains, drop x*1, x+0, x/1."""
 
     name = "canonicalize"
 

@@ -25,6 +25,7 @@ PASSES = Registry("pass", {
     "moe": "fxopt.passes.moe:FuseExperts",
     "dedupe": "fxopt.passes.dedupe:Dedupe",
     "decompose-embedding-bag": "fxopt.passes.decompose_embedding_bag:DecomposeEmbeddingBag",
+    "stable-sort": "fxopt.passes.stable_sort:StableSort",
 }, unknown="unknown pass '{name}' (known passes: {names}); see `fxopt passes`")
 
 # The pipeline `fxopt run` uses when no --passes is given, per target.
@@ -35,8 +36,9 @@ DEFAULT_PIPELINES: dict[str, str] = {
     "xla": "canonicalize,fold-constants,dedupe,moe,dce,split{target=xla,policy=support}",
     "neuron": "canonicalize,fold-constants,dedupe,moe,dce,split{target=neuron,policy=support}",
     # TensorRT runs on a separate GPU: the cost policy weighs transfers; embedding bags become gathers + sums
-    # first (their ONNX export is a Loop TensorRT rejects).
-    "tensorrt": "canonicalize,fold-constants,dedupe,moe,decompose-embedding-bag,dce,split{target=tensorrt}",
+    # first (their ONNX export is a Loop TensorRT rejects); sorts are made stable, as ONNX TopK sorts.
+    "tensorrt": "canonicalize,stable-sort,fold-constants,dedupe,moe,decompose-embedding-bag,dce,"
+                "split{target=tensorrt}",
 }
 
 def register_pass(cls: type[Pass]) -> type[Pass]:

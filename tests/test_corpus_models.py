@@ -49,3 +49,13 @@ def test_artifacts_load_without_transformers(name, out_root):
     report = reload_in_fresh_process(name, out_root, tuple(backends))
     assert report.pop("imported") == [], "the reload imported transformers"
     assert report == {b: "ok" for b in backends}
+
+
+def test_the_docs_matrix_has_a_row_per_model_and_a_column_per_backend():
+    doc = open(os.path.join(os.path.dirname(__file__), "..", "docs", "models.md"), encoding="utf-8").read()
+    table = doc.split("<!-- corpus-matrix:begin -->")[1].split("<!-- corpus-matrix:end -->")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| model")]
+    assert [r.split()[1] for r in rows] == list(BUILDERS), "regenerate: python tests/corpus/matrix.py --write-docs"
+    header = next(line for line in table.splitlines() if line.startswith("| model"))
+    assert [c.strip() for c in header.strip("|").split("|")][1:] == list(BACKENDS)
+    assert all(r.count("| ok (") == len(BACKENDS) for r in rows), "a cell is not ok: see docs/models.md"
