@@ -83,7 +83,7 @@ def neutral_spec(spec: pytree.TreeSpec) -> pytree.TreeSpec:
     ``"0"``, ``"1"``, ...; tuples, lists, dicts and leaves stay. Takes and returns a TreeSpec."""
     if spec.is_leaf():
         return spec
-    children = [neutral_spec(c) for c in spec.children_specs]
+    children = [neutral_spec(c) for c in (spec.children() if hasattr(spec, "children") else spec.children_specs)]
     if spec.type in _PLAIN:
         return pytree.TreeSpec(spec.type, spec.context, children)
     if spec.type is collections.namedtuple:   # pytree's namedtuple node: the context is the class

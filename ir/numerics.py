@@ -330,7 +330,7 @@ def max_abs_error(expected: Iterable[Any], actual: Iterable[Any]) -> float:
             diff = (a64 - e64).abs()
             same = (torch.isnan(e64) & torch.isnan(a64)) | (e64 == a64)   # equal infinities differ by 0, not NaN
             diff = torch.where(same, torch.zeros_like(diff), diff)
-            worst = max(worst, float(torch.nan_to_num(diff, nan=float("inf")).max()))
+            worst = max(worst, float(torch.nan_to_num(diff, nan=float("inf"), posinf=float("inf")).max()))
         elif not torch.equal(e, a):
             worst = max(worst, float((a.long() - e.long()).abs().max()))
     return worst
