@@ -18,17 +18,8 @@ import torch.utils._pytree as pytree  # noqa: E402
 
 import fxopt  # noqa: E402
 
-
-def structure(value):
-    """As tests/corpus/endtoend.py's (repeated: that module must not be imported here)."""
-    if isinstance(value, torch.Tensor):
-        return "tensor"
-    if isinstance(value, (tuple, list)):
-        return [structure(v) for v in value]
-    if isinstance(value, dict):
-        name = getattr(value, "type_name", None) or type(value).__name__
-        return {"class": name, "fields": {str(k): structure(v) for k, v in dict.items(value)}}
-    return type(value).__name__
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # tests/: `import corpus`
+from corpus.endtoend import structure  # noqa: E402 - imports no transformers (its builders import it lazily)
 
 
 def check(directory: str, backend: str, inputs: dict) -> str:
