@@ -73,9 +73,17 @@ def test_a_graph_calling_grouped_mm_saves_and_loads(tmp_path):
     torch.testing.assert_close(loaded(rows, ends)[0], gm(rows, ends)[0])
 
 
-@pytest.mark.parametrize("target", ["xla", "neuron", "tensorrt"])
-def test_no_accelerator_target_claims_grouped_mm(target):
+@pytest.mark.parametrize("target", ["neuron", "tensorrt"])
+def test_fixed_shape_targets_do_not_claim_grouped_mm(target):
     from fxopt.ir.targets import support_table
 
     node = next(n for n in _graph_with_grouped_mm().graph.nodes if n.op == "call_function")
-    assert support_table(target).why_not(node) == "fxopt::grouped_mm is not an ATen op"
+    assert support_table(target).why_not(node) == \
+        f"fxopt::grouped_mm is not an ATen op, and {target} has no rule for it"
+
+
+def test_the_xla_target_claims_grouped_mm_its_lowering_has_a_rule_for():
+    from fxopt.ir.targets import support_table
+
+    node = next(n for n in _graph_with_grouped_mm().graph.nodes if n.op == "call_function")
+    assert support_table("xla").why_not(node) is None

@@ -59,12 +59,15 @@ def source_line(node: torch.fx.Node) -> str:
 
 # --------------------------------------------------------------------------------------------- support
 def supported_ops() -> frozenset[str]:
-    """The ATen op packet names (``"addmm"``, ``"_embedding_bag"``...) that have a lowering rule, for the
-    ``xla`` op-support table. A packet may be listed while one of its overloads is not lowered; per node,
+    """The ATen op packet names (``"addmm"``, ``"_embedding_bag"``...) that have a lowering rule, and the
+    qualified names of other namespaces' ops that do (``"fxopt::grouped_mm"``), for the ``xla`` op-support
+    table. A packet may be listed while one of its overloads is not lowered; per node,
     :func:`unsupported_nodes` is exact."""
     names = set()
     for key in ops.RULES:
-        if isinstance(key, torch._ops.OpOverload):
+        if isinstance(key, torch._ops.OpOverload) and key.namespace != "aten":
+            names.add(f"{key.namespace}::{key._opname}")   # fxopt::grouped_mm: qualified, never an ATen name
+        elif isinstance(key, torch._ops.OpOverload):
             names.add(key._opname)
         elif isinstance(key, torch._ops.OpOverloadPacket):
             names.add(key._qualified_op_name.split("::")[-1])

@@ -32,6 +32,8 @@ import torch
 import torch._prims_common as _pc
 from jax import lax
 
+import fxopt.ir.ops  # noqa: F401  (registers torch.ops.fxopt.*, whose rules are below)
+
 aten = torch.ops.aten
 _K = _pc.ELEMENTWISE_TYPE_PROMOTION_KIND
 
@@ -504,6 +506,17 @@ def _convolution(x, w, bias, stride, padding, dilation, transposed, output_paddi
         out = out + _as(bias, compute).reshape((1, -1) + (1,) * nsp)
     if unbatched:
         out = out[0]
+    return _as(out, result)
+
+
+@rule(torch.ops.fxopt.grouped_mm.default)
+def _grouped_mm(rows, weights, ends, **_):
+    # fxopt::grouped_mm (rows sorted by group, group e owns rows ends[e-1]:ends[e]) == lax.ragged_dot with
+    # each group's size: one grouped GEMM, no padding, no per-group loop (XLA's own MoE primitive)
+    compute, result = promote(_K.DEFAULT, rows, weights)
+    ends = ends.astype(jnp.int32)
+    sizes = jnp.diff(ends, prepend=jnp.zeros((1,), jnp.int32))
+    out = lax.ragged_dot(_as(rows, compute), _as(weights, compute), sizes, precision=_prec())
     return _as(out, result)
 
 
@@ -1199,6 +1212,32 @@ def _embedding_bag_public(weight, indices, offsets, scale_grad_by_freq=False, mo
                           per_sample_weights=None, include_last_offset=False, **_):
     return _embedding_bag(weight, indices, offsets, scale_grad_by_freq, mode, sparse, per_sample_weights,
                           include_last_offset, -1)
+
+
+@rule(aten.histc.default)
+def _histc(x, bins=100, min=0, max=0, **_):
+    # torch.histc: bins equal-width bins over [min, max] (the data's range when min == max; widened by 1
+    # each side when that range is one value), elements outside ignored, the top edge in the last bin;
+    # counted as a one-hot sum (vectorised; XLA:CPU runs scatter-adds serially)
+    x = x.reshape(-1)
+    xf = _as(x, jnp.float64 if x.dtype == jnp.float64 else jnp.float32)
+    lo, hi = float(min), float(max)
+    if lo == hi and x.size:
+        lo_t, hi_t = jnp.min(xf), jnp.max(xf)
+    else:
+        lo_t, hi_t = jnp.asarray(lo, xf.dtype), jnp.asarray(hi, xf.dtype)
+    same = lo_t == hi_t
+    lo_t, hi_t = jnp.where(same, lo_t - 1, lo_t), jnp.where(same, hi_t + 1, hi_t)
+    pos = jnp.floor((xf - lo_t) * bins / (hi_t - lo_t)).astype(jnp.int32)
+    pos = jnp.where(pos == bins, bins - 1, pos)
+    inside = (xf >= lo_t) & (xf <= hi_t)
+    onehot = (pos[:, None] == jnp.arange(bins, dtype=jnp.int32)[None, :]) & inside[:, None]
+    return jnp.sum(onehot, axis=0).astype(x.dtype)
+
+
+@rule(aten.empty_permuted.default)
+def _empty_permuted(size, physical_layout, dtype=None, **_):   # empty -> zeros; the layout is XLA's choice
+    return jnp.zeros(_shape(size), jdtype(dtype) if dtype is not None else jnp.float32)
 
 
 # ============================================================================================ factories

@@ -30,6 +30,7 @@ from fxopt.ir.program import Program, delete_attr, fetch_attr, set_attr  # noqa:
 from fxopt.ir import serialize
 from fxopt.ir.capture import attention_layout, library_ops, pt2_check
 from fxopt.ir.capture.library_outputs import plain_outputs
+from fxopt.ir.capture.module_conversions import HINT as CONVERSION_HINT, no_op_conversions
 from fxopt.ir.program import concrete_int
 
 _DATA_DEPENDENT_HINT = (
@@ -337,7 +338,7 @@ def eval_mode(model: torch.nn.Module):
 def _export(model: torch.nn.Module, inputs: tuple, kwargs: dict, dynamic_shapes: Any, source: str):
     try:
         # On failure torch.export prints the partial graph to stderr; the one-line error replaces it.
-        with _quiet_torch_logs(), eval_mode(model), torch.no_grad(), \
+        with _quiet_torch_logs(), eval_mode(model), torch.no_grad(), no_op_conversions(), \
                 contextlib.redirect_stderr(io.StringIO()):
             ep = torch.export.export(model, inputs, kwargs or None, dynamic_shapes=dynamic_shapes, strict=False)
     except InputError:
@@ -374,7 +375,9 @@ def _export_error(exc: BaseException, source: str) -> InputError:
     if "Constraints violated" in text or "ConstraintViolation" in type(exc).__name__:
         return InputError(f"{source}: a dynamic dim was specialized{at}: {_first_line(exc)}; "
                           "check dynamic_shapes")
-    return InputError(f"{source}: the model raised while tracing{at}: {type(exc).__name__}: {_first_line(exc)}")
+    hint = f"; {CONVERSION_HINT}" if "Couldn't swap" in text else ""
+    return InputError(f"{source}: the model raised while tracing{at}: {type(exc).__name__}: {_first_line(exc)}"
+                      f"{hint}")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -147,7 +147,7 @@ ONNX_FROM_ATEN: dict[str, Any] = {
     "index_put": ("ScatterND",),
     "_embedding_bag": ("Loop", "SequenceInsert", "ConcatFromSequence"),
     # factories
-    "full": ("ConstantOfShape",), "full_like": ("Shape", "ConstantOfShape"),
+    "full": ("ConstantOfShape",), "empty_permuted": ("ConstantOfShape",), "full_like": ("Shape", "ConstantOfShape"),
     "zeros_like": ("Shape", "ConstantOfShape"), "ones_like": ("Shape", "ConstantOfShape"),
     "arange": ("Range",), "scalar_tensor": ("Constant",),
     # pooling and resampling
@@ -245,8 +245,11 @@ class SupportTable:
             return f"higher-order op {node.target.name()} is not lowered for {self.target}"
         if not isinstance(node.target, torch._ops.OpOverload):
             return f"{packet_name(node.target)} is not an ATen op"
-        if node.target.namespace != "aten":   # e.g. fxopt::grouped_mm: the tables below name ATen ops only
-            return f"{node.target.namespace}::{packet_name(node.target)} is not an ATen op"
+        if node.target.namespace != "aten":   # e.g. fxopt::grouped_mm: only a table naming it qualified has it
+            qualified = f"{node.target.namespace}::{node.target._opname}"
+            if qualified in _QUALIFIED.get(self.target, lambda: frozenset())():
+                return None
+            return f"{qualified} is not an ATen op, and {self.target} has no rule for it"
         return self.check(node, node.target._opname)
 
     def supports(self, node: torch.fx.Node) -> bool:
@@ -267,6 +270,8 @@ def _tensorrt_check(node: torch.fx.Node, packet: str) -> str | None:
     if entry is None:
         return f"no ONNX mapping for aten.{packet}"
     dtypes = _input_dtypes(node)
+    if isinstance(node.kwargs.get("dtype"), torch.dtype):   # cumsum(x, dtype=int32) exports as Cast + CumSum(int32)
+        dtypes = [*dtypes, node.kwargs["dtype"]]
     names = [_ONNX_DTYPES.get(d, str(d).replace("torch.", "").upper()) for d in dtypes]
     if isinstance(entry, dict):
         entry = entry["BOOL"] if names and all(n == "BOOL" for n in names) else entry["*"]
@@ -294,6 +299,9 @@ def _xla_check(node: torch.fx.Node, packet: str) -> str | None:
         return None
     return f"aten.{packet} has no rule in the ATen -> JAX lowering"
 
+
+# non-ATen ops a target runs, by qualified name (the XLA lowering has rules for fxopt::grouped_mm)
+_QUALIFIED = {"xla": lambda: frozenset(n for n in xla_ops() if "::" in n)}
 
 _CHECKS = {"neuron": _neuron_check, "tensorrt": _tensorrt_check, "xla": _xla_check}
 

@@ -30,7 +30,9 @@ from fxopt.passes.base import Pass, PassResult
 from fxopt.passes.dce import DeadCodeElimination
 from fxopt.passes.moe.match import as_linear, group_chains, grow_chain, linears_by_source, packet, val
 from fxopt.passes.moe.rewrite import fuse_dense, fuse_horizontal, grouped_mm_ok
+from fxopt.passes.moe.masked import fuse_masked, match_masked
 from fxopt.passes.moe.routing import check_group, fuse_routed, match_routed
+from fxopt.passes.moe.stacked import histc_as_count, stacked_groups, static_grouped_mm
 
 aten = torch.ops.aten
 MATMULS = (aten.mm, aten.addmm, aten.bmm, aten.baddbmm)
@@ -67,6 +69,8 @@ class FuseExperts(Pass):
     max_dense_rows: int = 0
     grouped: Literal["auto", "grouped_mm", "padded", "segment"] = "auto"
     segment_rows: int = 64
+    stacked: Literal["auto", "keep", "static"] = "auto"
+    masked: Literal["auto", "routed", "dense"] = "auto"
 
     def __post_init__(self):
         if self.min_experts < 2:
@@ -82,8 +86,8 @@ class FuseExperts(Pass):
         notes: list[str] = []
         stats = {"groups_found": 0, "experts_fused": 0, "dense_groups": 0, "routed_groups": 0,
                  "horizontal_groups": 0, "linears_fused": 0, "grouped_mm_groups": 0, "padded_groups": 0,
-                 "segment_groups": 0}
-        changed = False
+                 "segment_groups": 0, "stacked_groups": 0, "masked_groups": 0}
+        changed = self._stacked_experts(gm, stats, notes, program.target)
         large: set = set()      # first linears of dense experts left alone for their row count
         if self.routing != "none":
             changed |= self._fuse_experts(gm, stats, notes, large, program.target)
@@ -144,11 +148,67 @@ class FuseExperts(Pass):
                     continue
                 for group in group_chains(members, self.min_experts):
                     stats["groups_found"] += 1
+                    masked = self._masked(group, target, notes)
+                    if masked is not None:
+                        fuse_masked(gm, masked, f"moe_masked{stats['masked_groups']}", self.name)
+                        stats["masked_groups"] += 1
+                        stats["experts_fused"] += len(group)
+                        changed = True
+                        continue
                     fuse_dense(gm, group, f"moe_dense{stats['dense_groups']}", self.name)
                     stats["dense_groups"] += 1
                     stats["experts_fused"] += len(group)
                     changed = True
         return changed
+
+    def _masked(self, group: list, target: str, notes: list):
+        """The group's :class:`~fxopt.passes.moe.masked.MaskedGroup` when its experts are combined by one-hot
+        masks and are to run routed: ``masked=routed``, or ``auto`` on the reference target (the routed form
+        runs ``fxopt::grouped_mm``); None to fuse the group densely."""
+        if self.masked == "dense" or (self.masked == "auto" and target != "reference"):
+            return None
+        found = match_masked(group)
+        if found is None:
+            return None
+        why_not = grouped_mm_ok(group)
+        if why_not is not None:
+            notes.append(f"masked top-1 experts at '{group[0].output.name}' fused densely, not routed ({why_not})")
+            return None
+        return found
+
+    def _stacked_experts(self, gm, stats: dict, notes: list, target: str) -> bool:
+        """Count the stacked-weight expert layers (already routed: ``fxopt::grouped_mm`` over rows sorted by
+        expert) and give them the target's form: kept for the reference backend (ATen's grouped-matmul
+        kernel) and xla (``lax.ragged_dot``), the static form for fixed-shape compilers (tensorrt, neuron) or
+        when ``stacked=static``. Returns whether the graph changed."""
+        groups = stacked_groups(gm)
+        if not groups:
+            return False
+        stats["stacked_groups"] = len(groups)
+        stats["groups_found"] += len(groups)
+        stats["experts_fused"] += sum(g.experts for g in groups)
+        static = self.stacked == "static" or (self.stacked == "auto" and target in ("tensorrt", "neuron"))
+        experts = "/".join(sorted({str(g.experts) for g in groups}))
+        if not static:
+            notes.append(f"{len(groups)} stacked expert layers ({experts} experts, already routed): kept as "
+                         f"grouped matmuls (fxopt::grouped_mm) for target '{target}'")
+            return False
+        for group in groups:
+            for node in group.matmuls:
+                node.replace_all_uses_with(static_grouped_mm(gm, node, self.name))
+                gm.graph.erase_node(node)
+        histcs = [n for n in gm.graph.nodes if n.op == "call_function" and n.target is aten.histc.default]
+        counted = 0
+        for node in histcs:
+            counts = histc_as_count(gm, node, self.name)
+            if counts is not None:
+                node.replace_all_uses_with(counts)
+                gm.graph.erase_node(node)
+                counted += 1
+        notes.append(f"{len(groups)} stacked expert layers ({experts} experts): grouped matmuls in the static form "
+                     f"for target '{target}' (every expert on every row, masked: {experts}x the FLOPs, fixed "
+                     f"shapes), {counted} histc as one-hot counts")
+        return True
 
     def _grouped_strategy(self, members: list, target: str, notes: list) -> str:
         """``grouped_mm``, ``padded`` or ``segment`` for a routed group: the option, or for ``auto`` padded
