@@ -62,6 +62,43 @@ class Dense(LoopTopK):
         return (weights.unsqueeze(-1) * outputs).sum(dim=1)
 
 
+class MaskedTop1(LoopTopK):
+    """Top-1 as one-hot masks of the argmax over every expert's output (static shapes, as users write it
+    for accelerators): ``out += (idx == e).unsqueeze(-1).to(x.dtype) * expert(x)``."""
+
+    def forward(self, x):
+        """Takes x [B, D_IN]; returns each token's own expert output [B, D_OUT] (dense compute, masked)."""
+        idx = self.gate(x).argmax(-1)
+        out = x.new_zeros(x.shape[0], D_OUT)
+        for e, expert in enumerate(self.experts):
+            out = out + (idx == e).unsqueeze(-1).to(x.dtype) * expert(x)
+        return out
+
+
+class MixtralStyle(nn.Module):
+    """transformers' own MixtralSparseMoeBlock (stacked [E, 2h, d] / [E, d, h] expert weights, top-2, the
+    library's grouped-matmul op), hidden D_IN, expert width HIDDEN; x [B, D_IN] runs as one sequence."""
+
+    def __init__(self, num_experts: int):
+        super().__init__()
+        from transformers import MixtralConfig
+        from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
+
+        config = MixtralConfig(hidden_size=D_IN, intermediate_size=HIDDEN, num_local_experts=num_experts,
+                               num_experts_per_tok=2)
+        config._experts_implementation = "grouped_mm"    # what from_config picks for the whole model
+        self.block = MixtralSparseMoeBlock(config)
+        for p in self.block.parameters():                # the expert tensors are allocated empty
+            nn.init.normal_(p, std=0.05)
+
+    def forward(self, x):
+        """Takes x [B, D_IN]; returns the block's output [B, D_IN]."""
+        return self.block(x.unsqueeze(0)).squeeze(0)
+
+
+MODELS = {"top1": LoopTopK, "dense": Dense, "masked": MaskedTop1, "stacked": MixtralStyle}
+
+
 def _stacked(model):
     w1 = torch.stack([e[0].weight.t() for e in model.experts]).contiguous()
     b1 = torch.stack([e[0].bias for e in model.experts]).unsqueeze(1)
@@ -125,10 +162,11 @@ def run_config(num_experts: int, batch: int, mode: str, repeat: int, use_compile
                use_xla: bool = True) -> dict:
     """Build, fuse and time one configuration; returns its row."""
     torch.manual_seed(0)
-    model = (LoopTopK if mode == "top1" else Dense)(num_experts).eval()
+    model = MODELS[mode](num_experts).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    model._stacked = _stacked(model)
+    if mode == "top1":
+        model._stacked = _stacked(model)
     x = torch.randn(batch, D_IN)
     program = fxopt.capture(model, (x,))
     fused = fxopt.optimize(program, "moe", verify=True)
@@ -152,14 +190,16 @@ def run_config(num_experts: int, batch: int, mode: str, repeat: int, use_compile
         torch.testing.assert_close(hand_segment(model, x), model(x), rtol=1e-4, atol=1e-5)
         fns["padded"] = lambda: hand_padded(model, x)
         fns["segment"] = lambda: hand_segment(model, x)
-    tokens = batch if mode == "top1" else batch * num_experts
-    flops = 2 * tokens * (D_IN * HIDDEN + HIDDEN * D_OUT)
+    tokens = {"top1": batch, "masked": batch, "stacked": 2 * batch}.get(mode, batch * num_experts)
+    width = 3 if mode == "stacked" else 2           # gated MLP: gate, up and down projections
+    flops = 2 * tokens * (D_IN * HIDDEN * (width - 1) + HIDDEN * D_OUT)
     rows_m = max(1, flops // (2 * 128 * 128))
     a, b = torch.randn(rows_m, 128), torch.randn(128, 128)
     fns["plain mm"] = lambda: torch.mm(a, b)
     times = warm_round_robin(fns, repeat, budget_s)
     details = result.details
-    strategy = next((s for s in ("grouped_mm", "segment", "padded") if details.get(f"{s}_groups")), "-")
+    strategy = next((s for s in ("grouped_mm", "segment", "padded", "masked", "stacked", "dense")
+                     if details.get(f"{s}_groups")), "-")
     row = {"E": num_experts, "batch": batch, "mode": mode, "experts_fused": details["experts_fused"],
            "strategy": strategy,
            "matmuls": f"{result.details['matmul_nodes_before']}->{result.details['matmul_nodes_after']}",
@@ -191,6 +231,9 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (it compiles per config)")
     parser.add_argument("--no-xla", action="store_true", help="skip the fxopt-xla column (needs jax)")
     parser.add_argument("--repeat", type=int, default=30, help="timed rounds per configuration")
+    parser.add_argument("--modes", default="top1,dense,masked,stacked",
+                        help="comma-separated forms: top1 (ModuleList loop), dense (softmax gating), masked "
+                             "(one-hot argmax masks), stacked (transformers' MixtralSparseMoeBlock)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: on a shared 2-core machine oversubscribed OpenMP "
                              "threads swamp the timings; 0 keeps torch's default)")
@@ -198,10 +241,18 @@ def main(argv=None) -> list[dict]:
     warnings.filterwarnings("ignore")
     if args.threads:
         torch.set_num_threads(args.threads)
+    modes = [m for m in args.modes.split(",") if m]
+    if "stacked" in modes:
+        try:
+            import transformers  # noqa: F401
+        except ImportError:
+            print("(stacked: transformers is not installed; skipped)")
+            modes.remove("stacked")
     if args.quick:
-        grid = [(16, 256, "top1"), (16, 256, "dense"), (8, 1024, "top1")]
+        grid = [(e, b, m) for e, b, m in [(16, 256, "top1"), (16, 256, "dense"), (8, 1024, "top1"),
+                                          (16, 256, "masked"), (16, 256, "stacked")] if m in modes]
     else:
-        grid = [(e, b, m) for m in ("top1", "dense") for e in (8, 16, 32) for b in (64, 256, 1024)]
+        grid = [(e, b, m) for m in modes for e in (8, 16, 32) for b in (64, 256, 1024)]
     budget = 1.0 if args.quick else 2.5
     rows = [run_config(e, b, m, args.repeat, not args.no_compile, budget, not args.no_xla) for e, b, m in grid]
     head = (f"{'mode':5} {'E':>3} {'B':>5} {'matmuls':>8} {'grouped':>10} {'eager us':>9} {'fxopt us':>9} {'tc us':>8} "
@@ -220,6 +271,11 @@ def main(argv=None) -> list[dict]:
     tc = f", {key['speedup_vs_compile']:.2f}x torch.compile" if "speedup_vs_compile" in key else ""
     xla = (f"; fxopt-xla {key['xla_vs_eager']:.2f}x eager" if "xla_vs_eager" in key else "")
     xla += (f", {key['xla_vs_compile']:.2f}x torch.compile" if "xla_vs_compile" in key else "")
+    for mode, backend in (("masked", "fxopt"), ("stacked", "fxopt-xla")):
+        pick = next((r for r in rows if (r["E"], r["batch"], r["mode"]) == (16, 256, mode)), None)
+        ratio = "speedup_vs_eager" if backend == "fxopt" else "xla_vs_eager"
+        if pick is not None and ratio in pick:
+            print(f"{mode} E=16 B=256: {backend} {pick[ratio]:.2f}x eager")
     print(f"\nheadline: E={key['E']} B={key['batch']} {key['mode']}: fxopt {key['speedup_vs_eager']:.2f}x eager{tc}{xla}; "
           f"slowest config vs eager {min(r['speedup_vs_eager'] for r in rows):.2f}x; padded/segment (top1) "
           + ", ".join(f"E{r['E']}B{r['batch']} {r['padded_vs_segment']:.2f}x" for r in rows if 'padded_vs_segment' in r))
