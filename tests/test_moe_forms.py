@@ -224,6 +224,21 @@ class Histc(nn.Module):
 
 
 @pytest.mark.numerics
+@pytest.mark.parametrize("rows, ends", [
+    (11, [3, 3, 9, 11]),                               # an empty group, fewer rows than one tile per group
+    (200, [0, 70, 70, 71, 150, 150, 199, 200]),        # several tiles per group, empty first group
+], ids=["small", "tiles"])
+def test_xla_grouped_mm_matches_the_grouped_matmul(rows, ends):
+    weights = torch.randn(len(ends), 16, 8)
+    model = GroupedMM()
+    model.w = nn.Parameter(weights)
+    rows, ends = torch.randn(rows, 16), torch.tensor(ends, dtype=torch.int32)
+    program = fxopt.capture(model.eval(), (rows, ends))
+    compiled = fxopt.compile(program, "xla")
+    torch.testing.assert_close(compiled(rows, ends), program(rows, ends), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.numerics
 def test_xla_runs_grouped_mm_as_one_partition():
     rows, ends = torch.randn(11, 16), torch.tensor([3, 3, 9, 11], dtype=torch.int32)
     program = fxopt.capture(GroupedMM().eval(), (rows, ends))
@@ -320,3 +335,37 @@ def test_a_conversion_that_changes_weights_is_one_line_with_the_fix():
     with pytest.raises(InputError, match=r"convert the model once before capture") as info:
         fxopt.capture(SelfConverting(torch.float64).eval(), (torch.randn(3, 8),))
     assert "\n" not in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------- Switch
+@pytest.fixture(scope="module")
+def switch():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.SwitchTransformersConfig(
+        vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_sparse_encoder_layers=1, num_heads=4,
+        num_experts=4, expert_capacity=3, num_decoder_layers=2, num_sparse_decoder_layers=1)
+    model = transformers.SwitchTransformersEncoderModel(config).eval()
+    inputs = (torch.randint(0, 100, (2, 8)), torch.ones(2, 8, dtype=torch.long))
+    return model, inputs, fxopt.capture(model, inputs)
+
+
+def test_switch_experts_capture_with_a_static_loop(switch):
+    model, inputs, program = switch
+    assert any("SwitchTransformersExperts module(s) captured with a static loop" in n for n in program.notes)
+    assert "forward" not in model.encoder.block[1].layer[1].mlp.experts.__dict__   # the model is left as it was
+    with torch.no_grad():
+        torch.testing.assert_close(program(*inputs)["last_hidden_state"], model(*inputs).last_hidden_state)
+
+
+def test_switch_experts_are_one_routed_group_with_dropped_tokens_skipped(switch):
+    model, inputs, program = switch
+    # capacity 3 for 16 tokens over 4 experts: the router drops tokens, which the routed form must skip
+    with torch.no_grad():
+        kept = model.encoder.block[1].layer[1].mlp.router(torch.randn(2, 8, 32))[0].sum()
+    assert kept < 16
+    out = fxopt.optimize(program, "moe")
+    details = out.reports[-1].details
+    assert details["routed_groups"] == 1 and details["experts_fused"] == 4
+    with torch.no_grad():
+        torch.testing.assert_close(out(*inputs)["last_hidden_state"], model(*inputs).last_hidden_state)

@@ -267,3 +267,31 @@ def test_split_handles_data_dependent_sizes():
     assert any(s.name.startswith("u") for c in costs if c.is_symbolic for s in c.free_symbols)
     after = optimize(program, "split{target=xla}", verify=True)
     torch.testing.assert_close(run_partitions(after, [x])[0], model(x))
+
+
+class _Positives(torch.nn.Module):
+    def forward(self, x):
+        return (x[x > 0] * 2).sum() + x.sum()
+
+
+@pytest.mark.parametrize("target", ["tensorrt", "neuron"])
+def test_fixed_shape_targets_refuse_data_dependent_sizes(target):
+    from fxopt.ir.targets import support_table
+
+    program = fxopt.capture(_Positives(), (torch.randn(6),))
+    table = support_table(target)
+    doubled = next(n for n in program.graph.nodes if n.op == "call_function" and n.target is torch.ops.aten.mul.Tensor)
+    total = [n for n in program.graph.nodes if n.op == "call_function" and n.target is torch.ops.aten.sum.dim_IntList][-1]
+    assert "data-dependent size" in table.why_not(doubled)     # x[x > 0] has a size known only at run time
+    assert table.why_not(total) is None                         # x.sum() has none
+    assert table.dtype_key(doubled) != table.dtype_key(total)   # verdicts cached per op must not mix the two
+
+
+def test_split_keeps_data_dependent_sizes_off_tensorrt():
+    program = fxopt.capture(_Positives(), (torch.randn(6),))
+    after = fxopt.optimize(program, "split{target=tensorrt,policy=support}", target="tensorrt")
+    for node in after.graph.nodes:
+        if node.op == "call_function" and node.target is torch.ops.aten.mul.Tensor:
+            assert node.meta["placement"] == "cpu"
+    x = torch.randn(6)
+    torch.testing.assert_close(fxopt.compile(after, "tensorrt")(x), _Positives()(x))

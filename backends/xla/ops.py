@@ -509,14 +509,54 @@ def _convolution(x, w, bias, stride, padding, dilation, transposed, output_paddi
     return _as(out, result)
 
 
+def _tile_rows(n: int, groups: int) -> int:
+    """Rows per tile of the tiled grouped matmul: about a quarter of the mean group size, a power of two in
+    [8, 32]. Measured on XLA:CPU (one [N, 64] x [E, 64, 128] grouped matmul): the fastest of 8/16/32/64
+    within ~1.5x at E 8-32, N 128-2048."""
+    mean = max(1, n // max(1, 4 * groups))
+    return max(8, min(32, 1 << (mean.bit_length() - 1)))
+
+
+def _tiled_grouped_mm(rows, weights, ends):
+    # Each group padded to whole tiles of T rows, so every tile belongs to one group: one batched matmul of
+    # [K, T, in] tiles by their groups' [K, in, out] matrices (K = ceil(N / T) + E bounds the tiles, the
+    # shapes are static), then each row read back from its padded position. Rows past ends[-1] get zeros,
+    # as in ragged_dot. ~1.1-1.5x the useful FLOPs.
+    n, groups = rows.shape[0], weights.shape[0]
+    t = _tile_rows(n, groups)
+    k = -(-n // t) + groups
+    starts = jnp.concatenate([jnp.zeros((1,), jnp.int32), ends[:-1]])
+    sizes = jnp.maximum(ends - starts, 0)
+    padded_end = jnp.cumsum((sizes + t - 1) // t) * t
+    padded_start = padded_end - (sizes + t - 1) // t * t
+    slot = jnp.arange(k * t, dtype=jnp.int32)
+    slot_group = jnp.minimum(jnp.sum(slot[:, None] >= padded_end[None, :], axis=1), groups - 1)
+    offset = slot - padded_start[slot_group]
+    source = jnp.where(offset < sizes[slot_group], starts[slot_group] + offset, n)   # n: the zero row
+    tiles = jnp.concatenate([rows, jnp.zeros((1, rows.shape[1]), rows.dtype)])[source].reshape(k, t, -1)
+    tile_weights = weights[slot_group.reshape(k, t)[:, 0]]
+    out = jnp.einsum("kti,kio->kto", tiles, tile_weights, precision=_prec()).reshape(k * t, -1)
+    row = jnp.arange(n, dtype=jnp.int32)
+    row_group = jnp.minimum(jnp.sum(row[:, None] >= ends[None, :], axis=1), groups - 1)
+    picked = out[padded_start[row_group] + row - starts[row_group]]
+    return jnp.where((row < ends[-1])[:, None], picked, jnp.zeros((), picked.dtype))
+
+
+def _ragged_grouped_mm(rows, weights, ends):
+    sizes = jnp.diff(ends, prepend=jnp.zeros((1,), jnp.int32))
+    return lax.ragged_dot(rows, weights, sizes, precision=_prec())
+
+
 @rule(torch.ops.fxopt.grouped_mm.default)
 def _grouped_mm(rows, weights, ends, **_):
-    # fxopt::grouped_mm (rows sorted by group, group e owns rows ends[e-1]:ends[e]) == lax.ragged_dot with
-    # each group's size: one grouped GEMM, no padding, no per-group loop (XLA's own MoE primitive)
+    # fxopt::grouped_mm (rows sorted by group, group e owns rows ends[e-1]:ends[e]). On GPU/TPU this is
+    # lax.ragged_dot, XLA's grouped GEMM. XLA:CPU computes ragged_dot about as densely as every group on
+    # every row (measured 2-10x slower than the tiled form at E 8-32, N 128-2048), so CPU gets the tiles.
     compute, result = promote(_K.DEFAULT, rows, weights)
-    ends = ends.astype(jnp.int32)
-    sizes = jnp.diff(ends, prepend=jnp.zeros((1,), jnp.int32))
-    out = lax.ragged_dot(_as(rows, compute), _as(weights, compute), sizes, precision=_prec())
+    rows, weights, ends = _as(rows, compute), _as(weights, compute), ends.astype(jnp.int32)
+    if rows.shape[0] == 0 or weights.shape[0] == 0:
+        return _as(_ragged_grouped_mm(rows, weights, ends), result)
+    out = lax.platform_dependent(rows, weights, ends, cpu=_tiled_grouped_mm, default=_ragged_grouped_mm)
     return _as(out, result)
 
 

@@ -29,6 +29,7 @@ from fxopt.ir import cost, loops, provenance
 from fxopt.ir.program import Program, delete_attr, fetch_attr, set_attr  # noqa: F401 - set_attr re-exported
 from fxopt.ir import serialize
 from fxopt.ir.capture import attention_layout, library_ops, pt2_check
+from fxopt.ir.capture.library_modules import static_library_modules
 from fxopt.ir.capture.library_outputs import plain_outputs
 from fxopt.ir.capture.module_conversions import HINT as CONVERSION_HINT, no_op_conversions
 from fxopt.ir.program import concrete_int
@@ -271,7 +272,7 @@ def _capture_resolved(resolved: Any, inputs: Any, kwargs: dict, name: str, sourc
             if kwargs:
                 dynamic_shapes = {**dict(zip(_positional_names(resolved, len(inputs)), dynamic_shapes)),
                                   **dict(zip(kwargs, batch_dynamic_shapes(tuple(kwargs.values()))))}
-        with plain_outputs(resolved, notes):
+        with plain_outputs(resolved, notes), static_library_modules(resolved, notes):
             ep = _export(resolved, inputs, kwargs, dynamic_shapes, source)
     program = program_from_exported(ep, inputs, name=name, source=source, original=original,
                                     example_kwargs=kwargs)

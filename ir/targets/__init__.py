@@ -210,6 +210,26 @@ def is_bookkeeping(node: torch.fx.Node) -> bool:
     return not _is_tensor(val) and not isinstance(val, (tuple, list))
 
 
+#: Targets whose compilers take fixed shapes only: a node with a data-dependent (unbacked) size stays on the CPU.
+FIXED_SHAPE_TARGETS = frozenset({"tensorrt", "neuron"})
+
+
+def _unbacked_sizes(node: torch.fx.Node) -> str:
+    """The unbacked symbols (sizes known only at run time, as ``nonzero`` makes) in the shapes of ``node``'s
+    value and inputs, comma-separated; empty when there are none."""
+    from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
+
+    found: set = set()
+    for n in (node, *node.all_input_nodes):
+        val = n.meta.get("val")
+        for v in (val if isinstance(val, (tuple, list)) else (val,)):
+            if _is_tensor(v):
+                found |= free_unbacked_symbols(v.shape)
+            elif isinstance(v, torch.SymInt):
+                found |= free_unbacked_symbols(v)
+    return ", ".join(sorted(str(s) for s in found))
+
+
 def _input_dtypes(node: torch.fx.Node) -> list:
     dtypes = []
     for inp in node.all_input_nodes:
@@ -233,13 +253,24 @@ class SupportTable:
     dtype_sensitive: bool = False
 
     def dtype_key(self, node: torch.fx.Node) -> tuple | None:
-        """What besides the op decides support: the input dtypes for dtype-sensitive targets, else None
-        (callers cache verdicts by ``(node.target, dtype_key(node))``)."""
-        return tuple(_input_dtypes(node)) if self.dtype_sensitive else None
+        """What besides the op decides support: the input dtypes for dtype-sensitive targets, else None, and
+        for fixed-shape targets whether a size is data-dependent (callers cache verdicts by
+        ``(node.target, dtype_key(node))``)."""
+        key = tuple(_input_dtypes(node)) if self.dtype_sensitive else None
+        if self.target in FIXED_SHAPE_TARGETS and node.op == "call_function" and _unbacked_sizes(node):
+            return ("data-dependent size", key)   # refused whatever the op (see why_not)
+        return key
 
     def why_not(self, node: torch.fx.Node) -> str | None:
         """None if ``node`` (a call_function node) runs on this target, else why not (one short line)."""
-        if node.op != "call_function" or is_bookkeeping(node):
+        if node.op != "call_function":
+            return None
+        if self.target in FIXED_SHAPE_TARGETS:   # before bookkeeping: SymInt arithmetic on them counts too
+            unbacked = _unbacked_sizes(node)
+            if unbacked:
+                return (f"a data-dependent size ({unbacked}): {self.target} compiles fixed shapes (and torch.onnx "
+                        "cannot export a partition with such sizes)")
+        if is_bookkeeping(node):
             return None
         if isinstance(node.target, torch._ops.HigherOrderOperator):
             return f"higher-order op {node.target.name()} is not lowered for {self.target}"
