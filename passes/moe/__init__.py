@@ -8,6 +8,12 @@ the same input into one wider linear.
   sorted by expert once and run through one padded ``bmm`` chain, then scattered back with one
   ``index_put`` (see :mod:`fxopt.passes.moe.routing`). The one-hot-mask style (every expert runs on every
   token, masks multiply the outputs) is a dense group.
+- Masked top-1 (``out += (idx == e).unsqueeze(-1).to(x.dtype) * expert_e(x)`` with ``idx`` an argmax over
+  the E experts): routed, each token through its own expert (:mod:`fxopt.passes.moe.masked`), for the
+  reference target; dense elsewhere.
+- Stacked-weight experts (transformers 5.x, ``fxopt::grouped_mm`` over rows sorted by expert): counted, kept
+  for reference and xla, in a static masked-bmm form for tensorrt and neuron
+  (:mod:`fxopt.passes.moe.stacked`).
 - Horizontal fusion (``horizontal=true``): linears reading the same 2-D input (or identical views of one
   tensor, as Q/K/V projections of a 3-D input are) become one ``addmm``/``mm`` over concatenated weights
   and a column slice each.
@@ -60,7 +66,10 @@ class FuseExperts(Pass):
     ``padded`` one batched chain over an [E, C, in] buffer; ``segment`` each expert's chain on its own
     slice of the sorted rows; ``auto``: padded while experts average fewer than ``segment_rows`` rows, else unpadded —
     ``grouped_mm`` for a program whose target is the reference backend when its shapes and dtype allow
-    (``moe.rewrite.grouped_mm_ok``), ``segment`` otherwise)."""
+    (``moe.rewrite.grouped_mm_ok``), ``segment`` otherwise), ``stacked`` (stacked-weight experts:
+    ``keep`` their grouped matmuls, ``static`` every expert on every row with a one-hot mask, ``auto``:
+    static for tensorrt/neuron), ``masked`` (one-hot top-1 masks: ``routed``, ``dense``, ``auto``: routed
+    for the reference target)."""
 
     name = "moe"
     min_experts: int = 2
@@ -150,6 +159,9 @@ class FuseExperts(Pass):
                     stats["groups_found"] += 1
                     masked = self._masked(group, target, notes)
                     if masked is not None:
+                        notes.append(f"masked top-1 group of {len(group)} experts at '{group[0].output.name}': "
+                                     f"routed (each token through its own expert: 1/{len(group)} of the dense "
+                                     "form's expert FLOPs, as grouped matmuls over the tokens sorted by expert)")
                         fuse_masked(gm, masked, f"moe_masked{stats['masked_groups']}", self.name)
                         stats["masked_groups"] += 1
                         stats["experts_fused"] += len(group)
