@@ -54,7 +54,7 @@ class MaskedTop1(nn.Module):
             idx = logits.argmax(-1)
             masks = [(idx == i).to(x.dtype).unsqueeze(-1) if self.form == "to-first"
                      else (idx == i).unsqueeze(-1).to(x.dtype) for i in range(len(self.experts))]
-        out = x if self.form == "residual" else torch.zeros_like(x)
+        out = x if self.form == "residual" else torch.zeros_like(x, dtype=torch.float64 if self.form == "f64" else None)
         for mask, expert in zip(masks, self.experts):
             out = out + mask * expert(x)
         return out
@@ -98,6 +98,14 @@ def test_masks_of_ids_not_provably_in_range_stay_dense():
     out = fxopt.optimize(program, "moe{horizontal=false}")
     details = out.reports[-1].details
     assert details["masked_groups"] == 0 and details["dense_groups"] == 1
+    torch.testing.assert_close(out(x), model(x))
+
+
+def test_a_sum_that_promotes_the_dtype_stays_dense():
+    # float32 products summed into float64 zeros: the result is float64, which the routed form would not be
+    model, x, program = _captured(MaskedTop1(form="f64"), 12, 16)
+    out = fxopt.optimize(program, "moe{horizontal=false}")
+    assert out.reports[-1].details["masked_groups"] == 0
     torch.testing.assert_close(out(x), model(x))
 
 

@@ -23,7 +23,7 @@ import torch
 import torch.fx
 
 from fxopt.ir.patterns import Any, Node, Op, Var, match
-from fxopt.passes.moe.match import Chain, out_shape, val
+from fxopt.passes.moe.match import Chain, graph_position, out_shape, val
 from fxopt.passes.moe.rewrite import Builder, grouped_chain
 from fxopt.passes.moe.routing import _ids_in_range as ids_in_range
 
@@ -72,7 +72,7 @@ def _expert_mask(product: torch.fx.Node, chain: Chain):
 def _masked_sum(products: set):
     """``(last add, init or None)`` when ``products`` are summed by one chain of ``add.Tensor`` (each add's
     operands: the previous add, a product, or once at the start an initial value), else None."""
-    first = min(products, key=lambda n: list(n.graph.nodes).index(n))
+    first = min(products, key=graph_position)
     if len(first.users) != 1:
         return None
     cur = next(iter(first.users))
@@ -100,9 +100,13 @@ def _masked_sum(products: set):
             return None
         left.discard(other)
         cur = nxt
-    if init is not None and init.op == "call_function" and init.target in _ZERO_INITS:
+    total = val(cur)
+    if total is None or any(val(p).dtype != total.dtype for p in products):
+        return None                       # a promoting sum: the routed result would have another dtype
+    if init is not None and init.op == "call_function" and init.target in _ZERO_INITS and \
+            val(init) is not None and val(init).dtype == total.dtype:
         init = None
-    if init is not None and (val(init) is None or val(init).shape != val(cur).shape):
+    if init is not None and (val(init) is None or val(init).shape != total.shape):
         return None
     return cur, init
 

@@ -72,8 +72,9 @@ def static_grouped_mm(gm: torch.fx.GraphModule, node: torch.fx.Node, pass_name: 
 
     Identity: row i belongs to group ``g_i = #{e : ends[e] <= i}`` (the groups are consecutive and end at
     ``ends``), so ``grouped_mm(rows, W, ends)[i] == (rows[i] @ W[g_i]) == sum_e [g_i == e] * (rows @ W[e])[i]``
-    — a batched matmul over every expert and a one-hot mask; a row past ``ends[-1]`` (none, by the op's
-    contract) would get zeros in both."""
+    — a batched matmul over every expert and a one-hot mask (exact while the other experts' products are
+    finite: ``0 * inf`` would be NaN); a row past ``ends[-1]`` (none, by the op's contract) would get zeros
+    in both."""
     rows, weights, ends = node.args
     b = Builder(gm, node, node, pass_name)
     n_rows = val(rows).shape[0]
@@ -98,8 +99,10 @@ def _uncast_ends(b: Builder, ends: torch.fx.Node) -> torch.fx.Node:
     """``ends``, or the float cumsum it was cast from (histc counts are floats, and fixed-shape compilers
     take no integer cumsum), so the static form compares row positions with it in float."""
     found = match(_INT_CUMSUM, _root(ends))
-    if found is None or val(found["counts"]) is None or not val(found["counts"]).is_floating_point() or \
-            set(found["cumsum"].kwargs) - {"dtype"}:
+    if found is None or set(found["cumsum"].kwargs) - {"dtype"}:
+        return ends
+    counts = found["counts"]   # histc counts are whole numbers: the float cumsum equals the integer one
+    if counts.op != "call_function" or counts.target is not aten.histc.default:
         return ends
     return b.op(aten.cumsum.default, found["counts"], 0)
 
