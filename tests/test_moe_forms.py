@@ -146,10 +146,33 @@ class Stacked(nn.Module):
 
 def test_stacked_experts_are_found_and_kept_for_the_reference_target():
     model, x, program = _captured(Stacked(), 10, 16)
+    # Before: histc + cumsum give the ends
+    assert _ops(program, torch.ops.aten.histc.default) == 1 and _ops(program, torch.ops.aten.cumsum.default) == 1
     out = fxopt.optimize(program, "moe")
     report = out.reports[-1]
     assert report.details["stacked_groups"] == 1 and report.details["groups_found"] == 1
-    assert report.modified is False and "kept as grouped matmuls" in report.notes[0]
+    assert "kept as grouped matmuls" in report.notes[0]
+    # Expected: the grouped matmuls kept, the ends one searchsorted of the sorted ids
+    assert _ops(out, GROUPED_MM) == 2 and _ops(out, torch.ops.aten.searchsorted.Tensor) == 1
+    assert _ops(out, torch.ops.aten.histc.default) == 0 and _ops(out, torch.ops.aten.cumsum.default) == 0
+    torch.testing.assert_close(out(x), model(x))
+    assert fxopt.optimize(out, "moe").reports[-1].modified is False
+
+
+class StackedNoRange(Stacked):
+    """The ids come from the caller: histc drops ids outside 0..E-1, searchsorted would count them."""
+
+    def forward(self, x, idx):
+        ids, order = torch.sort(idx, stable=True)
+        counts = torch.histc(ids.float(), bins=self.experts, min=0, max=self.experts - 1)
+        ends = torch.cumsum(counts, 0).to(torch.int32)
+        return torch.ops.fxopt.grouped_mm(x[order], self.w1, ends)
+
+
+def test_ends_of_ids_not_provably_in_range_keep_their_histogram():
+    program = fxopt.capture(StackedNoRange().eval(), (torch.randn(10, 16), torch.randint(0, 4, (10,))))
+    out = fxopt.optimize(program, "moe")
+    assert _ops(out, torch.ops.aten.histc.default) == 1 and _ops(out, torch.ops.aten.searchsorted.Tensor) == 0
 
 
 @pytest.mark.parametrize("target", ["tensorrt", "neuron"])
@@ -286,9 +309,15 @@ def hf_programs():
 
 @pytest.mark.parametrize("name", HF_MOE)
 def test_hf_moe_expert_layers_are_found(hf_programs, name):
-    _, _, program = hf_programs(name)
-    report = fxopt.optimize(program, "moe").reports[-1]
+    model, inputs, program = hf_programs(name)
+    optimized = fxopt.optimize(program, "moe")
+    report = optimized.reports[-1]
     assert report.details["stacked_groups"] == 2 and report.details["groups_found"] >= 2   # one per layer
+    # the reference form: ends by searchsorted, the unsort by index_copy, HF's bookkeeping gone
+    assert _ops(optimized, torch.ops.aten.histc.default) == 0 and _ops(optimized, torch.ops.aten.index_put.default) == 0
+    assert _ops(optimized, torch.ops.aten.index_copy.default) == 2                        # one per layer
+    with torch.no_grad():
+        torch.testing.assert_close(optimized(*inputs)[0], model(*inputs)[0])
 
 
 @pytest.mark.numerics

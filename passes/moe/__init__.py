@@ -38,7 +38,8 @@ from fxopt.passes.moe.match import as_linear, group_chains, grow_chain, linears_
 from fxopt.passes.moe.rewrite import fuse_dense, fuse_horizontal, grouped_mm_ok
 from fxopt.passes.moe.masked import fuse_masked, match_masked
 from fxopt.passes.moe.routing import check_group, fuse_routed, match_routed
-from fxopt.passes.moe.stacked import histc_as_count, stacked_groups, static_grouped_mm
+from fxopt.passes.moe.stacked import (ends_by_search, erase_orphan_asserts, histc_as_count, stacked_groups, static_grouped_mm,
+                                      unsort_by_copy)
 
 aten = torch.ops.aten
 MATMULS = (aten.mm, aten.addmm, aten.bmm, aten.baddbmm)
@@ -204,7 +205,7 @@ class FuseExperts(Pass):
         if not static:
             notes.append(f"{len(groups)} stacked expert layers ({experts} experts, already routed): kept as "
                          f"grouped matmuls (fxopt::grouped_mm) for target '{target}'")
-            return False
+            return target == "reference" and self._reference_routing(gm, groups, notes)
         for group in groups:
             for node in group.matmuls:
                 node.replace_all_uses_with(static_grouped_mm(gm, node, self.name))
@@ -221,6 +222,29 @@ class FuseExperts(Pass):
                      f"for target '{target}' (every expert on every row, masked: {experts}x the FLOPs, fixed "
                      f"shapes), {counted} histc as one-hot counts")
         return True
+
+    def _reference_routing(self, gm, groups: list, notes: list) -> bool:
+        """For the reference target, replace HF's routing bookkeeping around stacked experts with fewer
+        ATen calls: the ends by one ``searchsorted`` of the sorted ids, the unsort by one ``index_copy``
+        (:func:`~fxopt.passes.moe.stacked.ends_by_search`, :func:`~fxopt.passes.moe.stacked.unsort_by_copy`).
+        Returns whether the graph changed."""
+        searched = copied = 0
+        for ends in {m.args[2] for g in groups for m in g.matmuls}:
+            new = ends_by_search(gm, ends, self.name)
+            if new is not None:
+                ends.replace_all_uses_with(new)
+                erase_orphan_asserts(ends)
+                searched += 1
+        for node in [n for n in gm.graph.nodes if n.op == "call_function" and n.target is aten.index.Tensor]:
+            new = unsort_by_copy(gm, node, self.name)
+            if new is not None:
+                node.replace_all_uses_with(new)
+                erase_orphan_asserts(node)
+                copied += 1
+        if searched or copied:
+            notes.append(f"routing of the stacked experts: {searched} expert ends by searchsorted (for histc + "
+                         f"cumsum), {copied} unsorts by index_copy (for an inverse permutation and a gather)")
+        return bool(searched or copied)
 
     def _grouped_strategy(self, members: list, target: str, notes: list) -> str:
         """``grouped_mm``, ``padded`` or ``segment`` for a routed group: the option, or for ``auto`` padded

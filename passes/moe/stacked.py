@@ -18,6 +18,7 @@ projections): the unit the report counts.
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +27,7 @@ import torch.fx
 from fxopt.ir.patterns import Node, Op, Var, match
 from fxopt.passes.moe.match import val
 from fxopt.passes.moe.rewrite import Builder
+from fxopt.passes.moe.routing import _ids_in_range as ids_in_range
 
 aten = torch.ops.aten
 GROUPED_MM = torch.ops.fxopt.grouped_mm.default
@@ -132,3 +134,99 @@ def histc_as_count(gm: torch.fx.GraphModule, node: torch.fx.Node, pass_name: str
     hits = build.op(aten.eq.Tensor, build.op(aten.unsqueeze.default, flat, 1), build.op(aten.unsqueeze.default, classes, 0))
     counts = build.op(aten.sum.dim_IntList, build.op(aten._to_copy.default, hits, dtype=val(node).dtype), [0])
     return counts
+
+
+# ---------------------------------------------------------------------------------------- reference form
+# the sorted ids of a routing:  getitem(sort(ids, dim=-1/0, descending=False), 0)  (stable or not)
+_SORTED = Op(operator.getitem, Op((aten.sort.default, aten.sort.stable), Var("ids", Node), name="sort"), 0)
+_HISTC = Op(aten.histc.default, Op(aten._to_copy.default, Var("sorted", Node), name="cast"), Var("bins", int),
+            Var("lo"), Var("hi"), name="histc")
+_CUMSUM = Op(aten.cumsum.default, Var("counts", Node), 0, name="cumsum")
+
+
+def _strip_views(node: torch.fx.Node) -> torch.fx.Node:
+    while node.op == "call_function" and node.target in (aten.view.default, aten._unsafe_view.default,
+                                                         aten.reshape.default):
+        node = node.args[0]
+    return node
+
+
+def ends_by_search(gm: torch.fx.GraphModule, ends: torch.fx.Node, pass_name: str) -> torch.fx.Node | None:
+    """``searchsorted(sorted_ids, arange(E), right=True, out_int32=True)`` inserted before ``ends`` when
+    ``ends`` is HF's ``int32(cumsum(histc(float(sorted_ids), E, 0, E-1)))`` of ids provably in ``0..E-1``;
+    None otherwise.
+
+    Identity: for ascending ids in ``[0, E-1]``, ``cumsum(histc(ids, E, 0, E-1))[e] = #{ids <= e}``, which
+    is the right insertion point of ``e`` in the sorted ids. One search instead of a cast, a histogram, a
+    cumsum and a cast (measured 4 us against 28 us at 128 ids)."""
+    if val(ends) is None or val(ends).dtype != torch.int32:
+        return None
+    c = match(_CUMSUM, _root(ends))
+    h = match(_HISTC, c["counts"]) if c is not None else None
+    s = match(_SORTED, h["sorted"]) if h is not None else None
+    if s is None or set(c["cumsum"].kwargs) - {"dtype"} or set(h["cast"].kwargs) - {"dtype"}:
+        return None
+    sort, bins = s["sort"], h["bins"]
+    descending = sort.args[2] if len(sort.args) > 2 and sort.target is aten.sort.default else \
+        sort.kwargs.get("descending", False)
+    ids = s["ids"]
+    if descending or val(ids) is None or val(ids).dim() != 1 or float(h["lo"]) != 0 or float(h["hi"]) != bins - 1 \
+            or not ids_in_range(_strip_views(ids), 0, bins):
+        return None
+    b = Builder(gm, ends, ends, pass_name)
+    classes = b.op(aten.arange.start_step, 0, bins, dtype=val(h["sorted"]).dtype)
+    return b.op(aten.searchsorted.Tensor, h["sorted"], classes, out_int32=True, right=True)
+
+
+# HF's unsort:  Y[inv] with inv = index_put(empty([N]), [perm], arange(N)) and perm the sort's indices
+_INVERSE = Op(aten.index_put.default, Var("empty", Node), [Var("perm", Node)], Var("positions", Node), name="put")
+_UNSORT = Op(aten.index.Tensor, Var("y", Node), [Var("inv", Node)], name="gather")
+_PERM = Op(operator.getitem, Op((aten.sort.default, aten.sort.stable), Var("keys", Node)), 1)
+_EMPTY_OR_ZEROS = (aten.empty_permuted.default, aten.empty.memory_format, aten.zeros.default)
+
+
+def unsort_by_copy(gm: torch.fx.GraphModule, node: torch.fx.Node, pass_name: str) -> torch.fx.Node | None:
+    """``index_copy(zeros_like(y), 0, perm, y)`` inserted before ``node`` when ``node`` is HF's unsort
+    ``y[inverse(perm)]`` (the inverse built by ``index_put`` of ``arange`` at ``perm``); None otherwise.
+
+    Identity: ``perm`` is a sort's index output, a permutation of ``0..N-1``, so ``inv[perm[j]] = j`` and
+    ``y[inv][perm[j]] = y[j]``: writing row j of ``y`` to row ``perm[j]`` is the same tensor, with one op
+    instead of an empty, an arange, an ``index_put`` and a gather (measured 7 us against 21 us)."""
+    g = match(_UNSORT, node)
+    p = match(_INVERSE, g["inv"]) if g is not None else None
+    if p is None or p["put"].kwargs or len(p["put"].args) > 3 or match(_PERM, p["perm"]) is None:
+        return None
+    n = val(p["perm"]).shape[0] if val(p["perm"]) is not None and val(p["perm"]).dim() == 1 else None
+    positions, empty = p["positions"], p["empty"]
+    if n is None or not isinstance(n, int) or empty.op != "call_function" or empty.target not in _EMPTY_OR_ZEROS:
+        return None
+    if positions.op != "call_function" or positions.target not in (aten.arange.default, aten.arange.start_step) \
+            or list(val(positions).shape) != [n] or list(val(empty).shape) != [n] or \
+            (positions.target is aten.arange.start_step and positions.args[0] != 0) or \
+            (len(positions.args) > 2 and positions.args[2] != 1):
+        return None
+    y = g["y"]
+    if val(y) is None or val(y).dim() < 1 or val(y).shape[0] != n:
+        return None
+    b = Builder(gm, node, node, pass_name)
+    return b.op(aten.index_copy.default, b.op(aten.zeros_like.default, y), 0, p["perm"], y)
+
+
+def erase_orphan_asserts(start: torch.fx.Node) -> None:
+    """Erase ``start`` when nothing uses it, and, through its inputs, every node left with no users or with
+    nothing but export's ``_assert_tensor_metadata`` checks (they check what the graph already records, and
+    would keep the routing a rewrite replaced alive)."""
+    stack = [start]
+    while stack:
+        node = stack.pop()
+        if getattr(node, "_erased", False) or node.op != "call_function":
+            continue
+        users = list(node.users)
+        if users and all(u.op == "call_function" and u.target is aten._assert_tensor_metadata.default
+                         for u in users):
+            for u in users:
+                node.graph.erase_node(u)
+        if not node.users and not node.is_impure():
+            inputs = node.all_input_nodes
+            node.graph.erase_node(node)
+            stack.extend(inputs)
