@@ -40,6 +40,7 @@ from typing import Any, Callable
 
 import torch
 import torch.fx
+from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 
 from fxopt.errors import InputError
 from fxopt.ir.nodes import packet_name
@@ -217,8 +218,6 @@ FIXED_SHAPE_TARGETS = frozenset({"tensorrt", "neuron"})
 def _unbacked_sizes(node: torch.fx.Node) -> str:
     """The unbacked symbols (sizes known only at run time, as ``nonzero`` makes) in the shapes of ``node``'s
     value and inputs, comma-separated; empty when there are none."""
-    from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
-
     found: set = set()
     for n in (node, *node.all_input_nodes):
         val = n.meta.get("val")
