@@ -245,10 +245,25 @@ def test_auto_strategy_follows_rows_per_expert_and_target():
     assert _run(FuseExperts(), program)[1].details["padded_groups"] == 1
     # enough rows per expert: unpadded, one grouped matmul per linear where PyTorch runs the graph ...
     assert _run(FuseExperts(segment_rows=1), program)[1].details["grouped_mm_groups"] == 1
-    # ... and per-expert slices for a target whose compiler cannot take fxopt::grouped_mm
+    # ... and the static dense form for a target whose compiler takes fixed shapes only
     elsewhere = program.copy()
     elsewhere.target = "xla"
-    assert _run(FuseExperts(segment_rows=1), elsewhere)[1].details["segment_groups"] == 1
+    assert _run(FuseExperts(segment_rows=1), elsewhere)[1].details["static_routed_groups"] == 1
+
+
+@pytest.mark.parametrize("kwargs", [dict(k=1), dict(k=2), dict(k=2, drop=0.3)], ids=["top1", "top2", "dropped"])
+def test_dense_strategy_has_static_shapes_and_the_loops_numerics(kwargs):
+    model, program = _loop(**kwargs)
+    # Before: one nonzero per expert (data-dependent sizes); Expected: none, one batched chain
+    assert _count(program, "nonzero") == 4
+    after, result = _run(FuseExperts(grouped="dense", horizontal=False), program)
+    assert result.details["static_routed_groups"] == 1 and _count(after, "nonzero") == 0 and _bmms(after) == 2
+    from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
+    assert not any(free_unbacked_symbols(n.meta["val"].shape) for n in after.graph.nodes
+                   if isinstance(n.meta.get("val"), torch.Tensor))
+    x = torch.randn(7, 8)
+    torch.testing.assert_close(after(x), model(x))
+    assert _run(FuseExperts(grouped="dense", horizontal=False), after)[1].modified is False
 
 
 @pytest.mark.parametrize("kwargs", [dict(k=1), dict(k=2), dict(k=2, drop=0.3)], ids=["top1", "top2", "dropped"])

@@ -406,3 +406,18 @@ def test_switch_experts_are_one_routed_group_with_dropped_tokens_skipped(switch)
     assert details["routed_groups"] == 1 and details["experts_fused"] == 4
     with torch.no_grad():
         torch.testing.assert_close(out(*inputs)["last_hidden_state"], model(*inputs).last_hidden_state)
+
+
+@pytest.mark.numerics
+def test_switch_experts_stay_inside_one_xla_partition(switch):
+    model, inputs, program = switch
+    optimized = fxopt.optimize(program, target="xla")
+    moe = next(r for r in optimized.reports if r.spec.startswith("moe"))
+    assert moe.details["static_routed_groups"] == 1                   # the dense form: static shapes
+    placements = {n.meta["placement"] for n in optimized.graph.nodes if n.op == "call_function" and
+                  n.target in (torch.ops.aten.bmm.default, torch.ops.aten.baddbmm.default)}
+    assert placements == {"xla"} and _ops(optimized, torch.ops.aten.nonzero.default) == 0
+    compiled = fxopt.compile(optimized, "xla")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(*inputs)["last_hidden_state"], model(*inputs).last_hidden_state,
+                                   atol=1e-5, rtol=1e-5)

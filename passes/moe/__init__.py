@@ -42,6 +42,8 @@ from fxopt.passes.moe.stacked import (ends_by_search, erase_orphan_asserts, hist
                                       unsort_by_copy)
 
 aten = torch.ops.aten
+# targets whose compilers take static shapes only: routed groups run there in the dense form
+STATIC_TARGETS = ("xla", "tensorrt", "neuron")
 MATMULS = (aten.mm, aten.addmm, aten.bmm, aten.baddbmm)
 
 
@@ -77,7 +79,7 @@ class FuseExperts(Pass):
     routing: Literal["auto", "dense", "topk", "none"] = "auto"
     horizontal: bool = True
     max_dense_rows: int = 0
-    grouped: Literal["auto", "grouped_mm", "padded", "segment"] = "auto"
+    grouped: Literal["auto", "grouped_mm", "padded", "segment", "dense"] = "auto"
     segment_rows: int = 64
     stacked: Literal["auto", "keep", "static"] = "auto"
     masked: Literal["auto", "routed", "dense"] = "auto"
@@ -96,7 +98,7 @@ class FuseExperts(Pass):
         notes: list[str] = []
         stats = {"groups_found": 0, "experts_fused": 0, "dense_groups": 0, "routed_groups": 0,
                  "horizontal_groups": 0, "linears_fused": 0, "grouped_mm_groups": 0, "padded_groups": 0,
-                 "segment_groups": 0, "stacked_groups": 0, "masked_groups": 0}
+                 "segment_groups": 0, "static_routed_groups": 0, "stacked_groups": 0, "masked_groups": 0}
         changed = self._stacked_experts(gm, stats, notes, program.target)
         large: set = set()      # first linears of dense experts left alone for their row count
         if self.routing != "none":
@@ -136,7 +138,7 @@ class FuseExperts(Pass):
                     continue
                 strategy = self._grouped_strategy(members, target, notes)
                 fuse_routed(gm, members, f"moe_routed{stats['routed_groups']}", self.name, strategy)
-                stats[f"{strategy}_groups"] += 1
+                stats["static_routed_groups" if strategy == "dense" else f"{strategy}_groups"] += 1
                 stats["routed_groups"] += 1
                 stats["experts_fused"] += len(members)
                 changed = True
@@ -247,12 +249,19 @@ class FuseExperts(Pass):
         return bool(searched or copied)
 
     def _grouped_strategy(self, members: list, target: str, notes: list) -> str:
-        """``grouped_mm``, ``padded`` or ``segment`` for a routed group: the option, or for ``auto`` padded
-        while the mean (token, slot) pairs per expert at the example size stay below ``segment_rows`` (the
-        padding is cheaper than per-expert matmuls of a few rows), else unpadded: ``grouped_mm`` for the
-        reference target when ATen's kernel applies (a note says why not), ``segment`` otherwise."""
+        """``grouped_mm``, ``padded``, ``segment`` or ``dense`` for a routed group: the option, or for
+        ``auto``: ``dense`` for xla/tensorrt/neuron (static shapes, so the group stays on the accelerator),
+        else padded while the mean (token, slot) pairs per expert at the example size stay below
+        ``segment_rows`` (the padding is cheaper than per-expert matmuls of a few rows), else unpadded:
+        ``grouped_mm`` for the reference target when ATen's kernel applies (a note says why not),
+        ``segment`` otherwise."""
         if self.grouped != "auto":
             return self.grouped
+        if target in STATIC_TARGETS:
+            notes.append(f"routed group of {len(members)} experts at '{members[0].chain.output.name}': dense "
+                         f"(every expert on every token, {len(members)}x the expert FLOPs), static shapes for "
+                         f"'{target}', whose compiler takes no data-dependent size")
+            return "dense"
         if _example_numel(members[0].idx) < self.segment_rows * len(members):
             return "padded"
         if target != "reference":

@@ -310,8 +310,9 @@ def _gate_rows(lead: Routed, pairs: torch.fx.Node | None, b: Builder) -> dict:
 
 def fuse_routed(gm: torch.fx.GraphModule, members: list[Routed], tag: str, pass_name: str,
                 strategy: str = "padded") -> int:
-    """Rewrite a checked routed group (see module docstring) with the ``grouped_mm``,
-    ``padded`` or ``segment`` strategy; returns the number of matmuls removed."""
+    """Rewrite a checked routed group (see module docstring) with the ``grouped_mm``, ``padded``,
+    ``segment`` or ``dense`` (static shapes, :func:`_dense_pairs`) strategy; returns the number of matmuls
+    removed."""
     members = sorted(members, key=lambda m: m.expert_id)
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     puts = sorted({m.put for m in members}, key=order.__getitem__)
@@ -331,6 +332,8 @@ def fuse_routed(gm: torch.fx.GraphModule, members: list[Routed], tag: str, pass_
         flat = b.op(aten._to_copy.default, flat, dtype=torch.int64)
     rel = b.op(aten.sub.Tensor, flat, c0) if c0 else flat
     in_range = _ids_in_range(idx, c0, e)
+    if strategy == "dense":
+        return _dense_pairs(b, members, first_put, last_put, x, flat, rel, k, in_range, tag)
     if in_range:
         # every (token, slot) pair goes to an expert of the group: no filtering, no data-dependent count
         srt = b.op(aten.sort.stable, rel, stable=True, dim=0)
@@ -381,6 +384,42 @@ def fuse_routed(gm: torch.fx.GraphModule, members: list[Routed], tag: str, pass_
     # index_add sums duplicates in index order, like the loop's index_put(accumulate=True) chain did
     acc = b.op(aten.index_add.default, first_put.args[0], 0, tok, added)
     _finish(gm, members, last_put, acc)
+    return sum(len(m.chain.linears) for m in members) - len(lead.chain.linears)
+
+
+def _dense_pairs(b: Builder, members: list[Routed], first_put, last_put, x, flat, rel, k: int, in_range: bool,
+                 tag: str) -> int:
+    """The static form of a routed group, for compilers of fixed shapes: every expert on every token (one
+    batched chain, [E, N, out]), then each (token, slot) pair's row picked by its expert id, gated, and
+    added to its token. Pairs whose id is outside the group add nothing. Returns the matmuls removed.
+
+    Identity: the loop adds ``expert_e(x[t]) * g(t, s)`` for each pair (t, s) with id e; row t of expert
+    e's dense result is ``expert_e(x[t])``. With one slot each token gets at most one term, so the sum is
+    the loop's exactly (up to the matmul kernels' rounding); with k slots the terms are added in slot order
+    instead of expert order."""
+    lead = members[0]
+    e = len(members)
+    x3 = b.op(aten.expand.default, b.op(aten.unsqueeze.default, x, 0), [e, -1, -1])
+    every = batched_chain(b, [m.chain for m in members], x3, tag)                    # [E, N, out]
+    npairs = b.op(aten.sym_size.int, flat, 0)
+    pos = b.op(aten.arange.start_step, 0, npairs, dtype=torch.int64, device=val(x).device)
+    if k == 1:
+        tok, slot = pos, (b.op(aten.mul.Tensor, pos, 0) if lead.slot is not None else None)
+    else:
+        tok = b.op(aten.div.Scalar_mode, pos, k, rounding_mode="floor")
+        slot = b.op(aten.remainder.Scalar, pos, k)
+    expert = rel if in_range else b.op(aten.clamp.default, rel, 0, e - 1)
+    picked = b.op(aten.index.Tensor, every, [expert, tok])                            # [N*k, out]
+    added = _gated(b, lead, picked, tok, slot, _gate_rows(lead, None, b))
+    if not in_range:
+        valid = b.op(aten.logical_and.default, b.op(aten.ge.Scalar, rel, 0), b.op(aten.lt.Scalar, rel, e))
+        added = b.op(aten.where.ScalarOther, b.op(aten.unsqueeze.default, valid, -1), added, 0.0)
+    init = first_put.args[0]
+    if k == 1:
+        acc = added if _is_zeros_like(init, added) else b.op(aten.add.Tensor, init, added)
+    else:
+        acc = b.op(aten.index_add.default, init, 0, tok, added)
+    _finish(b.gm, members, last_put, acc)
     return sum(len(m.chain.linears) for m in members) - len(lead.chain.linears)
 
 
