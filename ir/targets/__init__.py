@@ -277,7 +277,7 @@ class SupportTable:
             return f"{packet_name(node.target)} is not an ATen op"
         if node.target.namespace != "aten":   # e.g. fxopt::grouped_mm: only a table naming it qualified has it
             qualified = f"{node.target.namespace}::{node.target._opname}"
-            if qualified in _QUALIFIED.get(self.target, lambda: frozenset())():
+            if self.target == "xla" and qualified in xla_ops():   # the XLA table names them qualified
                 return None
             return f"{qualified} is not an ATen op, and {self.target} has no rule for it"
         return self.check(node, node.target._opname)
@@ -329,9 +329,6 @@ def _xla_check(node: torch.fx.Node, packet: str) -> str | None:
         return None
     return f"aten.{packet} has no rule in the ATen -> JAX lowering"
 
-
-# non-ATen ops a target runs, by qualified name (the XLA lowering has rules for fxopt::grouped_mm)
-_QUALIFIED = {"xla": lambda: frozenset(n for n in xla_ops() if "::" in n)}
 
 _CHECKS = {"neuron": _neuron_check, "tensorrt": _tensorrt_check, "xla": _xla_check}
 

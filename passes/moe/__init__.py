@@ -32,18 +32,17 @@ from fxopt.errors import InputError
 from fxopt.ir import cost
 from fxopt.ir.nodes import example_numel
 from fxopt.ir.program import Program
+from fxopt.ir.targets import FIXED_SHAPE_TARGETS, TARGETS
 from fxopt.passes.base import Pass, PassResult
 from fxopt.passes.dce import DeadCodeElimination
 from fxopt.passes.moe.match import as_linear, group_chains, grow_chain, linears_by_source, packet, val
 from fxopt.passes.moe.rewrite import fuse_dense, fuse_horizontal, grouped_mm_ok
 from fxopt.passes.moe.masked import fuse_masked, match_masked
 from fxopt.passes.moe.routing import check_group, fuse_routed, match_routed
-from fxopt.passes.moe.stacked import (ends_by_search, erase_orphan_asserts, histc_as_count, stacked_groups, static_grouped_mm,
-                                      unsort_by_copy)
+from fxopt.passes.moe.stacked import (ends_by_search, erase_orphan_asserts, histc_as_count, stacked_groups,
+                                      static_grouped_mm, unsort_by_copy)
 
 aten = torch.ops.aten
-# targets whose compilers take static shapes only: routed groups run there in the dense form
-STATIC_TARGETS = ("xla", "tensorrt", "neuron")
 MATMULS = (aten.mm, aten.addmm, aten.bmm, aten.baddbmm)
 
 
@@ -202,7 +201,7 @@ class FuseExperts(Pass):
         stats["stacked_groups"] = len(groups)
         stats["groups_found"] += len(groups)
         stats["experts_fused"] += sum(g.experts for g in groups)
-        static = self.stacked == "static" or (self.stacked == "auto" and target in ("tensorrt", "neuron"))
+        static = self.stacked == "static" or (self.stacked == "auto" and target in FIXED_SHAPE_TARGETS)
         experts = "/".join(sorted({str(g.experts) for g in groups}))
         if not static:
             notes.append(f"{len(groups)} stacked expert layers ({experts} experts, already routed): kept as "
@@ -257,7 +256,7 @@ class FuseExperts(Pass):
         ``segment`` otherwise."""
         if self.grouped != "auto":
             return self.grouped
-        if target in STATIC_TARGETS:
+        if target in TARGETS:   # every accelerator target compiles static shapes only
             notes.append(f"routed group of {len(members)} experts at '{members[0].chain.output.name}': dense "
                          f"(every expert on every token, {len(members)}x the expert FLOPs), static shapes for "
                          f"'{target}', whose compiler takes no data-dependent size")

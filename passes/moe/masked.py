@@ -25,7 +25,7 @@ import torch.fx
 from fxopt.ir.patterns import Any, Node, Op, Var, match
 from fxopt.passes.moe.match import Chain, graph_position, out_shape, val
 from fxopt.passes.moe.rewrite import Builder, grouped_chain
-from fxopt.passes.moe.routing import _ids_in_range as ids_in_range
+from fxopt.passes.moe.routing import ids_in_range
 
 aten = torch.ops.aten
 

@@ -133,7 +133,7 @@ def _gathered_rows(src: torch.fx.Node):
     return (b["x"], b["tok"]) if b else None
 
 
-def _metadata_asserts(node: torch.fx.Node) -> list:
+def metadata_asserts(node: torch.fx.Node) -> list:
     """``node``'s users that are export's ``_assert_tensor_metadata`` checks (no result, no effect)."""
     return [u for u in node.users if u.op == "call_function" and u.target is aten._assert_tensor_metadata.default]
 
@@ -168,7 +168,7 @@ def match_routed(chain: Chain) -> Routed | None:
     user = next(iter(out.users))
     r = Routed(chain, x, idx, expert_id, tok, slot, put=user)
     if user.target is aten.mul.Tensor:
-        asserts = _metadata_asserts(user)
+        asserts = metadata_asserts(user)
         if len(user.users) != len(asserts) + 1:
             return None
         other = user.args[1] if user.args[0] is out else user.args[0]
@@ -262,7 +262,7 @@ def check_group(members: list[Routed]) -> str | None:
     return None
 
 
-def _ids_in_range(idx: torch.fx.Node, first: int, count: int) -> bool:
+def ids_in_range(idx: torch.fx.Node, first: int, count: int) -> bool:
     """True when every id in ``idx`` is provably in ``[first, first + count)``: ``idx`` is the index output of
     ``topk``/``max``/``argmax`` over a last dim of exactly ``first + count`` entries with ``first == 0``."""
     if first != 0 or idx.op != "call_function":
@@ -331,7 +331,7 @@ def fuse_routed(gm: torch.fx.GraphModule, members: list[Routed], tag: str, pass_
     if v_idx.dtype != torch.int64:
         flat = b.op(aten._to_copy.default, flat, dtype=torch.int64)
     rel = b.op(aten.sub.Tensor, flat, c0) if c0 else flat
-    in_range = _ids_in_range(idx, c0, e)
+    in_range = ids_in_range(idx, c0, e)
     if strategy == "dense":
         return _dense_pairs(b, members, first_put, last_put, x, flat, rel, k, in_range, tag)
     if in_range:

@@ -27,7 +27,7 @@ import torch.fx
 from fxopt.ir.patterns import Node, Op, Var, match
 from fxopt.passes.moe.match import val
 from fxopt.passes.moe.rewrite import Builder
-from fxopt.passes.moe.routing import _ids_in_range as ids_in_range
+from fxopt.passes.moe.routing import ids_in_range, metadata_asserts
 
 aten = torch.ops.aten
 GROUPED_MM = torch.ops.fxopt.grouped_mm.default
@@ -221,10 +221,9 @@ def erase_orphan_asserts(start: torch.fx.Node) -> None:
         node = stack.pop()
         if getattr(node, "_erased", False) or node.op != "call_function":
             continue
-        users = list(node.users)
-        if users and all(u.op == "call_function" and u.target is aten._assert_tensor_metadata.default
-                         for u in users):
-            for u in users:
+        asserts = metadata_asserts(node)
+        if asserts and len(asserts) == len(node.users):
+            for u in asserts:
                 node.graph.erase_node(u)
         if not node.users and not node.is_impure():
             inputs = node.all_input_nodes
