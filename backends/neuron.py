@@ -1,9 +1,13 @@
 """The ``neuron`` backend: accelerator partitions as static-shape TorchScript for the AWS Neuron toolchain.
 
-``fxopt.compile(program, "neuron")`` (or ``neuron{buckets=1;4;16,seq_buckets=64;128,instances=2}``):
+``fxopt.compile(program, "neuron")`` (or ``neuron{device=inf2,buckets=1;4;16,seq_buckets=64;128,instances=2}``):
 
-1. **op check**: every op of every accelerator partition is checked against the documented torch-neuron
-   operator list (:func:`fxopt.ir.targets.support_table`); an unsupported op is a one-line
+``device`` is the Neuron generation (:data:`fxopt.ir.targets.NEURON_DEVICES`: ``inf1`` (default), ``inf2``,
+``trn1``, ``trn2``); it picks the op list and the ``--target`` of the torch-neuronx compile script.
+
+1. **op check**: every op of every accelerator partition is checked against the generation's documented
+   operator list (:func:`fxopt.ir.targets.support_table`: torch-neuron's for inf1, torch-neuronx's for
+   inf2/trn1/trn2); an unsupported op is a one-line
    BackendError naming the op and its source line and suggesting ``split{target=neuron}``, which keeps such
    ops on the CPU;
 2. **trace**: each accelerator partition is traced with ``torch.jit.trace`` once per bucket shape
@@ -43,7 +47,8 @@ from fxopt.backends.base import BackendDefaults, io_specs
 from fxopt.backends.neuron_buckets import BucketPlan, bucket_key, example_at, parse_sizes, plan_buckets
 from fxopt.backends.partitioned import (PartitionedCompiled, Stage, StagePlan, compile_partitioned,
                                         load_partitioned, plan_stages, record_values, safe_file, safe_stem)
-from fxopt.ir.targets import data_source, is_bookkeeping, neuron_operators, packet_name, support_table
+from fxopt.ir.targets import NEURON_DEVICES, data_source, is_bookkeeping, neuron_operators, packet_name, support_table
+from fxopt.ir.targets import neuron_device as _generation
 from fxopt.errors import BackendError, InputError
 from fxopt.ir import serialize
 from fxopt.ir.program import Program
@@ -58,11 +63,17 @@ LOAD_ENV = "FXOPT_NEURON_LOAD"
 
 
 # ============================================================================================ op check
-def check_ops(plan: StagePlan) -> Counter:
-    """Check every op of accelerator partition ``plan`` against the torch-neuron operator list; returns
+def _toolchain(device: str) -> str:
+    return "torch-neuron" if device == "inf1" else f"torch-neuronx ({device})"
+
+
+def check_ops(plan: StagePlan, device: str = "inf1") -> Counter:
+    """Check every op of accelerator partition ``plan`` against the operator list of Neuron generation
+    ``device`` (torch-neuron's for inf1, torch-neuronx's for inf2/trn1/trn2); returns
     ``Counter({op packet: count})``. Raises BackendError (one line: op, source line, what to do) for the
-    first unsupported op."""
-    table = support_table(TARGET)
+    first unsupported op, InputError for an unknown device."""
+    device = _generation(device)
+    table = support_table(TARGET, device=device)
     ops: Counter = Counter()
     for node in plan.module.graph.nodes:
         if node.op != "call_function":
@@ -73,7 +84,7 @@ def check_ops(plan: StagePlan) -> Counter:
             where = source_of(node)
             module = f" in {prov['module']}" if prov.get("module") else ""
             raise BackendError(f"partition '{plan.name}': {node.target} at {where}{module} (node {node.name}) "
-                               f"is not supported by torch-neuron: {why}; add split{{target=neuron}} to the "
+                               f"is not supported by {_toolchain(device)}: {why}; add split{{target=neuron}} to the "
                                "pipeline to run it on the CPU")
         if not is_bookkeeping(node):
             ops[packet_name(node.target)] += 1
@@ -212,10 +223,13 @@ class TorchScriptStage(Stage):
     runtime = "torchscript-cpu"
 
     def __init__(self, module: torch.fx.GraphModule, name: str, device: str, inputs: list[str],
-                 outputs: list[str], traces: list[BucketTrace], ops: dict[str, int], loaded_from: str = "compile"):
+                 outputs: list[str], traces: list[BucketTrace], ops: dict[str, int], loaded_from: str = "compile",
+                 neuron_device: str = "inf1"):
         """``module``: the partition's FX GraphModule (saved for re-tracing); ``traces``: one per bucket;
-        ``ops``: op counts from :func:`check_ops`; ``loaded_from``: "compile", "fx-retrace" or "torchscript"."""
+        ``ops``: op counts from :func:`check_ops`; ``loaded_from``: "compile", "fx-retrace" or "torchscript";
+        ``neuron_device``: the Neuron generation it was checked for (``inf1``...)."""
         super().__init__(name, device, inputs, outputs)
+        self.neuron_device = neuron_device
         self.module = module
         self.traces = list(traces)
         self.ops = dict(ops)
@@ -224,19 +238,22 @@ class TorchScriptStage(Stage):
 
     @classmethod
     def compile(cls, plan: StagePlan, examples: list[tuple[dict, list, tuple | None]],
-                sdk: str | None = None) -> "TorchScriptStage":
-        """Check ``plan``'s ops and trace it once per ``(bucket, input values, eager output values or None)``
-        in ``examples``, checking each trace against the eager values; with ``sdk`` (see
-        :func:`fxopt.backends.neuron_sdk.available_sdk`) also compile each trace for Neuron."""
-        ops = check_ops(plan)
+                sdk: str | None = None, neuron_device: str = "inf1") -> "TorchScriptStage":
+        """Check ``plan``'s ops against generation ``neuron_device``'s list and trace it once per ``(bucket,
+        input values, eager output values or None)`` in ``examples``, checking each trace against the eager
+        values; with ``sdk`` (see :func:`fxopt.backends.neuron_sdk.available_sdk`) also compile each trace for
+        Neuron."""
+        neuron_device = _generation(neuron_device)
+        ops = check_ops(plan, neuron_device)
         traces = []
         for bucket, args, eager in examples:
             tr = _trace(plan.module, plan.name, plan.inputs, args, bucket, check=True, eager=eager)
             if sdk is not None:  # pragma: no cover - needs the Neuron SDK
                 tensors = tuple(a for a in args if isinstance(a, torch.Tensor))
-                tr.neuron_module, tr.sdk = neuron_sdk.compile_with_sdk(sdk, tr.module, tensors), sdk
+                tr.neuron_module, tr.sdk = neuron_sdk.compile_with_sdk(sdk, tr.module, tensors, neuron_device), sdk
             traces.append(tr)
-        return cls(plan.module, plan.name, plan.device, plan.inputs, plan.outputs, traces, dict(ops))
+        return cls(plan.module, plan.name, plan.device, plan.inputs, plan.outputs, traces, dict(ops),
+                   neuron_device=neuron_device)
 
     def run(self, args: list) -> tuple:
         """Run the trace whose bucket matches the inputs' shapes; returns the partition's outputs. A shape
@@ -270,7 +287,7 @@ class TorchScriptStage(Stage):
         stem = f"{self.name}.fx"
         files = [os.path.basename(f) for f in serialize.save_graph_module(self.module, directory, stem=stem)]
         entries, outside = [], set()
-        listed = neuron_operators()
+        listed = neuron_operators(self.neuron_device)
         for pending in list(self.traces):
             tr = pending if pending.module is not None else self._trace_now(
                 pending, [_example_value(s) for s in pending.inputs])
@@ -284,7 +301,8 @@ class TorchScriptStage(Stage):
                      "inputs": tr.inputs, "n_outputs": tr.n_outputs,
                      "constants": {str(k): v for k, v in tr.constants.items()},
                      "max_abs_error": tr.max_abs_error,
-                     "compile": neuron_sdk.compile_snippets(ts_file, tr.tensor_specs())}
+                     "compile": neuron_sdk.compile_snippets(ts_file, tr.tensor_specs(), self.neuron_device),
+                     "compile_script": "inf1" if self.neuron_device == "inf1" else "inf2_trn1"}
             if tr.neuron_module is not None:  # pragma: no cover - needs the Neuron SDK
                 out = entry["compile"]["inf2_trn1" if tr.sdk == "torch_neuronx" else "inf1"]["output"]
                 torch.jit.save(tr.neuron_module, os.path.join(directory, out))
@@ -293,7 +311,8 @@ class TorchScriptStage(Stage):
                 files.append(out)
             entries.append(entry)
         return {"files": sorted(files), "fx": stem, "traces": entries, "ops": dict(sorted(self.ops.items())),
-                "op_list": data_source(TARGET),
+                "neuron_device": self.neuron_device,
+                "op_list": data_source(TARGET, self.neuron_device),
                 "torchscript_ops_not_in_list": sorted(outside),
                 "steps": self.steps()}
 
@@ -301,7 +320,8 @@ class TorchScriptStage(Stage):
         """``{"done_here": [...], "left_for_target": [...]}`` for this partition, honestly."""
         n_ops = sum(self.ops.values())
         buckets = ", ".join(t.key for t in self.traces)
-        done = [f"op check against the torch-neuron operator list passed ({n_ops} ops, {len(self.ops)} kinds)"]
+        done = [f"op check against the {_toolchain(self.neuron_device)} operator list passed ({n_ops} ops, "
+                f"{len(self.ops)} kinds)"]
         if self.loaded_from == "compile":
             errors = [t.max_abs_error for t in self.traces if t.max_abs_error is not None]
             done.append(f"traced to static-shape TorchScript ({len(self.traces)} bucket shape(s): {buckets})")
@@ -313,7 +333,9 @@ class TorchScriptStage(Stage):
             done.append(f"compiled with {compiled[0].sdk}.trace here (untested path)")
             left = ["run and check numerics on Neuron hardware"]
         else:
-            left = [f"neuron compile (torch_neuron.trace for Inf1 / torch_neuronx.trace for Inf2/Trn1) of "
+            how = ("torch_neuron.trace for Inf1" if self.neuron_device == "inf1"
+                   else f"torch_neuronx.trace --target {self.neuron_device}")
+            left = [f"neuron compile ({how}) of "
                     f"{len(self.traces)} TorchScript file(s) on an SDK host: scripts in manifest.json",
                     "numerics check on Neuron hardware"]
         return {"done_here": done, "left_for_target": left}
@@ -342,7 +364,8 @@ class TorchScriptStage(Stage):
             else:
                 traces.append(_pending_trace(name, entry["inputs"], rec))
         return cls(module, name, entry.get("device", TARGET), entry["inputs"], entry["outputs"], traces, ops,
-                   loaded_from="torchscript" if mode == "torchscript" else "fx-retrace")
+                   loaded_from="torchscript" if mode == "torchscript" else "fx-retrace",
+                   neuron_device=_generation(entry.get("neuron_device")))
 
 
 # the largest tensor a recorded trace shape may describe (elements): 2**31, 8 GiB of float32
@@ -475,7 +498,9 @@ def _fetch(module: torch.nn.Module, target: str) -> Any:
 class NeuronBackend(BackendDefaults):
     """Compile accelerator partitions to static-shape TorchScript for AWS Neuron (see the module docstring).
 
-    Options: ``buckets`` (batch sizes, ``;``-separated: ``1;4;16``), ``seq_buckets`` (sequence sizes),
+    Options: ``device`` (the Neuron generation: ``inf1`` (default), ``inf2``, ``trn1``, ``trn2``; picks the op
+    list and the torch-neuronx ``--target``), ``buckets`` (batch sizes, ``;``-separated: ``1;4;16``),
+    ``seq_buckets`` (sequence sizes),
     ``seq_dim`` (``auto``, a symbol such as ``s27``, or a dim index), ``instances`` (model copies loaded on
     as many NeuronCores; > 1 sets NEURON_RT_MULTI_INSTANCE_SHARED_WEIGHTS)."""
 
@@ -486,9 +511,15 @@ class NeuronBackend(BackendDefaults):
     seq_buckets: str = ""
     seq_dim: str = "auto"
     instances: int = 1
+    device: str = "inf1"
     _sizes: tuple = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        key = str(self.device).strip().lower()
+        if key not in NEURON_DEVICES:
+            raise InputError(f"backend 'neuron': device={str(self.device)[:40]!r} is not a Neuron generation; "
+                             f"valid devices: {', '.join(NEURON_DEVICES)}")
+        object.__setattr__(self, "device", key)
         object.__setattr__(self, "_sizes", (parse_sizes("buckets", self.buckets),
                                             parse_sizes("seq_buckets", self.seq_buckets)))
         if self.instances < 1:
@@ -496,8 +527,12 @@ class NeuronBackend(BackendDefaults):
 
     def options(self) -> dict:
         """The options as saved in the manifest's ``backend_options``."""
-        return {"buckets": list(self._sizes[0]), "seq_buckets": list(self._sizes[1]), "seq_dim": self.seq_dim,
-                "instances": self.instances}
+        return {"device": self.device, "buckets": list(self._sizes[0]), "seq_buckets": list(self._sizes[1]),
+                "seq_dim": self.seq_dim, "instances": self.instances}
+
+    def support(self):
+        """The op-support table of this backend's Neuron generation (``support_table("neuron", device)``)."""
+        return support_table(TARGET, device=self.device)
 
     def compile(self, program: Program) -> NeuronCompiled:
         """Compile ``program`` (left unmodified): op check, one TorchScript trace per accelerator partition and
@@ -512,16 +547,16 @@ class NeuronBackend(BackendDefaults):
                              self._sizes[1], self.seq_dim, prog.name)
         accel = [p for p in plans if p.device != "cpu"]
         for p in accel:  # fail fast, before tracing anything
-            check_ops(p)
+            check_ops(p, self.device)
         wanted = {name for p in accel for name in (*p.inputs, *p.outputs)}
         envs = [(a, record_values(prog, example_at(flat, bplan, a), wanted)) for a in bplan.assignments()]
-        sdk = neuron_sdk.available_sdk()
+        sdk = neuron_sdk.available_sdk(self.device)
 
         def compile_stage(plan: StagePlan) -> Stage:
             examples = [(a, [env[n] for n in plan.inputs], tuple(env[n] for n in plan.outputs)) for a, env in envs]
-            return TorchScriptStage.compile(plan, examples, sdk)
+            return TorchScriptStage.compile(plan, examples, sdk, neuron_device=self.device)
 
-        extra = {"backend_options": self.options(), "buckets": bplan.to_json(),
+        extra = {"backend_options": self.options(), "neuron_device": self.device, "buckets": bplan.to_json(),
                  "runtime_settings": neuron_sdk.runtime_settings(self.instances),
                  "neuron_sdk": sdk or f"not importable here; {neuron_sdk.SDK_INSTALL}"}
         pc = compile_partitioned(prog, BACKEND, TARGET, compile_stage, extra=extra)

@@ -2,8 +2,8 @@
 
 - :func:`compile_snippets`: for one traced partition file, the exact Python to run on an SDK host:
   ``torch_neuron.trace`` (Inf1, NeuronCore-v1, neuron-cc; torch <= 1.13) and ``torch_neuronx.trace``
-  (Inf2/Trn1, NeuronCore-v2, neuronx-cc; torch up to 2.9), each loading the partition's TorchScript file and
-  saving the compiled module beside it.
+  (Inf2/Trn1 NeuronCore-v2, Trn2 NeuronCore-v3, neuronx-cc; torch up to 2.9, ``--target`` set from the
+  backend's ``device``), each loading the partition's TorchScript file and saving the compiled module beside it.
 - :func:`runtime_settings`: the Neuron runtime environment (``NEURON_RT_NUM_CORES``,
   ``NEURON_RT_VISIBLE_CORES``, and ``NEURON_RT_MULTI_INSTANCE_SHARED_WEIGHTS=TRUE`` when several instances of
   the same compiled model are loaded: the runtime then keeps one copy of the weights; runtime 2.11+).
@@ -19,11 +19,19 @@ from __future__ import annotations
 
 import importlib.util
 
-__all__ = ["INF1_ARGS", "NEURONX_ARGS", "compile_snippets", "runtime_settings", "available_sdk",
+__all__ = ["INF1_ARGS", "NEURONX_ARGS", "neuronx_args", "compile_snippets", "runtime_settings", "available_sdk",
            "compile_with_sdk", "SDK_INSTALL"]
 
 INF1_ARGS = ["--fast-math", "none"]
 NEURONX_ARGS = ["--target", "inf2", "--auto-cast", "none"]
+_CORES = {"inf1": "NeuronCore-v1", "inf2": "NeuronCore-v2", "trn1": "NeuronCore-v2", "trn2": "NeuronCore-v3"}
+
+
+def neuronx_args(device: str | None = None) -> list[str]:
+    """neuronx-cc arguments for ``device`` (``inf2``, ``trn1``, ``trn2``; ``inf1`` or None -> ``inf2``, the
+    torch-neuronx script's default): ``--target <device> --auto-cast none``."""
+    target = device if device in ("inf2", "trn1", "trn2") else "inf2"
+    return ["--target", target, "--auto-cast", "none"]
 SDK_INSTALL = ("install the AWS Neuron SDK from AWS's own package index "
                "(pip install --extra-index-url https://pip.repos.neuron.amazonaws.com torch-neuronx neuronx-cc), "
                "not the PyPI placeholders")
@@ -34,11 +42,14 @@ def _example_expr(inputs: list[dict]) -> str:
     return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
 
 
-def compile_snippets(ts_file: str, inputs: list[dict]) -> dict[str, dict]:
+def compile_snippets(ts_file: str, inputs: list[dict], device: str | None = None) -> dict[str, dict]:
     """The compile commands for one traced partition file ``ts_file`` whose inputs are ``inputs``
     (``[{"name", "shape": [ints], "dtype"}]``). Returns ``{"inf1": {...}, "inf2_trn1": {...}}``, each with
     ``python`` (a complete script: run it in the artifact directory on an SDK host), ``output`` (the file it
-    writes), ``toolchain`` and ``note``."""
+    writes), ``toolchain`` and ``note``. ``device`` (``inf2``/``trn1``/``trn2``) sets the torch-neuronx
+    script's ``--target`` (default ``inf2``); both scripts are always written."""
+    nx_args = neuronx_args(device)
+    nx_device = nx_args[1]
     stem = ts_file[: -len(".torchscript.pt")] if ts_file.endswith(".torchscript.pt") else ts_file
     example = _example_expr(inputs)
     inf1_out, nx_out = f"{stem}.neuron.pt", f"{stem}.neuronx.pt"
@@ -52,10 +63,10 @@ def compile_snippets(ts_file: str, inputs: list[dict]) -> dict[str, dict]:
     )
     neuronx = (
         "import torch\n"
-        "import torch_neuronx  # AWS Neuron SDK for Inf2/Trn1 (torch <= 2.9)\n"
+        "import torch_neuronx  # AWS Neuron SDK for Inf2/Trn1/Trn2 (torch <= 2.9)\n"
         f"model = torch.jit.load({ts_file!r})\n"
         f"example_inputs = {example}\n"
-        f"neuron_model = torch_neuronx.trace(model, example_inputs, compiler_args={NEURONX_ARGS!r})\n"
+        f"neuron_model = torch_neuronx.trace(model, example_inputs, compiler_args={nx_args!r})\n"
         f"torch.jit.save(neuron_model, {nx_out!r})\n"
     )
     return {
@@ -64,8 +75,9 @@ def compile_snippets(ts_file: str, inputs: list[dict]) -> dict[str, dict]:
                          "_native_batch_norm_legit_no_training); if torch.jit.load fails there, re-trace the "
                          "original model with torch 1.13 at these shapes"},
         "inf2_trn1": {"python": neuronx, "output": nx_out,
-                      "toolchain": "torch-neuronx + neuronx-cc (NeuronCore-v2)",
-                      "note": "use --target trn1 for Trn1; TorchScript written by torch 2.13 must load in the "
+                      "toolchain": f"torch-neuronx + neuronx-cc ({nx_device}, {_CORES[nx_device]})",
+                      "note": f"compiles for --target {nx_device} (inf2, trn1 or trn2; set by the backend's "
+                              "device option); TorchScript written by torch 2.13 must load in the "
                               "SDK's torch (<= 2.9): untested here"},
     }
 
@@ -81,17 +93,23 @@ def runtime_settings(instances: int) -> dict[str, str]:
     return settings
 
 
-def available_sdk() -> str | None:
-    """``"torch_neuronx"`` or ``"torch_neuron"`` when that SDK package imports here, else None."""
-    for name in ("torch_neuronx", "torch_neuron"):
+def available_sdk(device: str | None = None) -> str | None:
+    """``"torch_neuronx"`` or ``"torch_neuron"`` when that SDK package imports here, else None. With
+    ``device``, only the generation's own SDK counts: torch_neuron for ``inf1``, torch_neuronx for the others."""
+    names = ("torch_neuronx", "torch_neuron")
+    if device is not None:
+        names = ("torch_neuron",) if device == "inf1" else ("torch_neuronx",)
+    for name in names:
         if importlib.util.find_spec(name) is not None:
             return name
     return None
 
 
-def compile_with_sdk(sdk: str, module, example_inputs: tuple):  # pragma: no cover - needs the Neuron SDK
+def compile_with_sdk(sdk: str, module, example_inputs: tuple,
+                     device: str | None = None):  # pragma: no cover - needs the Neuron SDK
     """Compile ``module`` (a traced ScriptModule) with ``sdk`` (see :func:`available_sdk`) at
-    ``example_inputs``; returns the Neuron ScriptModule. UNTESTED: the SDK does not install with torch 2.13."""
+    ``example_inputs`` (torch-neuronx: for ``--target device``); returns the Neuron ScriptModule. UNTESTED: the
+    SDK does not install with torch 2.13."""
     lib = importlib.import_module(sdk)
-    args = NEURONX_ARGS if sdk == "torch_neuronx" else INF1_ARGS
+    args = neuronx_args(device) if sdk == "torch_neuronx" else INF1_ARGS
     return lib.trace(module, example_inputs, compiler_args=list(args))

@@ -29,6 +29,9 @@ __all__ = [
     "PROFILES",
     "CPU",
     "INF1",
+    "INF2",
+    "TRN1",
+    "TRN2",
     "T4",
     "H100",
     "get_profile",
@@ -133,6 +136,68 @@ INF1 = DeviceProfile(
     description="one AWS Inferentia NeuronCore-v1 (1/4 chip: 16 TFLOPS bf16, 12.5 GiB/s)",
 )
 
+# Inf2, Trn1 and Trn2 sources: AWS Neuron docs, "Neuron hardware" pages (aws-neuron/aws-neuron-sdk
+# about-neuron/arch/neuron-hardware/{inferentia2,trainium,trainium2,neuron-core-v2,neuron-core-v3}.rst,
+# https://awsdocs-neuron.readthedocs-hosted.com/en/latest/about-neuron/arch/neuron-hardware/), read 2026-12-02.
+# As for inf1, one profile is one NeuronCore: the chip's figures divided by its core count (the cores share the
+# HBM; dividing both keeps the chip's ridge point). peak_flops is the dense bf16 rate (neuronx-cc's default
+# --auto-cast casts fp32 matmuls to bf16); peak_flops_fp32 is the documented fp32 rate. AWS publishes no host
+# (PCIe) figure on these pages: each link figure below is an assumption.
+
+# --- inf2: one NeuronCore-v2 of an AWS Inferentia2 chip -------------------------------------------
+# "Inferentia2 Architecture": two NeuronCore-v2 per chip, delivering 190 FP16/BF16/cFP8/TF32 TFLOPS and
+# 47.5 FP32 TFLOPS; 32 GiB of HBM with 820 GiB/s of bandwidth. One core = half: 95 TFLOPS bf16 (the
+# NeuronCore-v2 page: "over 90 TFLOPS of FP16/BF16" per TensorEngine), 23.75 TFLOPS fp32, 410 GiB/s.
+# Host link: assumed a PCIe Gen4 x16-class link (31.5 GB/s per direction) and 20 us per transfer (as inf1);
+# both assumptions.
+INF2 = DeviceProfile(
+    name="inf2",
+    peak_flops=190e12 / 2,
+    mem_bandwidth=820 * _GiB / 2,
+    link_bandwidth=31.5e9,
+    link_latency=20e-6,
+    kind="accelerator",
+    precision="bf16/fp16 dense",
+    peak_flops_fp32=47.5e12 / 2,
+    description="one AWS Inferentia2 NeuronCore-v2 (1/2 chip: 95 TFLOPS bf16, 23.75 TFLOPS fp32, 410 GiB/s HBM)",
+)
+
+# --- trn1: one NeuronCore-v2 of an AWS Trainium (first generation) chip ----------------------------
+# "Trainium Architecture": two NeuronCore-v2 per chip, delivering 190 FP16/BF16/cFP8/TF32 TFLOPS and
+# 47.5 FP32 TFLOPS; 32 GiB of device memory with 820 GiB/s of bandwidth (the same core and memory figures as
+# Inferentia2). One core = half: 95 TFLOPS bf16, 23.75 TFLOPS fp32, 410 GiB/s.
+# Host link: assumed PCIe Gen4 x16-class (31.5 GB/s per direction), 20 us per transfer; assumptions.
+TRN1 = DeviceProfile(
+    name="trn1",
+    peak_flops=190e12 / 2,
+    mem_bandwidth=820 * _GiB / 2,
+    link_bandwidth=31.5e9,
+    link_latency=20e-6,
+    kind="accelerator",
+    precision="bf16/fp16 dense",
+    peak_flops_fp32=47.5e12 / 2,
+    description="one AWS Trainium NeuronCore-v2 (1/2 chip: 95 TFLOPS bf16, 23.75 TFLOPS fp32, 410 GiB/s HBM)",
+)
+
+# --- trn2: one NeuronCore-v3 of an AWS Trainium2 chip ---------------------------------------------
+# "Trainium2 Architecture": eight NeuronCore-v3 per chip that collectively deliver 667 BF16/FP16/TF32 TFLOPS
+# (dense; 1,299 FP8, 2,563 sparse) and 181 FP32 TFLOPS; 96 GiB of device memory with 2.9 TB/s of bandwidth.
+# One core = an eighth: 83.4 TFLOPS bf16, 22.6 TFLOPS fp32, 362.5 GB/s. (The NeuronCore-v3 page gives
+# 79 BF16 TFLOPS for one core's TensorEngine alone; the chip total is used, as for the other generations.)
+# This is one physical core (LNC=1); Trn2's default logical core (LNC=2) is two of them.
+# Host link: assumed PCIe Gen5 x16-class (63 GB/s per direction), 20 us per transfer; assumptions.
+TRN2 = DeviceProfile(
+    name="trn2",
+    peak_flops=667e12 / 8,
+    mem_bandwidth=2.9e12 / 8,
+    link_bandwidth=63e9,
+    link_latency=20e-6,
+    kind="accelerator",
+    precision="bf16/fp16 dense",
+    peak_flops_fp32=181e12 / 8,
+    description="one AWS Trainium2 NeuronCore-v3 (1/8 chip: 83.4 TFLOPS bf16, 22.6 TFLOPS fp32, 362.5 GB/s HBM)",
+)
+
 # --- t4: NVIDIA T4 (Turing, 70 W PCIe card) -------------------------------------------------------
 # NVIDIA T4 datasheet: 8.1 TFLOPS single precision, 65 TFLOPS mixed precision (FP16/FP32, tensor cores,
 # dense), 130 INT8 TOPS; 16 GB GDDR6 at 320 GB/s; PCIe Gen3 x16 (32 GB/s bidirectional => ~15.75 GB/s
@@ -166,7 +231,7 @@ H100 = DeviceProfile(
 )
 
 #: Built-in profiles by name.
-PROFILES: dict[str, DeviceProfile] = {p.name: p for p in (CPU, INF1, T4, H100)}
+PROFILES: dict[str, DeviceProfile] = {p.name: p for p in (CPU, INF1, INF2, TRN1, TRN2, T4, H100)}
 
 
 def get_profile(name: str | DeviceProfile) -> DeviceProfile:

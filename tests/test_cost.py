@@ -322,7 +322,7 @@ def test_transfer_time_is_latency_plus_bytes_over_bandwidth():
 
 
 def test_get_profile_unknown_name_lists_valid_ones():
-    with pytest.raises(InputError, match="cpu, h100, inf1, t4"):
+    with pytest.raises(InputError, match="cpu, h100, inf1, inf2, t4, trn1, trn2"):
         get_profile("tpu-v9")
     assert get_profile("H100") is PROFILES["h100"]
 

@@ -9,11 +9,22 @@ Our graphs are core ATen (``aten.addmm.default``, ``aten.convolution.default``,
 so each has an explicit mapping from a core-ATen *op packet* (the op name without overload: ``addmm``,
 ``convolution``) to the names its toolchain lists:
 
-- ``neuron`` (torch-neuron on Inf1): the documented TorchScript operator list (``ir/targets/data/
-  neuron_inf1_ops.json``, 174 names such as ``aten::linear``, ``aten::_convolution``). A core-ATen packet is
-  supported when one of the TorchScript names it comes from (:data:`NEURON_FROM_ATEN`; by default
-  ``aten::<packet>``) is in that list. ``aten::embedding`` and ``aten::embedding_bag`` are absent, so
-  embeddings stay on the CPU.
+- ``neuron``: one table per Neuron generation (:data:`NEURON_DEVICES`; ``support_table("neuron",
+  device="inf2")``; the default device is ``inf1``):
+
+  - ``inf1`` (torch-neuron, NeuronCore-v1): the documented TorchScript operator list (``ir/targets/data/
+    neuron_inf1_ops.json``, 174 names such as ``aten::linear``, ``aten::_convolution``). A core-ATen packet is
+    supported when one of the TorchScript names it comes from (:data:`NEURON_FROM_ATEN`; by default
+    ``aten::<packet>``) is in that list. ``aten::embedding`` and ``aten::embedding_bag`` are absent, so
+    embeddings stay on the CPU.
+  - ``inf2``, ``trn1``, ``trn2`` (torch-neuronx, NeuronCore-v2/v3): the documented torch-neuronx list
+    (``ir/targets/data/neuron_neuronx_ops.json``: 41 *ATen-level* names, ``aten::_softmax``, ``aten::addmm``,
+    ``aten::embedding``...; one page for all three). Being ATen-level, names compare with our packets almost
+    directly (:data:`NEURONX_FROM_ATEN`; by default ``aten::<packet>`` or its in-place form ``aten::<packet>_``,
+    since functionalization turns the listed ``fill_``/``zero_``/``addcdiv_`` into ``fill``/``zero``/``addcdiv``).
+    ``aten::embedding`` is in it, ``aten::embedding_bag`` is not. The page is short and training-oriented
+    (backward ops; no convolution, layer norm, cat or gelu) and AWS says neuronx-cc, not a static list,
+    decides support (``torch_neuronx.analyze``): the table is what is *documented*, a lower bound.
 - ``tensorrt`` (the ONNX route): :data:`ONNX_FROM_ATEN` maps a packet to the ONNX ops ``torch.onnx.export``
   emits for it; every one of them must be marked supported in the onnx-tensorrt matrix
   (``ir/targets/data/tensorrt_onnx_ops.json``), and the node's input dtypes must be in the *first* ONNX op's
@@ -49,7 +60,7 @@ __all__ = [
     "TARGETS", "DEFAULT_PROFILES", "NEURON_FROM_ATEN", "ONNX_FROM_ATEN", "xla_ops",
     "BOOKKEEPING_OPS",
     "SupportTable", "support_table", "packet_name", "is_bookkeeping", "neuron_operators", "tensorrt_operators",
-    "data_source",
+    "data_source", "NEURON_DEVICES", "DEFAULT_NEURON_DEVICE", "NEURONX_FROM_ATEN", "neuron_device",
 ]
 
 #: The accelerator targets ``split`` knows, and the device profile (``fxopt.ir.devices``) each defaults to.
@@ -91,6 +102,28 @@ NEURON_FROM_ATEN: dict[str, tuple[str, ...]] = {
     "logical_or": ("aten::logical_or",),
     "bitwise_and": ("aten::__and__",),
     "div": ("aten::div", "aten::true_divide"),
+}
+
+#: The Neuron generations with an op-support table (and a device profile of the same name in
+#: ``fxopt.ir.devices``): ``inf1`` uses torch-neuron's list; ``inf2``, ``trn1``, ``trn2`` torch-neuronx's.
+NEURON_DEVICES = ("inf1", "inf2", "trn1", "trn2")
+DEFAULT_NEURON_DEVICE = "inf1"
+_NEURON_DATA = {"inf1": "neuron_inf1_ops.json", "inf2": "neuron_neuronx_ops.json",
+                "trn1": "neuron_neuronx_ops.json", "trn2": "neuron_neuronx_ops.json"}
+
+#: Core-ATen packet -> the ATen-level names (as in the torch-neuronx list) it stands for, for inf2/trn1/trn2.
+#: A packet not listed here maps to ``aten::<packet>`` and its in-place form ``aten::<packet>_`` (the list
+#: names ``fill_``, ``zero_``, ``addcdiv_``, ``bernoulli_``; a functionalized graph has ``fill``, ``zero``...).
+NEURONX_FROM_ATEN: dict[str, tuple[str, ...]] = {
+    # the core-ATen forms of aten::native_batch_norm (eval / train without running stats)
+    "_native_batch_norm_legit_no_training": ("aten::native_batch_norm",),
+    "_native_batch_norm_legit": ("aten::native_batch_norm",),
+    # aten::_s_where: where's internal kernel in older torch releases (the list has it, not aten::where)
+    "where": ("aten::where", "aten::_s_where"),
+    # core ATen's strided/permuted forms of aten::empty
+    "empty_strided": ("aten::empty",),
+    "empty_permuted": ("aten::empty",),
+    "_embedding_bag": ("aten::embedding_bag", "aten::_embedding_bag"),   # absent: embedding bags stay on the CPU
 }
 
 # --------------------------------------------------------------------------------------------- tensorrt
@@ -172,9 +205,26 @@ def _load(filename: str) -> dict:
     return json.loads(text)
 
 
-def neuron_operators() -> frozenset[str]:
-    """The TorchScript operator names torch-neuron (Inf1) supports, from the shipped data file."""
-    return frozenset(_load("neuron_inf1_ops.json")["operators"])
+def neuron_device(device: str | None = None) -> str:
+    """``device`` as one of :data:`NEURON_DEVICES` (lower-cased; None -> :data:`DEFAULT_NEURON_DEVICE`).
+    Anything else is a one-line InputError naming the valid devices."""
+    if device is None:
+        return DEFAULT_NEURON_DEVICE
+    key = str(device).strip().lower()
+    if key not in NEURON_DEVICES:
+        raise InputError(f"unknown neuron device {str(device)[:40]!r}; valid devices: {', '.join(NEURON_DEVICES)}")
+    return key
+
+
+@functools.lru_cache(maxsize=None)
+def _neuron_operators(device: str) -> frozenset[str]:
+    return frozenset(_load(_NEURON_DATA[device])["operators"])
+
+
+def neuron_operators(device: str | None = None) -> frozenset[str]:
+    """The operator names the Neuron generation ``device`` documents (default ``inf1``): torch-neuron's
+    TorchScript-level list for ``inf1``, torch-neuronx's ATen-level list for ``inf2``/``trn1``/``trn2``."""
+    return _neuron_operators(neuron_device(device))
 
 
 def tensorrt_operators() -> dict[str, dict]:
@@ -182,10 +232,13 @@ def tensorrt_operators() -> dict[str, dict]:
     return dict(_load("tensorrt_onnx_ops.json")["operators"])
 
 
-def data_source(target: str) -> str:
-    """Where ``target``'s support data comes from (one line)."""
+def data_source(target: str, device: str | None = None) -> str:
+    """Where ``target``'s support data comes from (one line); ``device`` picks the Neuron generation (see
+    :func:`support_table`)."""
     if target == "neuron":
-        return _load("neuron_inf1_ops.json")["source"]
+        return _load(_NEURON_DATA[neuron_device(device)])["source"]
+    if device is not None:
+        raise InputError(f"device={device!r} applies to target 'neuron' only, not '{target}'")
     if target == "tensorrt":
         return _load("tensorrt_onnx_ops.json")["source"]
     return _load("xla_ops.json")["source"]
@@ -250,6 +303,7 @@ class SupportTable:
     target: str
     check: Callable[[torch.fx.Node, str], str | None]
     dtype_sensitive: bool = False
+    device: str | None = None   # the Neuron generation (NEURON_DEVICES) for target "neuron", else None
 
     def dtype_key(self, node: torch.fx.Node) -> tuple | None:
         """What besides the op decides support: the input dtypes for dtype-sensitive targets, else None, and
@@ -288,11 +342,26 @@ class SupportTable:
 
 
 def _neuron_check(node: torch.fx.Node, packet: str) -> str | None:
+    """inf1: the torch-neuron TorchScript-level list."""
     names = NEURON_FROM_ATEN.get(packet, (f"aten::{packet}",))
-    ops = neuron_operators()
+    ops = neuron_operators("inf1")
     if any(name in ops for name in names):
         return None
     return f"{'/'.join(names) or packet} is not in the torch-neuron (Inf1) operator list"
+
+
+def _neuronx_check(device: str) -> Callable[[torch.fx.Node, str], str | None]:
+    """inf2/trn1/trn2: the torch-neuronx ATen-level list."""
+    def check(node: torch.fx.Node, packet: str) -> str | None:
+        names = NEURONX_FROM_ATEN.get(packet, (f"aten::{packet}", f"aten::{packet}_"))
+        ops = neuron_operators(device)
+        if any(name in ops for name in names):
+            return None
+        return (f"{'/'.join(names) or packet} is not in the documented torch-neuronx operator list "
+                f"({device.capitalize()}; neuronx-cc may compile more: check with torch_neuronx.analyze on an "
+                "SDK host)")
+    check.__name__ = f"_neuronx_check_{device}"
+    return check
 
 
 def _tensorrt_check(node: torch.fx.Node, packet: str) -> str | None:
@@ -333,9 +402,23 @@ def _xla_check(node: torch.fx.Node, packet: str) -> str | None:
 _CHECKS = {"neuron": _neuron_check, "tensorrt": _tensorrt_check, "xla": _xla_check}
 
 
-def support_table(target: str) -> SupportTable:
-    """The :class:`SupportTable` of ``target`` (one of :data:`TARGETS`); unknown targets raise InputError."""
-    check = _CHECKS.get(target)
-    if check is None:
+def support_table(target: str, device: str | None = None) -> SupportTable:
+    """The :class:`SupportTable` of ``target`` (one of :data:`TARGETS`). For ``neuron``, ``device`` picks the
+    generation (:data:`NEURON_DEVICES`, default ``inf1``: torch-neuron's list; ``inf2``/``trn1``/``trn2``:
+    torch-neuronx's); other targets take no device. Unknown targets and devices raise InputError. Tables are
+    cached per ``(target, device)``."""
+    if target not in _CHECKS:
         raise InputError(f"no op-support table for target '{target}' (targets: {', '.join(TARGETS)})")
-    return SupportTable(target, check, dtype_sensitive=target == "tensorrt")
+    if target == "neuron":
+        return _support_table(target, neuron_device(device))
+    if device is not None:
+        raise InputError(f"device={device!r} applies to target 'neuron' only, not '{target}'")
+    return _support_table(target, None)
+
+
+@functools.lru_cache(maxsize=None)
+def _support_table(target: str, device: str | None) -> SupportTable:
+    check = _CHECKS[target]
+    if target == "neuron" and device != "inf1":
+        check = _neuronx_check(device)
+    return SupportTable(target, check, dtype_sensitive=target == "tensorrt", device=device)
