@@ -26,7 +26,8 @@ from typing import Literal
 import torch
 import torch.fx
 
-from fxopt.ir.targets import DEFAULT_PROFILES, TARGETS, data_source, packet_name, support_table
+from fxopt.ir.targets import (DEFAULT_PROFILES, NEURON_DEVICES, TARGETS, data_source, packet_name,
+                              support_table)
 from fxopt.errors import InputError
 from fxopt.ir.devices import PROFILES, get_profile
 from fxopt.ir.partitions import (REGION_KIND, extract_partitions, partition_module, partitions_region,
@@ -34,7 +35,9 @@ from fxopt.ir.partitions import (REGION_KIND, extract_partitions, partition_modu
 from fxopt.ir.program import Program
 from fxopt.passes.base import Pass, PassResult
 from fxopt.passes.split.partition import describe, form_partitions
-from fxopt.passes.split.placement import analyse, place
+from fxopt.passes.split.objectives import DEFAULT_PRICES, Busy, busy_of, objective_weights, score, \
+    sweep_throughput
+from fxopt.passes.split.placement import analyse, build_network, complete, cut_network, support_placement
 
 __all__ = ["Split", "extract_partitions", "partition_module", "run_partitions", "partitions_region",
            "split_program"]
@@ -45,22 +48,32 @@ class Split(Pass):
     """Place ops on the CPU or an accelerator and record acyclic partitions (see the module docstring).
 
     Options: ``target`` (neuron|tensorrt|xla, or auto: the program's target when it is one of those, else
-    xla), ``policy`` (cost: minimum estimated time including transfers; support: every supported op on the
-    accelerator), ``min_ops`` (smallest accelerator partition, in ops; smaller ones run on the CPU),
-    ``profile`` (accelerator device profile from ``fxopt.ir.devices.PROFILES``; auto: neuron->inf1,
-    tensorrt->t4, xla->h100)."""
+    xla), ``policy`` (cost: minimise the objective's estimate including transfers; support: every supported
+    op on the accelerator), ``objective`` (latency: one request's total time; throughput: the busiest of
+    CPU, accelerator and link per request, as a pipelined server sees it; cost: US$ per request at
+    ``price_cpu``/``price_acc`` $/h, 0 = the profiles' defaults), ``min_ops`` (smallest accelerator partition,
+    in ops; smaller ones run on the CPU), ``profile`` (accelerator device profile from
+    ``fxopt.ir.devices.PROFILES``; auto: neuron->inf1, tensorrt->t4, xla->h100)."""
 
     name = "split"
     ensures = frozenset({"shapes", "placement"})
 
     target: Literal["auto", "neuron", "tensorrt", "xla"] = "auto"
     policy: Literal["cost", "support"] = "cost"
+    objective: Literal["latency", "throughput", "cost"] = "latency"
     min_ops: int = 2
     profile: str = "auto"
+    price_cpu: float = 0.0
+    price_acc: float = 0.0
 
     def __post_init__(self) -> None:
         if self.min_ops < 1:
             raise InputError(f"pass 'split': min_ops must be >= 1, got {self.min_ops}")
+        for field_name in ("price_cpu", "price_acc"):
+            value = getattr(self, field_name)
+            if not (value >= 0 and value < float("inf")):
+                raise InputError(f"pass 'split': {field_name} must be a price in US$/h >= 0 (0: the default), "
+                                 f"got {value}")
         if self.profile != "auto":
             p = PROFILES.get(self.profile.lower())
             if p is None:
@@ -78,13 +91,22 @@ class Split(Pass):
         profile = DEFAULT_PROFILES[target] if self.profile == "auto" else self.profile.lower()
         return target, profile
 
+    def prices(self, cpu_name: str, acc_name: str) -> tuple[float, float]:
+        """(cpu, accelerator) US$/h: the options, or the defaults of the two profiles."""
+        return (self.price_cpu or DEFAULT_PRICES.get(cpu_name, DEFAULT_PRICES["cpu"]),
+                self.price_acc or DEFAULT_PRICES.get(acc_name, 1.0))
+
     def run(self, program: Program) -> PassResult:
         """Place and partition ``program``; modified only when placements, partitions or the region change."""
         target, profile = self.resolve(program)
+        acc = get_profile(profile)
         gc_was_enabled = gc.isenabled()
         gc.disable()  # the pass allocates many small lists; collections would rescan the whole FX graph
         try:
-            plan = split_program(program, target, get_profile(profile), self.policy, self.min_ops)
+            # a Neuron generation's profile (inf2, trn1, trn2) also picks that generation's operator list
+            device = acc.name if target == "neuron" and acc.name in NEURON_DEVICES else None
+            plan = split_program(program, target, acc, self.policy, self.min_ops, self.objective,
+                                 self.prices("cpu", acc.name), table=support_table(target, device))
         finally:
             if gc_was_enabled:
                 gc.enable()
@@ -94,6 +116,7 @@ class Split(Pass):
         if changed:
             for node in graph.nodes:
                 node.meta["placement"] = plan["placement"][node.name]
+                node.meta["placement_reason"] = plan["reason"][node.name]
                 if node.name in plan["partition"]:
                     node.meta["partition"] = plan["partition"][node.name]
                 else:
@@ -116,23 +139,28 @@ def _differs(graph: torch.fx.Graph, plan: dict, program: Program) -> bool:
             return True
         if node.meta.get("resident_on") != plan["resident_on"].get(node.name):
             return True
+        if node.meta.get("placement_reason") != plan["reason"][node.name]:
+            return True
     return partitions_region(program, required=False) != plan["region"]
 
 
-def split_program(program: Program, target: str, acc, policy: str = "cost", min_ops: int = 2) -> dict:
+def split_program(program: Program, target: str, acc, policy: str = "cost", min_ops: int = 2,
+                  objective: str = "latency", prices: tuple[float, float] | None = None, cpu=None,
+                  table=None) -> dict:
     """Compute (without writing anything) the placement and partitions of ``program`` for ``target`` on
-    accelerator profile ``acc``. Returns ``{"placement": {node name: device}, "partition": {name: partition},
-    "resident_on": {weight node name: [devices]}, "region": dict, "details": dict, "notes": [str]}``."""
+    accelerator profile ``acc`` (CPU profile ``cpu``, default the built-in one; support ``table``, default the
+    target's), minimising ``objective`` (:mod:`fxopt.passes.split.objectives`; ``prices`` = (cpu, accelerator)
+    US$/h for ``cost``). Returns ``{"placement": {node name: device}, "partition": {name: partition},
+    "resident_on": {weight node name: [devices]}, "reason": {node name: why}, "region": dict,
+    "details": dict, "notes": [str]}``."""
     start = time.perf_counter()
-    cpu = get_profile("cpu")
-    table = support_table(target)
+    cpu = cpu or get_profile("cpu")
+    table = table or support_table(target)
+    prices = prices or (DEFAULT_PRICES.get(cpu.name, DEFAULT_PRICES["cpu"]), DEFAULT_PRICES.get(acc.name, 1.0))
     graph = program.graph
     info = analyse(graph, table, cpu, acc)
     t_analyse = time.perf_counter()
-    placement = place(info, acc, policy)
-    t_place = time.perf_counter()
     nodes, kind = info.nodes, info.kind
-    on_acc = placement.on_acc
     n = len(nodes)
     is_call = [node.op == "call_function" for node in nodes]
     lazy = set()  # supported nodes computed from weights only: they join their first reader's partition
@@ -141,14 +169,74 @@ def split_program(program: Program, target: str, acc, policy: str = "cost", min_
                                                                   for j in info.inputs[i]):
             lazy.add(i)
     counted = [kind[i] not in ("getitem", "follow") for i in range(n)]
-    dev0 = [target if on_acc[i] else "cpu" for i in range(n)]
-    parts = form_partitions(is_call, info.inputs, info.users, dev0, lazy=lazy, counted=counted,
-                            min_ops=min_ops)
-    dev = list(dev0)
-    for p in parts:
-        for i in p.members:
-            dev[i] = p.device
-    fallbacks = sum(1 for i in range(n) if dev0[i] != dev[i] and dev[i] == "cpu" and counted[i])
+
+    def realise(on_acc: list):
+        """Partitions of a cut placement; returns (parts, devices, final on_acc, min_ops fallbacks)."""
+        dev0 = [target if on_acc[i] else "cpu" for i in range(n)]
+        parts = form_partitions(is_call, info.inputs, info.users, dev0, lazy=lazy, counted=counted,
+                                min_ops=min_ops)
+        dev = list(dev0)
+        for p in parts:
+            for i in p.members:
+                dev[i] = p.device
+        final = complete_weights([dev[i] != "cpu" and is_call[i] for i in range(n)])
+        fell = {i for i in range(n) if dev0[i] != dev[i] and dev[i] == "cpu" and counted[i]}
+        return parts, dev, final, fell
+
+    def complete_weights(on_acc: list) -> list:
+        for i in range(n):
+            if kind[i] == "weight":
+                on_acc[i] = any(on_acc[u] for u in info.users[i])
+        return on_acc
+
+    def rank(busy: Busy) -> tuple:
+        return (score(objective, busy, prices), busy.cpu + busy.acc + busy.link)
+
+    all_cpu = complete(info, [False] * n)
+    all_acc = complete(info, support_placement(info))
+    net = None
+    sweep = None
+    solver = "none"
+
+    def cost_placement():
+        nonlocal net, sweep, solver
+        net = build_network(info, acc)
+        if objective == "throughput":
+            def cut(weights):
+                result = cut_network(net, weights)
+                return complete(info, result.on_acc), result.cut_seconds
+            sweep = sweep_throughput(cut, lambda on: busy_of(info, on, acc), candidates=(all_cpu, all_acc))
+            solver = "auto"
+            return sweep["on_acc"]
+        result = cut_network(net, objective_weights(objective, prices))
+        solver = result.solver
+        return complete(info, result.on_acc)
+
+    chosen = all_acc if policy == "support" else cost_placement()
+    t_place = time.perf_counter()
+    parts, dev, final, fell = realise(chosen)
+    busy_after = busy_of(info, final, acc)
+    busy_before = busy_of(info, all_cpu, acc)
+    fallback = None
+    if policy == "cost":
+        # guarantee: never worse than running everything on the CPU, or every supported op on the accelerator
+        options = [("all-cpu", busy_before, None)]
+        if chosen is not all_acc:
+            acc_parts = realise(all_acc)
+            options.append(("all-accelerator", busy_of(info, acc_parts[2], acc), acc_parts))
+        for label, busy, realised in options:
+            if rank(busy) < rank(busy_after) and score(objective, busy, prices) < \
+                    score(objective, busy_after, prices) * (1 - 1e-9):
+                fallback = label
+                busy_after = busy
+                if realised is None:
+                    parts, dev, final, fell = realise(all_cpu)
+                else:
+                    parts, dev, final, fell = realised
+    compare = None
+    if policy == "support" and any(chosen):
+        compare = busy_of(info, realise(cost_placement())[2], acc)
+    fallbacks = len(fell)
     t_part = time.perf_counter()
 
     counts = Counter(p.device for p in parts)
@@ -168,6 +256,8 @@ def split_program(program: Program, target: str, acc, policy: str = "cost", min_
     for rec in records:
         for name in rec["nodes"]:
             partition_of[name] = rec["name"]
+    reasons_of = placement_reasons(info, dev, placement_of, target, policy, objective, min_ops, fell, fallback,
+                                   acc.name)
 
     # estimated time: every op on its device, plus one transfer per crossing (value, reading partition)
     before = sum(info.times[i][0] for i in range(len(nodes)))
@@ -183,15 +273,33 @@ def split_program(program: Program, target: str, acc, policy: str = "cost", min_
         pk = packet_name(node.target) if node.op == "call_function" else node.op
         unsupported[pk] += 1
         reasons.setdefault(pk, why)
+    unit = "usd_per_million_requests" if objective == "cost" else "us_per_request"
+    scale = 1.0 if objective == "cost" else 1e6
+    estimate = {"objective": objective, "unit": unit,
+                "before": round(score(objective, busy_before, prices) * scale, 6),
+                "after": round(score(objective, busy_after, prices) * scale, 6),
+                "busy_us_before": busy_before.to_us(target), "busy_us_after": busy_after.to_us(target)}
+    if objective == "cost":
+        estimate["prices_usd_per_hour"] = {"cpu": prices[0], target: prices[1]}
+    if sweep is not None:
+        estimate["lower_bound"] = round(sweep["lower_bound"] * 1e6, 6)
+        estimate["cuts"] = sweep["cuts"]
+    if fallback:
+        estimate["fallback"] = fallback
+    if compare is not None:
+        estimate["cost_policy_after"] = round(score(objective, compare, prices) * scale, 6)
     region = {
         "kind": REGION_KIND,
         "target": target,
         "profile": acc.name,
         "policy": policy,
+        "objective": objective,
         "min_ops": min_ops,
         "partitions": records,
         "transfers": {"count": crossing.transfers, "bytes": crossing.bytes},
         "estimated_time": {"before": before, "after": after},
+        "estimate": estimate,
+        "unsupported": dict(sorted(unsupported.items())),
     }
     n_acc = sum(1 for i, n in enumerate(nodes) if n.op == "call_function" and dev[i] != "cpu")
     n_calls = sum(1 for n in nodes if n.op == "call_function")
@@ -199,6 +307,7 @@ def split_program(program: Program, target: str, acc, policy: str = "cost", min_
         "target": target,
         "profile": acc.name,
         "policy": policy,
+        "objective": objective,
         "ops": {"cpu": n_calls - n_acc, target: n_acc},
         "unsupported": dict(sorted(unsupported.items())),
         "partitions": {"cpu": counts.get("cpu", 0), target: counts.get(target, 0)},
@@ -206,22 +315,69 @@ def split_program(program: Program, target: str, acc, policy: str = "cost", min_
         "transfer_bytes": crossing.bytes,
         "edges_cut": crossing.edges_cut,
         "estimated_us": {"before": round(before * 1e6, 3), "after": round(after * 1e6, 3)},
+        "estimate": estimate,
         "min_ops_fallback_ops": fallbacks,
         "seconds": {"analyse": round(t_analyse - start, 4), "place": round(t_place - t_analyse, 4),
                     "partition": round(t_part - t_place, 4)},
-        "flow_network": {"vertices": placement.network_vertices, "edges": placement.network_edges,
-                         "solver": placement.solver},
+        "flow_network": {"vertices": len(net.free) + (net.size - n - 2) + 2 if net else 0,
+                         "edges": len(net.rows) if net else 0, "solver": solver},
     }
-    notes = [f"support data: {data_source(target)}"]
+    fmt = (lambda v: f"${v:.4g} per million requests") if objective == "cost" else (lambda v: f"{v:.4g} us")
+    notes = [f"support data: {data_source(target, getattr(table, 'device', None))}",
+             f"{objective} estimate ({acc.name} profile): {fmt(estimate['before'])} all on the CPU -> "
+             f"{fmt(estimate['after'])} (busy us: " + ", ".join(f"{k} {v:.4g}" for k, v in
+                                                               estimate["busy_us_after"].items()) + ")"]
+    if fallback:
+        notes.append(f"the {objective} cut's partitions estimated worse than the {fallback} placement, "
+                     f"so split used {fallback}")
+    if compare is not None:
+        notes.append(f"policy=support: {fmt(estimate['after'])} ({objective}); the cost policy would give "
+                     f"{fmt(estimate['cost_policy_after'])}")
     if n_acc == 0 and n_calls:
         notes.insert(0, f"nothing placed on {target}: " + (
-            f"the cost model ({acc.name} profile) estimates no placement faster than the CPU alone "
-            f"({before * 1e6:.3g} us); policy=support places every supported op on {target}"
-            if policy == "cost" else "no op is supported there"))
+            f"under objective={objective} the cost model ({acc.name} profile) estimates no placement better "
+            f"than the CPU alone ({fmt(estimate['before'])}); try split{{objective=throughput}} or "
+            f"policy=support" if policy == "cost" else "no op is supported there"))
     for pk, count in sorted(unsupported.items()):
         notes.append(f"on CPU (unsupported on {target}): {pk} x{count}: {reasons[pk]}")
     return {"placement": placement_of, "partition": partition_of, "resident_on": resident,
-            "region": region, "details": details, "notes": notes}
+            "reason": reasons_of, "region": region, "details": details, "notes": notes}
+
+
+def placement_reasons(info, dev: list, placement_of: dict, target: str, policy: str, objective: str,
+                      min_ops: int, fell: set, fallback: str | None, profile: str) -> dict:
+    """One line per node saying why it is where it is: pinned to the host (input, output, unsupported op with
+    its reason), weight residency, placed with its producer or input, fallen back below ``min_ops``, the
+    objective's fallback, or the cut's figures (its time on the CPU vs the accelerator)."""
+    nodes, kind = info.nodes, info.kind
+    out = {}
+    for i, node in enumerate(nodes):
+        k = kind[i]
+        if node.op == "placeholder":
+            why = "graph input: arrives on the host"
+        elif node.op == "output":
+            why = "graph output: returned to the host"
+        elif k == "weight":
+            why = f"weight: resident where it is read ({placement_of[node.name]})"
+        elif node.name in info.why_not:
+            why = f"unsupported on {target}: {info.why_not[node.name]}"
+        elif k == "getitem":
+            why = f"runs with its producer {nodes[info.leader[i]].name}"
+        elif k == "follow":
+            first = next((nodes[j].name for j in info.inputs[i] if kind[j] != "weight"), None)
+            why = f"bookkeeping: runs with its input {first}" if first else "bookkeeping: runs on the host"
+        elif i in fell:
+            why = f"min_ops: an accelerator island of fewer than {min_ops} ops runs on the CPU"
+        elif fallback:
+            why = f"fallback: the {fallback} placement estimated better than the {objective} cut"
+        elif policy == "support":
+            why = f"policy=support: every supported op on {target}"
+        else:
+            c, a = info.times[i]
+            why = (f"{objective} cut on {dev[i]}: {c * 1e6:.3g} us on the cpu vs {a * 1e6:.3g} us on {profile}, "
+                   f"with its neighbours' transfers")
+        out[node.name] = why
+    return out
 
 
 # ------------------------------------------------------------------------------------- using the partitions

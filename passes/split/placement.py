@@ -38,7 +38,8 @@ from fxopt.ir import cost as cost_mod
 from fxopt.ir.devices import DeviceProfile
 from fxopt.ir.program import value_bytes
 
-__all__ = ["PlacementInput", "Placement", "analyse", "place", "node_times", "is_tensor_value", "PS"]
+__all__ = ["PlacementInput", "Placement", "FlowNetwork", "analyse", "place", "build_network", "cut_network",
+           "complete", "support_placement", "node_times", "is_tensor_value", "PS"]
 
 PS = 1e12  # picoseconds per second: capacities are integer picoseconds
 
@@ -149,19 +150,31 @@ class Placement:
 
 
 def place(info: PlacementInput, acc: DeviceProfile, policy: str = "cost", solver: str = "auto",
-          flow_func=nx.algorithms.flow.preflow_push) -> Placement:
+          flow_func=nx.algorithms.flow.preflow_push, weights=(1.0, 1.0, 1.0)) -> Placement:
     """Decide the device of every node. Returns a :class:`Placement` whose ``on_acc[i]`` is True when node
     ``i`` runs on the accelerator. Weights get True when any user runs on the accelerator (the pass records
     where they are resident); bookkeeping nodes follow their first non-weight input. ``solver``: "networkx"
     (reference; ``flow_func`` per connected component), "scipy" (scipy's Dinic in C, much faster on large
-    graphs) or "auto" (scipy when it is installed)."""
-    n = len(info.nodes)
-    kind, leader = info.kind, info.leader
+    graphs) or "auto" (scipy when it is installed). ``weights``: (cpu, accelerator, link) multipliers of the
+    cut's capacities (1, 1, 1: minimum total time)."""
     if policy == "support":
-        result = Placement([k in ("free", "getitem") for k in kind])
+        result = Placement(support_placement(info))
     else:
-        result = _min_cut(info, acc, solver, flow_func)
-    on_acc = result.on_acc
+        result = _min_cut(info, acc, solver, flow_func, weights)
+    complete(info, result.on_acc)
+    return result
+
+
+def support_placement(info: PlacementInput) -> list:
+    """``on_acc`` with every op the target supports on the accelerator (before :func:`complete`)."""
+    return [k in ("free", "getitem") for k in info.kind]
+
+
+def complete(info: PlacementInput, on_acc: list) -> list:
+    """Fill in, in place, the nodes a cut does not decide: getitems run with their producer, bookkeeping nodes
+    with their first non-weight input, weights are on the accelerator when any user is. Returns ``on_acc``."""
+    kind, leader = info.kind, info.leader
+    n = len(kind)
     for i in range(n):  # graph order is topological: inputs are decided first
         k = kind[i]
         if k == "getitem":
@@ -172,14 +185,35 @@ def place(info: PlacementInput, acc: DeviceProfile, policy: str = "cost", solver
     for i in range(n):
         if kind[i] == "weight":
             on_acc[i] = any(on_acc[u] for u in info.users[i])
-    return result
+    return on_acc
 
 
 _INF = -1  # marks an infinite capacity in the edge lists
 
 
-def _min_cut(info: PlacementInput, acc: DeviceProfile, solver: str, flow_func) -> Placement:
-    """Build the flow network (vertex 0 = S, 1 = T, node i = i + 2, auxiliaries after) and cut it."""
+@dataclass
+class FlowNetwork:
+    """Stone's network for one graph, built once and cut under any weighting of the three resources.
+
+    Vertex 0 = S (CPU), 1 = T (accelerator), node i = ``vert[i]`` (-1: not in the network), auxiliaries after.
+    Edge k runs ``rows[k] -> cols[k]``; its capacity is ``w_cpu * cpu[k] + w_acc * acc[k] + w_link * link[k]``
+    seconds (``infinite[k]``: never cut). Terminal edges carry one op's time on one device, transfer edges the
+    link time of one value, so a cut under weights ``w`` costs ``w . (cpu busy, accelerator busy, link busy)``
+    of the placement it describes."""
+
+    rows: list
+    cols: list
+    cpu: list
+    acc: list
+    link: list
+    infinite: list
+    vert: list
+    free: set
+    size: int
+
+
+def build_network(info: PlacementInput, acc: DeviceProfile) -> FlowNetwork:
+    """The flow network of ``info`` for accelerator profile ``acc`` (see the module docstring)."""
     kind, leader, times, users = info.kind, info.leader, info.times, info.users
     n = len(kind)
     vert = [-1] * n
@@ -191,7 +225,14 @@ def _min_cut(info: PlacementInput, acc: DeviceProfile, solver: str, flow_func) -
             vert[i] = 0 if kind[leader[i]] == "pinned" else leader[i] + 2
     rows: list = []
     cols: list = []
-    caps: list = []
+    cpu_c: list = []
+    acc_c: list = []
+    link_c: list = []
+    inf: list = []
+
+    def edge(u, v, c=0.0, a=0.0, l=0.0, infinite=False):
+        rows.append(u), cols.append(v), cpu_c.append(c), acc_c.append(a), link_c.append(l), inf.append(infinite)
+
     to_acc = [0.0] * (n + 2)
     to_cpu = [0.0] * (n + 2)
     free = set()
@@ -201,14 +242,12 @@ def _min_cut(info: PlacementInput, acc: DeviceProfile, solver: str, flow_func) -
             free.add(v)
             to_cpu[v] += times[i][0]
             to_acc[v] += times[i][1]
-    for v in free:
+    for v in sorted(free):
         a, c = to_acc[v], to_cpu[v]
         if a > 0:
-            rows.append(0), cols.append(v), caps.append(max(1, round(a * PS)))
+            edge(0, v, a=a)
         if c > 0:
-            rows.append(v), cols.append(1), caps.append(max(1, round(c * PS)))
-    link_ps = acc.link_latency * PS
-    per_byte_ps = PS / acc.link_bandwidth
+            edge(v, 1, c=c)
     aux = n + 2
     for i in range(n):
         u = vert[i]
@@ -226,39 +265,58 @@ def _min_cut(info: PlacementInput, acc: DeviceProfile, solver: str, flow_func) -
                 consumers.add(w)
         if not consumers and not (pinned_consumer and u != 0):
             continue
-        t = max(1, round(link_ps + info.nbytes[i] * per_byte_ps)) if info.tensor[i] else 1
+        # a value that is not a tensor (a SymInt) costs 1 ps: it stays with its consumers, no transfer counted
+        t = acc.link_latency + info.nbytes[i] / acc.link_bandwidth if info.tensor[i] else 1 / PS
         if consumers:  # way out: u on the CPU, some consumer on the accelerator
             if len(consumers) == 1:
-                rows.append(u), cols.append(next(iter(consumers))), caps.append(t)
+                edge(u, next(iter(consumers)), l=t)
             else:
-                rows.append(u), cols.append(aux), caps.append(t)
-                for w in consumers:
-                    rows.append(aux), cols.append(w), caps.append(_INF)
+                edge(u, aux, l=t)
+                for w in sorted(consumers):
+                    edge(aux, w, infinite=True)
                 aux += 1
         if u != 0:  # way back: u on the accelerator, some consumer on the CPU
             if pinned_consumer:
-                rows.append(0), cols.append(u), caps.append(t)
+                edge(0, u, l=t)
             elif len(consumers) == 1:
-                rows.append(next(iter(consumers))), cols.append(u), caps.append(t)
+                edge(next(iter(consumers)), u, l=t)
             elif consumers:
-                for w in consumers:
-                    rows.append(w), cols.append(aux), caps.append(_INF)
-                rows.append(aux), cols.append(u), caps.append(t)
+                for w in sorted(consumers):
+                    edge(w, aux, infinite=True)
+                edge(aux, u, l=t)
                 aux += 1
+    return FlowNetwork(rows, cols, cpu_c, acc_c, link_c, inf, vert, free, aux)
+
+
+def cut_network(net: FlowNetwork, weights=(1.0, 1.0, 1.0), solver: str = "auto",
+                flow_func=nx.algorithms.flow.preflow_push) -> Placement:
+    """Minimum cut of ``net`` with capacities weighted by ``weights`` = (cpu, accelerator, link). Returns a
+    :class:`Placement` whose ``cut_seconds`` is the weighted sum of busy times the cut pays; ``on_acc`` covers
+    the network's nodes only (the caller fills getitems, bookkeeping and weights)."""
+    n = len(net.vert)
     on_acc = [False] * n
-    if not free:
+    if not net.free:
         return Placement(on_acc, 0.0, 0, 0, "none")
+    wc, wa, wl = (float(w) for w in weights)
+    caps = [_INF if f else max(1, round((wc * c + wa * a + wl * l) * PS))
+            for c, a, l, f in zip(net.cpu, net.acc, net.link, net.infinite)]
     if solver == "auto":
         solver = "scipy" if _scipy_flow() is not None else "networkx"
     if solver == "scipy":
-        cut_value, cpu_side = _cut_scipy(rows, cols, caps, aux)
+        cut_value, cpu_side = _cut_scipy(net.rows, net.cols, caps, net.size)
     else:
-        cut_value, cpu_side = _cut_networkx(rows, cols, caps, flow_func)
+        cut_value, cpu_side = _cut_networkx(net.rows, net.cols, caps, flow_func)
     for i in range(n):
-        v = vert[i]
+        v = net.vert[i]
         if v > 0:
             on_acc[i] = v not in cpu_side
-    return Placement(on_acc, cut_value / PS, len(free) + (aux - n - 2) + 2, len(rows), solver)
+    return Placement(on_acc, cut_value / PS, len(net.free) + (net.size - n - 2) + 2, len(net.rows), solver)
+
+
+def _min_cut(info: PlacementInput, acc: DeviceProfile, solver: str, flow_func,
+             weights=(1.0, 1.0, 1.0)) -> Placement:
+    """Build the flow network and cut it once (the latency objective: every resource weighted 1)."""
+    return cut_network(build_network(info, acc), weights, solver, flow_func)
 
 
 def _scipy_flow():
