@@ -52,17 +52,18 @@ class _Snapshot:
 
     def __init__(self, graph: torch.fx.Graph):
         self.rows = [(n, n.name, n.op, n.target, n.args, n.kwargs, tuple(x.name for x in n.all_input_nodes),
-                      n.meta.get("val"), n.meta.get("placement"), n.meta.get("provenance"), n.meta.get("cost"))
+                      n.meta.get("val"), n.meta.get("placement"), n.meta.get("provenance"), n.meta.get("cost"),
+                      n.meta.get("placement_reason"))
                      for n in graph.nodes]
 
     def render(self) -> list[dict]:
         out = []
-        for _node, name, op, target, args, kwargs, inputs, val, placement, prov, cost in self.rows:
-            out.append(_record(name, op, target, args, kwargs, inputs, val, placement, prov, cost))
+        for _node, name, op, target, args, kwargs, inputs, val, placement, prov, cost, why in self.rows:
+            out.append(_record(name, op, target, args, kwargs, inputs, val, placement, prov, cost, why))
         return out
 
 
-def _record(name, op, target, args, kwargs, inputs, val, placement, prov, cost) -> dict:
+def _record(name, op, target, args, kwargs, inputs, val, placement, prov, cost, why=None) -> dict:
     text = ", ".join([_arg_text(a) for a in args] + [f"{k}={_arg_text(v)}" for k, v in kwargs.items()])
     record = {
         "name": name,
@@ -78,6 +79,8 @@ def _record(name, op, target, args, kwargs, inputs, val, placement, prov, cost) 
     }
     if cost is not None and hasattr(cost, "to_json"):
         record["cost"] = cost.to_json()
+    if why:
+        record["placement_reason"] = why
     return record
 
 

@@ -113,3 +113,10 @@ def test_neuron_generation_profile_picks_its_operator_list(ranking_512):
     assert any("torch-neuronx" in note for note in inf2.notes)
     assert not any("torch-neuronx" in note for note in inf1.notes)
     assert inf2.details["profile"] == "inf2"
+
+
+def test_trace_records_the_placement_reason_for_the_visualizer(ranking_512):
+    program = fxopt.optimize(ranking_512, "split{target=neuron}")
+    records = program.trace_json()["snapshots"][-1]["nodes"]
+    bag = next(r for r in records if "embedding_bag" in r["target"])
+    assert bag["placement_reason"].startswith("unsupported on neuron")

@@ -133,6 +133,19 @@ def test_clicking_a_node_opens_its_panel_with_the_source_line(ranking):
     assert not ranking.is_visible("#panel")
 
 
+def test_node_panel_says_why_split_placed_the_node_there(ranking):
+    ranking.evaluate("fxviz.setPass(1e9)")  # the last snapshot, split's (setPass clamps)
+    ranking.click("#expand-all")
+    ranking.evaluate("k => { const p = fxviz.screenPos(k); const r = document.getElementById('canvas')"
+                     ".getBoundingClientRect(); fxviz.state.view.tx += r.width / 2 - p.x; "
+                     "fxviz.state.view.ty += r.height / 2 - p.y; }", "n:relu")
+    pos = ranking.evaluate("fxviz.screenPos('n:relu')")
+    box = ranking.locator("#canvas").bounding_box()
+    ranking.mouse.click(box["x"] + pos["x"], box["y"] + pos["y"])
+    reason = ranking.inner_text("#panel-placement-reason")
+    assert "cut on xla" in reason or "cut on cpu" in reason or "min_ops" in reason
+
+
 def test_search_finds_a_node_and_n_steps_through_matches(ranking):
     ranking.click("#timeline button[data-index='2']")
     ranking.press("#canvas", "/")

@@ -688,7 +688,7 @@
       h += '<dt>bytes</dt><dd>' + bytes(r.bytes) + (typeof r.bytes === 'number' ? ' (' + r.bytes.toLocaleString('en-US') + ')' : '') + '</dd>';
       h += '<dt>FLOPs</dt><dd>' + human(cost.flops) + (typeof cost.flops === 'number' ? ' (' + cost.flops.toLocaleString('en-US') + ')' : '') + (cost.exact === false ? ' (estimate)' : '') + '</dd>';
       h += '<dt>read / written</dt><dd>' + bytes(cost.bytes_read) + ' / ' + bytes(cost.bytes_written) + '</dd>';
-      h += '<dt>placement</dt><dd>' + esc(r.placement || 'unplaced') + '</dd>';
+      h += '<dt>placement</dt><dd>' + esc(r.placement || 'unplaced') + (r.placement_reason ? '<div class="muted" id="panel-placement-reason">' + esc(r.placement_reason) + '</div>' : '') + '</dd>';
       h += '<dt>module</dt><dd>' + (r.module ? '<a class="module" data-module="' + esc(r.module) + '" title="collapse">' + esc(r.module) + '</a>' : '<span class="muted">(top level)</span>') + '</dd>';
       h += '<dt>source</dt><dd class="mono" id="panel-source" title="' + esc(pv.source || '') + '">' + (pv.source ? esc(pv.source) : '<span class="muted">unknown (weights and inputs have none)</span>') + '</dd>';
       h += '<dt>created by</dt><dd id="panel-pass">' + esc(pv.pass || '?') + '</dd>';
