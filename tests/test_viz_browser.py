@@ -117,14 +117,19 @@ def test_diff_shows_moe_fusion_removed_and_added_nodes(ranking, ranking_page):
     assert ranking.errors == []
 
 
+def click_node(page, key):
+    """Expand every group, centre the box ``key`` on the canvas and click it (opens its node panel)."""
+    page.click("#expand-all")
+    page.evaluate("k => { const p = fxviz.screenPos(k); const r = document.getElementById('canvas')"
+                  ".getBoundingClientRect(); fxviz.state.view.tx += r.width / 2 - p.x; "
+                  "fxviz.state.view.ty += r.height / 2 - p.y; }", key)
+    pos = page.evaluate("k => fxviz.screenPos(k)", key)
+    box = page.locator("#canvas").bounding_box()
+    page.mouse.click(box["x"] + pos["x"], box["y"] + pos["y"])
+
+
 def test_clicking_a_node_opens_its_panel_with_the_source_line(ranking):
-    ranking.click("#expand-all")
-    ranking.evaluate("k => { const p = fxviz.screenPos(k); const r = document.getElementById('canvas')"
-                     ".getBoundingClientRect(); fxviz.state.view.tx += r.width / 2 - p.x; "
-                     "fxviz.state.view.ty += r.height / 2 - p.y; }", "n:relu")
-    pos = ranking.evaluate("fxviz.screenPos('n:relu')")
-    box = ranking.locator("#canvas").bounding_box()
-    ranking.mouse.click(box["x"] + pos["x"], box["y"] + pos["y"])
+    click_node(ranking, "n:relu")
     assert ranking.is_visible("#panel")
     assert ranking.inner_text("#panel-name") == "relu"
     assert re.search(r"ranking\.py:\d+", ranking.inner_text("#panel-source"))
@@ -135,13 +140,7 @@ def test_clicking_a_node_opens_its_panel_with_the_source_line(ranking):
 
 def test_node_panel_says_why_split_placed_the_node_there(ranking):
     ranking.evaluate("fxviz.setPass(1e9)")  # the last snapshot, split's (setPass clamps)
-    ranking.click("#expand-all")
-    ranking.evaluate("k => { const p = fxviz.screenPos(k); const r = document.getElementById('canvas')"
-                     ".getBoundingClientRect(); fxviz.state.view.tx += r.width / 2 - p.x; "
-                     "fxviz.state.view.ty += r.height / 2 - p.y; }", "n:relu")
-    pos = ranking.evaluate("fxviz.screenPos('n:relu')")
-    box = ranking.locator("#canvas").bounding_box()
-    ranking.mouse.click(box["x"] + pos["x"], box["y"] + pos["y"])
+    click_node(ranking, "n:relu")
     reason = ranking.inner_text("#panel-placement-reason")
     assert "cut on xla" in reason or "cut on cpu" in reason or "min_ops" in reason
 
