@@ -37,7 +37,8 @@ from fxopt.passes.base import Pass, PassResult
 from fxopt.passes.split.partition import describe, form_partitions
 from fxopt.passes.split.objectives import DEFAULT_PRICES, Busy, busy_of, objective_weights, score, \
     sweep_throughput
-from fxopt.passes.split.placement import analyse, build_network, complete, cut_network, support_placement
+from fxopt.passes.split.placement import (analyse, build_network, complete, cut_network, support_placement,
+                                         weights_follow_users)
 
 __all__ = ["Split", "extract_partitions", "partition_module", "run_partitions", "partitions_region",
            "split_program"]
@@ -179,15 +180,9 @@ def split_program(program: Program, target: str, acc, policy: str = "cost", min_
         for p in parts:
             for i in p.members:
                 dev[i] = p.device
-        final = complete_weights([dev[i] != "cpu" and is_call[i] for i in range(n)])
+        final = weights_follow_users(info, [dev[i] != "cpu" and is_call[i] for i in range(n)])
         fell = {i for i in range(n) if dev0[i] != dev[i] and dev[i] == "cpu" and counted[i]}
         return parts, dev, final, fell
-
-    def complete_weights(on_acc: list) -> list:
-        for i in range(n):
-            if kind[i] == "weight":
-                on_acc[i] = any(on_acc[u] for u in info.users[i])
-        return on_acc
 
     def rank(busy: Busy) -> tuple:
         return (score(objective, busy, prices), busy.cpu + busy.acc + busy.link)

@@ -39,7 +39,7 @@ from fxopt.ir.devices import DeviceProfile
 from fxopt.ir.program import value_bytes
 
 __all__ = ["PlacementInput", "Placement", "FlowNetwork", "analyse", "place", "build_network", "cut_network",
-           "complete", "support_placement", "node_times", "is_tensor_value", "PS"]
+           "complete", "support_placement", "weights_follow_users", "node_times", "is_tensor_value", "PS"]
 
 PS = 1e12  # picoseconds per second: capacities are integer picoseconds
 
@@ -182,8 +182,13 @@ def complete(info: PlacementInput, on_acc: list) -> list:
         elif k == "follow":
             first = next((j for j in info.inputs[i] if kind[j] != "weight"), None)
             on_acc[i] = first is not None and on_acc[first]
-    for i in range(n):
-        if kind[i] == "weight":
+    return weights_follow_users(info, on_acc)
+
+
+def weights_follow_users(info: PlacementInput, on_acc: list) -> list:
+    """Set, in place, each weight on the accelerator when any of its users is there. Returns ``on_acc``."""
+    for i, k in enumerate(info.kind):
+        if k == "weight":
             on_acc[i] = any(on_acc[u] for u in info.users[i])
     return on_acc
 
