@@ -1275,6 +1275,35 @@ def _histc(x, bins=100, min=0, max=0, **_):
     return jnp.sum(onehot, axis=0).astype(x.dtype)
 
 
+@rule(aten.searchsorted.Tensor, aten.searchsorted.Scalar)
+def _searchsorted(sorted_sequence, values, out_int32=False, right=False, side=None, sorter=None, **_):
+    # torch.searchsorted: for each value, the insertion index into the innermost dim of sorted_sequence;
+    # side ("left"/"right") overrides right (torch rejects a contradicting pair before export); a 1-D sequence
+    # serves values of any shape, an N-D one is searched row by row (leading dims equal to the values'),
+    # by jax.vmap over the flattened leading dims; ``sorter`` sorts the sequence first (the indices are into
+    # the sorted order, as in torch); both operands promoted to a common dtype, as torch does
+    if side is not None:
+        if side not in ("left", "right"):
+            raise Unlowerable(f"searchsorted: side must be 'left' or 'right', got {side!r}")
+        right = side == "right"
+    side = "right" if right else "left"
+    compute, _ = promote(_K.DEFAULT, sorted_sequence, values)
+    seq, vals = _as(sorted_sequence, compute), _as(values, compute)
+    if sorter is not None:
+        seq = jnp.take_along_axis(seq, sorter.astype(jnp.int64), axis=-1)
+    out_dtype = jnp.int32 if out_int32 else jnp.int64
+    if seq.ndim <= 1:
+        return jnp.searchsorted(seq.reshape(-1), vals, side=side).astype(out_dtype)
+    lead = seq.shape[:-1]
+    if vals.ndim != seq.ndim or vals.shape[:-1] != lead:
+        raise Unlowerable(f"searchsorted: sorted_sequence {tuple(seq.shape)} and values {tuple(vals.shape)} "
+                          "need the same leading dims")
+    rows = int(np.prod(lead, dtype=np.int64))
+    search = jax.vmap(lambda s, v: jnp.searchsorted(s, v, side=side))
+    out = search(seq.reshape(rows, seq.shape[-1]), vals.reshape(rows, vals.shape[-1]))
+    return out.reshape(vals.shape).astype(out_dtype)
+
+
 @rule(aten.empty_permuted.default)
 def _empty_permuted(size, physical_layout, dtype=None, **_):   # empty -> zeros; the layout is XLA's choice
     return jnp.zeros(_shape(size), jdtype(dtype) if dtype is not None else jnp.float32)
