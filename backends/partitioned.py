@@ -13,6 +13,9 @@ Artifact layout (beside the manifest's usual keys)::
                           "outputs": [{"value": name} | {"constant": key} | {"literal": v}, ...]}
     manifest["partitions"] = [{"name", "device", "runtime", "inputs", "outputs", "files",
                                "steps": {"done_here", "left_for_target"}, ...backend keys}, ...]
+    manifest["accelerator_ops"], manifest["total_ops"]        ops (not getitem/bookkeeping) on the accelerator
+    manifest["accelerator_flops_fraction"]                    and in all; their share of the FLOPs (0.0 if none)
+    manifest["accelerator_warning"]    the one-line "no/little <target> work" note, or null (no_accelerator_work)
     constants.safetensors     graph outputs that are weights (rare), when there are any
 
 A stage's files are plain names inside the artifact directory; :func:`safe_file` refuses anything else.
@@ -32,15 +35,25 @@ from fxopt.backends.reinplace import inplace_plan
 from fxopt.errors import BackendError, InputError
 from fxopt.ir import serialize
 from fxopt.ir.program import Program, fetch_attr
-from fxopt.ir.partitions import partition_module, partitions_region
+from fxopt.ir.nodes import packet_name
+from fxopt.ir.partitions import accelerator_work, node_flops, partition_module, partitions_region, placements
+from fxopt.ir.targets import TARGETS, is_bookkeeping, support_table
 from safetensors.torch import save_file
 from safetensors.torch import load_file
 from fxopt.backends import decode
 
 __all__ = ["StagePlan", "Stage", "TorchStage", "PartitionedCompiled", "plan_stages", "compile_partitioned",
-           "load_partitioned", "record_values", "safe_file", "CONSTANTS_FILE"]
+           "load_partitioned", "record_values", "safe_file", "CONSTANTS_FILE", "MIN_ACCELERATOR_FRACTION",
+           "WORK_KEYS", "work_summary", "no_accelerator_work"]
 
 CONSTANTS_FILE = "constants.safetensors"
+
+#: Below this share of the FLOPs on the accelerator, an accelerator artifact says so (one warning line, see
+#: :func:`no_accelerator_work`); ``fxopt run --min-accelerator-fraction`` overrides it.
+MIN_ACCELERATOR_FRACTION = 0.05
+
+#: The manifest keys of :func:`work_summary` (top level, beside ``target``).
+WORK_KEYS = ("accelerator_ops", "total_ops", "accelerator_flops_fraction")
 
 
 @dataclass
@@ -269,9 +282,11 @@ def compile_partitioned(program: Program, backend: str, target: str,
         stages.append(TorchStage.from_plan(plan) if plan.device == "cpu" else compile_stage(plan))
     refs, constants = _output_refs(prog)
     inputs, outputs = io_specs(prog)
-    idle = no_accelerator_work(prog, target, stages)
+    work = accelerator_work(prog, target, is_bookkeeping)
+    idle = no_accelerator_work(prog, target, stages, work=work)
+    extra = {**(extra or {}), **work_summary(work), "accelerator_warning": idle}
     if idle:
-        extra = {**(extra or {}), "notes": [*(extra or {}).get("notes", []), idle]}
+        extra["notes"] = [*extra.get("notes", []), idle]
     return PartitionedCompiled(
         stages, [p.name for p in prog.placeholders()], refs, constants, backend,
         name=prog.name, in_spec=prog.in_spec, out_spec=prog.out_spec, input_specs=inputs,
@@ -281,19 +296,127 @@ def compile_partitioned(program: Program, backend: str, target: str,
                **(extra or {})})
 
 
-def no_accelerator_work(program: Program, target: str, stages: list) -> str | None:
-    """One line saying why an artifact for accelerator ``target`` has no ``target`` partition (its split put
-    every op on the CPU), or None when some stage runs on ``target``."""
-    if any(stage.device != "cpu" for stage in stages):
+def work_summary(work: dict) -> dict:
+    """The manifest's ``accelerator_ops`` / ``total_ops`` / ``accelerator_flops_fraction`` from an
+    :func:`fxopt.ir.partitions.accelerator_work` dict."""
+    return {key: work[key] for key in WORK_KEYS}
+
+
+def no_accelerator_work(program: Program, target: str, stages: list | None = None,
+                        min_fraction: float | None = None, work: dict | None = None) -> str | None:
+    """One line saying why an artifact for accelerator ``target`` does (almost) no ``target`` work, naming the
+    fix; None when it does enough.
+
+    It fires when no stage runs on ``target`` (``stages``: the compiled stages, or None to judge by the
+    placements alone), when no op does, or when the ``target`` share of the FLOPs is below ``min_fraction``
+    (default :data:`MIN_ACCELERATOR_FRACTION`; 0 turns that check off; a graph without FLOPs never fails it).
+    The line starts ``no <target> partition:`` (or ``no <target> work:`` / ``little <target> work:``), says
+    why from ``split``'s region and each node's ``placement_reason`` (the cost policy's objective, the
+    unsupported op that blocks the most FLOPs or is the most common, accelerator islands under ``min_ops``)
+    and names the fix (``split{objective=throughput}``, ``policy=support``, ``min_ops=1``, or the op to
+    replace). ``work``: :func:`fxopt.ir.partitions.accelerator_work` of ``program``, when the caller has it."""
+    min_fraction = MIN_ACCELERATOR_FRACTION if min_fraction is None else min_fraction
+    work = work if work is not None else accelerator_work(program, target, is_bookkeeping)
+    no_stage = stages is not None and not any(stage.device != "cpu" for stage in stages)
+    no_ops = work["total_ops"] > 0 and work["accelerator_ops"] == 0
+    fraction = work["accelerator_flops_fraction"]
+    low = work.get("flops", 0.0) > 0 and fraction < min_fraction
+    if not (no_stage or no_ops or low):
         return None
+    why, fix = _shortfall_reason(program, target)
+    if no_stage or no_ops:
+        head = f"no {target} partition" if no_stage else f"no {target} work"
+        return (f"{head}: {why}, so the artifact does no {target} work and runs with PyTorch eager on the host; "
+                f"{fix}")
+    return (f"little {target} work: {work['accelerator_ops']} of {work['total_ops']} ops and {fraction:.1%} of "
+            f"the FLOPs run on {target} (below the minimum {min_fraction:.0%}): {why}; {fix}")
+
+
+def _shortfall_reason(program: Program, target: str) -> tuple[str, str]:
+    """(why the ops are on the CPU, the fix) from ``split``'s region and the nodes' placement reasons."""
     region = partitions_region(program, required=False) or {}
-    estimate = (region.get("estimated_time") or {}).get("before")
-    why = (f"split's {region.get('policy', 'cost')} policy ({region.get('profile', '?')} profile) found no "
-           f"placement faster than the CPU alone ({estimate * 1e6:.3g} us estimated)"
-           if region.get("policy") == "cost" and isinstance(estimate, (int, float)) else
-           "split put every op on the CPU")
-    return (f"no {target} partition: {why}, so the artifact does no {target} work and runs with PyTorch eager "
-            f"on the host; split{{target={target},policy=support}} places every supported op on {target}")
+    where = placements(program, target)
+    pinned = set(region.get("unsupported") or {})
+    has_reasons = any("placement_reason" in n.meta for n in program.graph.nodes)
+    gm = program.graph_module
+    bounds: dict = {}
+    blocked_flops: dict[str, float] = {}
+    blocked_count: dict[str, int] = {}
+    blocked_why: dict[str, str] = {}
+    supported_on_cpu = fell = 0
+    cpu_flops = 0.0
+    for node in program.graph.nodes:
+        if node.op != "call_function" or is_bookkeeping(node) or where.get(node.name, "cpu") != "cpu":
+            continue
+        flops = node_flops(node, gm, bounds)
+        cpu_flops += flops
+        reason = str(node.meta.get("placement_reason") or "")
+        packet = packet_name(node.target)
+        unsupported = reason.startswith("unsupported on") if has_reasons else packet in pinned
+        if unsupported:
+            name = packet if "::" in packet else f"aten::{packet}"
+            blocked_flops[name] = blocked_flops.get(name, 0.0) + flops
+            blocked_count[name] = blocked_count.get(name, 0) + 1
+            blocked_why.setdefault(name, reason.split(": ", 1)[-1] if reason else f"unsupported on {target}")
+        else:
+            supported_on_cpu += 1
+            fell += reason.startswith("min_ops")
+    blocker = None
+    if blocked_count:
+        blocker = max(blocked_count, key=lambda k: (blocked_flops[k], blocked_count[k], k))
+    blocker_text = ""
+    if blocker is not None:
+        share = blocked_flops[blocker] / cpu_flops if cpu_flops > 0 else 0.0
+        blocker_text = (f"{blocker} (x{blocked_count[blocker]}" + (f", {share:.0%} of the CPU FLOPs" if share else "")
+                        + f"): {blocked_why[blocker]}")
+    if region.get("policy") == "cost" and supported_on_cpu:
+        objective = region.get("objective", "latency")
+        why = (f"split's cost policy (objective={objective}, {region.get('profile', '?')} profile) found no "
+               f"placement better than the CPU alone{_estimate_text(region)}")
+        if blocker_text:
+            why += f", and {target} does not support {blocker_text}"
+        other = [f"split{{target={target},objective=throughput}}"] if objective != "throughput" else []
+        fix = ("try " + " or ".join(other + [f"split{{target={target},policy=support}}"]) +
+               f" (places every supported op on {target})")
+        return why, fix
+    if blocker_text:
+        elsewhere = _targets_supporting(program, target, blocker)
+        return (f"blocked by {blocker_text}",
+                f"replace or decompose {blocker} before split" +
+                (f", or compile for {' or '.join(elsewhere)}, which support it" if elsewhere else ""))
+    if fell:
+        return (f"its {target} islands are smaller than split's min_ops={region.get('min_ops', '?')}",
+                f"split{{target={target},min_ops=1}} keeps small {target} partitions")
+    return ("split put every op on the CPU",
+            f"split{{target={target},policy=support}} places every supported op on {target}")
+
+
+def _targets_supporting(program: Program, target: str, op: str) -> list[str]:
+    """The other accelerator targets (``--backend`` names) whose op table takes the nodes of packet ``op``."""
+    nodes = [n for n in program.graph.nodes if n.op == "call_function"
+             and (lambda p: (p if "::" in p else f"aten::{p}"))(packet_name(n.target)) == op]
+    found = []
+    for other in TARGETS:
+        if other == target or not nodes:
+            continue
+        try:
+            table = support_table(other)
+            if all(table.supports(n) for n in nodes):
+                found.append(other)
+        except Exception:  # noqa: BLE001 - a hint only: a table that cannot be read names nothing
+            continue
+    return found
+
+
+def _estimate_text(region: dict) -> str:
+    estimate = region.get("estimate") or {}
+    before = estimate.get("before")
+    if isinstance(before, (int, float)) and estimate.get("unit") == "usd_per_million_requests":
+        return f" (${before:.3g} per million requests estimated)"
+    if isinstance(before, (int, float)) and estimate.get("unit") == "us_per_request":
+        return f" ({before:.3g} us estimated)"
+    seconds = (region.get("estimated_time") or {}).get("before")
+    return f" ({seconds * 1e6:.3g} us estimated)" if isinstance(seconds, (int, float)) else ""
 
 
 def load_partitioned(directory: str, manifest: dict, backend: str,
@@ -319,8 +442,11 @@ def load_partitioned(directory: str, manifest: dict, backend: str,
     if any("constant" in ref for ref in stitch["outputs"]):
 
         constants = load_file(safe_file(directory, CONSTANTS_FILE))
-    return PartitionedCompiled(stages, stitch["placeholders"], stitch["outputs"], constants, backend,
-                               **common_kwargs(manifest))
+    kwargs = common_kwargs(manifest)
+    kept = {k: manifest[k] for k in (*WORK_KEYS, "accelerator_warning") if k in manifest}
+    if kept:
+        kwargs["extra"] = kept
+    return PartitionedCompiled(stages, stitch["placeholders"], stitch["outputs"], constants, backend, **kwargs)
 
 
 def safe_stem(name: str) -> str:

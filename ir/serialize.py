@@ -22,7 +22,8 @@ The JSON document::
     NODE = {"name": "addmm", "op": "call_function",
             "target": "aten::addmm.default", "target_kind": "op",     # target_kind only for call_function
             "args": [VALUE, ...], "kwargs": {NAME: VALUE, ...},
-            "meta": {"val": "float32[s0, 8]", "provenance": {...}, "placement": ...}}   # meta is optional
+            "meta": {"val": "float32[s0, 8]", "provenance": {...}, "placement": ...,
+                     "placement_reason": ..., "partition": ...}}   # meta and each key are optional
 
 A call_function target is named, never pickled: ``"op"`` (an OpOverload, ``"ns::op.overload"``),
 ``"op_packet"`` (``"ns::op"``), ``"hop"`` (a higher-order op such as ``"cond"``) or ``"builtin"`` (one of a
@@ -43,8 +44,9 @@ and ``{"op" | "op_packet" | "hop" | "builtin": NAME}`` for operators passed as a
 ``auto_functionalized``).
 
 Node meta kept: ``"val"`` as a string (``meta["val"]`` is a FakeTensor in memory; after loading the string is
-in ``node.meta["val_repr"]`` and ``meta["val"]`` must be recomputed), and ``"provenance"`` / ``"placement"``
-when they are JSON-able. The graph is always rebuilt with plain ``CodeGen`` (flat placeholders, tuple output).
+in ``node.meta["val_repr"]`` and ``meta["val"]`` must be recomputed), and ``"provenance"`` / ``"placement"`` /
+``"placement_reason"`` / ``"partition"`` (``split``'s, see :data:`KEPT_META`) when they are JSON-able; files
+written before the last two were kept load the same, without them. The graph is always rebuilt with plain ``CodeGen`` (flat placeholders, tuple output).
 """
 from __future__ import annotations
 
@@ -76,6 +78,10 @@ __all__ = [
 
 FORMAT = "fxopt-graph"
 VERSION = 1
+
+#: Node meta saved beside ``val`` (for inspection: ``fxopt inspect --placement``, the visualizer). Optional in a
+#: file, so documents written before ``placement_reason`` and ``partition`` were added load unchanged.
+KEPT_META = ("provenance", "placement", "placement_reason", "partition")
 # The deepest nesting of arrays and objects a graph, manifest or trace file may have (fxopt writes ~12).
 MAX_JSON_DEPTH = 64
 
@@ -393,7 +399,7 @@ def _encode_meta(node: torch.fx.Node) -> dict:
     val = _val_repr(node.meta["val"]) if "val" in node.meta else node.meta.get("val_repr")
     if isinstance(val, str):
         meta["val"] = val
-    for key in ("provenance", "placement"):
+    for key in KEPT_META:
         if key in node.meta:
             try:
                 meta[key] = json.loads(json.dumps(node.meta[key], allow_nan=False, sort_keys=True))
@@ -453,7 +459,7 @@ def dict_to_graph(d: dict, tensors: dict[str, torch.Tensor]) -> torch.fx.GraphMo
     Takes the JSON document and the tensors loaded from the safetensors file. Returns a new GraphModule
     (plain CodeGen) whose outputs match the original bitwise; attribute names that shared a tensor share one
     tensor object again; parameters come back as ``nn.Parameter`` with ``requires_grad=False``. Node
-    ``meta["val_repr"]``, ``meta["provenance"]`` and ``meta["placement"]`` are restored; ``meta["val"]`` is
+    ``meta["val_repr"]`` and the :data:`KEPT_META` keys (provenance, placement, ...) are restored; ``meta["val"]`` is
     not. Call targets are resolved only through fxopt's builtin allowlist, the allowlisted higher-order ops
     and operators already registered in this process — nothing is imported or evaluated. Raises
     :class:`InputError` (one line, naming the node) for an unknown format or version, an unregistered or
@@ -555,7 +561,7 @@ class _Loader:
                 raise InputError(f"{ctx}: 'meta' should be an object; the file is corrupt")
             if isinstance(meta.get("val"), str):
                 node.meta["val_repr"] = meta["val"]
-            for key in ("provenance", "placement"):
+            for key in KEPT_META:
                 if key in meta:
                     node.meta[key] = meta[key]
             env[name] = node

@@ -10,7 +10,8 @@ Format (``"format": "fxopt-trace"``, ``"version": 1``)::
 
     NODE = {"name", "op", "target", "inputs": [node names], "args": short text of the arguments,
             "shape": "f32[s0, 64]", "bytes": int, "placement", "module", "provenance": {...},
-            "cost": {"flops", "bytes_read", "bytes_written"}}
+            "cost": {"flops", "bytes_read", "bytes_written"},
+            "placement_reason", "partition"}     # these two only when split recorded them
 
 Snapshots of unchanged graphs are references, so a long pipeline of passes that change nothing stays cheap.
 """
@@ -53,17 +54,17 @@ class _Snapshot:
     def __init__(self, graph: torch.fx.Graph):
         self.rows = [(n, n.name, n.op, n.target, n.args, n.kwargs, tuple(x.name for x in n.all_input_nodes),
                       n.meta.get("val"), n.meta.get("placement"), n.meta.get("provenance"), n.meta.get("cost"),
-                      n.meta.get("placement_reason"))
+                      n.meta.get("placement_reason"), n.meta.get("partition"))
                      for n in graph.nodes]
 
     def render(self) -> list[dict]:
         out = []
-        for _node, name, op, target, args, kwargs, inputs, val, placement, prov, cost, why in self.rows:
-            out.append(_record(name, op, target, args, kwargs, inputs, val, placement, prov, cost, why))
+        for _node, name, op, target, args, kwargs, inputs, val, placement, prov, cost, why, part in self.rows:
+            out.append(_record(name, op, target, args, kwargs, inputs, val, placement, prov, cost, why, part))
         return out
 
 
-def _record(name, op, target, args, kwargs, inputs, val, placement, prov, cost, why=None) -> dict:
+def _record(name, op, target, args, kwargs, inputs, val, placement, prov, cost, why=None, partition=None) -> dict:
     text = ", ".join([_arg_text(a) for a in args] + [f"{k}={_arg_text(v)}" for k, v in kwargs.items()])
     record = {
         "name": name,
@@ -81,6 +82,8 @@ def _record(name, op, target, args, kwargs, inputs, val, placement, prov, cost, 
         record["cost"] = cost.to_json()
     if why:
         record["placement_reason"] = why
+    if isinstance(partition, str):
+        record["partition"] = partition
     return record
 
 

@@ -4,7 +4,8 @@
 
 - 0 on success;
 - 1 when a check failed (:class:`~fxopt.errors.VerificationError`: a pass changed the numerics, or the
-  compiled artifact does not reproduce the captured model);
+  compiled artifact does not reproduce the captured model; or ``run --require-accelerator`` and the
+  accelerator artifact does no, or too little, accelerator work: it is still written);
 - 2 for bad input (:class:`~fxopt.errors.InputError`, other :class:`~fxopt.errors.FxoptError` subclasses
   with their own ``exit_code``, and argparse usage errors);
 - 3 for an internal error (any other exception: a bug in fxopt or in a pass);
@@ -35,6 +36,7 @@ import warnings
 from typing import Any, Sequence
 
 EXIT_OK = 0
+EXIT_NO_ACCELERATOR = 1  # run --require-accelerator: the artifact (written) does too little accelerator work
 EXIT_INTERNAL = 3
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a process killed by a closed pipe
@@ -62,6 +64,21 @@ class _NonNegativeInt:
             raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
         if value < 0:
             raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+        return value
+
+
+class _Fraction:
+    """argparse ``type=``: a number from 0 to 1."""
+
+    __name__ = "fraction"
+
+    def __call__(self, text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}") from None
+        if not 0.0 <= value <= 1.0:
+            raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text}")
         return value
 
 
@@ -164,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dynamic-batch", action="store_true",
                      help="capture dim 0 of the inputs as symbolic where the model allows (one artifact for "
                           "any batch; needed for bucketing, e.g. --backend 'neuron{buckets=1;4;16}')")
+    run.add_argument("--require-accelerator", action="store_true",
+                     help="exit 1 when the accelerator backend's artifact does no accelerator work, or less than "
+                          "--min-accelerator-fraction of the FLOPs (the warning line says why and the fix; "
+                          "the artifact is still written)")
+    run.add_argument("--min-accelerator-fraction", metavar="F", type=_Fraction(),
+                     help="share of the FLOPs (0..1) below which an accelerator artifact warns that it does "
+                          "little accelerator work (default: 0.05; 0: warn only when it does none)")
     run.add_argument("--viz", action="store_true",
                      help="also write page.html (the pass trace, see `fxopt viz`) into the artifact directory")
     run.set_defaults(handler=cmd_run)
@@ -174,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     insp = add("inspect", "show a model's ops, parameters, cost and I/O, or an artifact's manifest",
                "Capture MODEL and show its op histogram, node count, parameters, FLOPs and bytes moved, "
                "dynamic dims and inputs/outputs. Given an artifact directory (with manifest.json), show "
-               "its manifest instead.")
+               "its manifest instead. --placement: every node's placement, partition and split's reason.")
     insp.add_argument("model", metavar="MODEL", help="a model spec (as for `fxopt run`; file.py:Attr and "
                       "module:Attr import, i.e. run, that file) or an artifact directory")
     insp.add_argument("--trust-pickle", action="store_true",
@@ -182,6 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_input_arguments(insp)
     insp.add_argument("--top", metavar="N", type=_NonNegativeInt(), default=15,
                       help="how many ops of the histogram to show (default: 15)")
+    insp.add_argument("--placement", action="store_true",
+                      help="show every node's placement, partition and split's reason for it: an artifact's "
+                           "from its trace.json; a model's after running --passes for --target")
+    insp.add_argument("--target", metavar="NAME", default="xla",
+                      help="with --placement on a model: the target to place for (default: xla)")
+    insp.add_argument("--passes", metavar="SPEC",
+                      help="with --placement on a model: the pipeline to run (default: the target's default "
+                           "pipeline, which ends with split)")
     insp.set_defaults(handler=cmd_inspect)
 
     zoo = add("zoo", "list the built-in models (use them as zoo:NAME)")
@@ -367,6 +399,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     backend = args.backend
     get_backend(backend)
     target = args.target or backend.partition("{")[0].strip()  # 'neuron{buckets=1;8}' optimizes for neuron
+    if getattr(args, "require_accelerator", False) and not _is_accelerator_backend(backend):
+        from fxopt.errors import InputError
+        from fxopt.ir.targets import TARGETS
+        raise InputError(f"--require-accelerator needs an accelerator backend ({', '.join(TARGETS)}), "
+                         f"not '{backend}'")
     spec = args.passes if args.passes is not None else default_pipeline(target)
     pipeline = build_pipeline(spec)
     if args.output:
@@ -409,6 +446,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         with progress.stage(f"compiling with {backend}", f"compiled with {backend}") as st:
             compiled = compile_program(optimized, backend)
+            idle = accelerator_shortfall(compiled, optimized, getattr(args, "min_accelerator_fraction", None))
         timings["compile"] = st["seconds"]
         with progress.stage("checking the artifact against the captured model") as st:
             if args.no_verify:
@@ -455,7 +493,42 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"artifact: {_display_path(path)} (backend {manifest.get('backend', backend)}); "
         f"compiled here: {', '.join(done) or 'nothing'}; "
         f"left for the target host: {', '.join(left) or 'nothing'}"), soft_wrap=True)
+    if idle and getattr(args, "require_accelerator", False):
+        _error_line(f"--require-accelerator: {idle.split(':', 1)[0]} (see the warning above); the artifact was "
+                    f"still written to {_display_path(path)}")
+        return EXIT_NO_ACCELERATOR
     return EXIT_OK
+
+
+def _is_accelerator_backend(backend: str) -> bool:
+    """True for a backend spec (``name{options}``) of an accelerator target: neuron, tensorrt, xla."""
+    from fxopt.ir.targets import TARGETS
+
+    return backend.partition("{")[0].strip() in TARGETS
+
+
+def accelerator_shortfall(compiled: Any, program: Any, min_fraction: float | None = None) -> str | None:
+    """The one-line "no/little <target> work" warning of an accelerator artifact (None when it does enough,
+    or is not a partitioned accelerator artifact). With ``min_fraction`` (``--min-accelerator-fraction``) the
+    warning is judged again at that share of the FLOPs and ``compiled``'s notes and manifest fields
+    (``accelerator_warning``) are updated to match, so the saved manifest says the same as the CLI.
+    ``program``: the optimized program ``compiled`` was compiled from."""
+    extra = getattr(compiled, "extra", None)
+    if not isinstance(extra, dict) or "accelerator_ops" not in extra or not hasattr(compiled, "stages"):
+        return None
+    idle = extra.get("accelerator_warning")
+    if min_fraction is None:
+        return idle
+    from fxopt.backends.partitioned import no_accelerator_work
+
+    fresh = no_accelerator_work(program, extra.get("target"), compiled.stages, min_fraction=min_fraction)
+    notes = [n for n in extra.get("notes", []) if n != idle]
+    if fresh:
+        notes.append(fresh)
+    if notes or "notes" in extra:
+        extra["notes"] = notes
+    extra["accelerator_warning"] = fresh
+    return fresh
 
 
 def _display_path(path: str) -> str:
@@ -487,10 +560,69 @@ def cmd_passes(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------ fxopt inspect
 def cmd_inspect(args: argparse.Namespace) -> int:
     """``fxopt inspect``: describe a model (captured) or an artifact directory (its manifest). Returns 0."""
+    placement = getattr(args, "placement", False)
     if os.path.isdir(args.model):
-        return _inspect_artifact(args.model)
+        return _inspect_artifact(args.model, placement)
     spec, inputs = model_request(args)
+    if placement:
+        return _inspect_placement(spec, args, inputs)
     return _inspect_model(spec, args.top, args.debug, getattr(args, "trust_pickle", False), inputs)
+
+
+def _inspect_placement(spec: str, args: argparse.Namespace, inputs: Any) -> int:
+    """``fxopt inspect MODEL --placement``: capture, run ``--passes`` (default: ``--target``'s default
+    pipeline), print the placement table and the accelerator work summary."""
+    from rich.text import Text
+
+    from fxopt.backends.partitioned import no_accelerator_work
+    from fxopt.ir.partitions import accelerator_work
+    from fxopt.ir.targets import TARGETS, is_bookkeeping
+    from fxopt.passes.manager import optimize
+    from fxopt.passes.registry import build_pipeline, default_pipeline
+    from fxopt.tools import report
+    from fxopt.tools.progress import Progress
+
+    target = args.target
+    pipeline = build_pipeline(args.passes if args.passes is not None else default_pipeline(target))
+    with Progress() as progress:
+        with progress.stage(f"capturing {spec}") as st:
+            program = capture_model(spec, args.debug, trust_pickle=getattr(args, "trust_pickle", False),
+                                    inputs=inputs)
+            st["done"] = f"captured {program.name}"
+        with progress.stage(f"optimizing for {target}", f"optimized for {target}"):
+            program = optimize(program, pipeline, target=target, inplace=True)
+    console = _stdout_console()
+    console.print(report.placement_table(_node_rows(program), title=f"placement of {program.name} ({target})"))
+    work = accelerator_work(program, is_bookkeeping=is_bookkeeping)
+    acc = work["target"]
+    console.print(Text(f"accelerator work: {work['accelerator_ops']} of {work['total_ops']} ops, "
+                       f"{work['accelerator_flops_fraction']:.1%} of the FLOPs on {acc or 'no accelerator'}"))
+    if acc in TARGETS:
+        idle = no_accelerator_work(program, acc, None, work=work)
+        if idle:
+            console.print(Text(f"warning: {idle}"), soft_wrap=True)
+    return EXIT_OK
+
+
+def _node_rows(program: Any) -> list[dict]:
+    from fxopt.ir.program import target_name
+
+    return [{"name": n.name, "op": n.op, "target": target_name(n.target) if n.op == "call_function" else None,
+             "placement": n.meta.get("placement"), "partition": n.meta.get("partition"),
+             "placement_reason": n.meta.get("placement_reason", "")} for n in program.graph.nodes]
+
+
+def _trace_nodes(trace: dict | None) -> list[dict] | None:
+    """The node records of a pass trace's last snapshot (following ``same_as``); None without a trace."""
+    snapshots = (trace or {}).get("snapshots")
+    if not isinstance(snapshots, list) or not snapshots:
+        return None
+    by_index = {s.get("index"): s for s in snapshots if isinstance(s, dict)}
+    snap = snapshots[-1] if isinstance(snapshots[-1], dict) else {}
+    if "same_as" in snap:
+        snap = by_index.get(snap["same_as"], {})
+    nodes = snap.get("nodes")
+    return [n for n in nodes if isinstance(n, dict)] if isinstance(nodes, list) else None
 
 
 def _cost_rows(program: Any) -> list[tuple[str, str]]:
@@ -567,8 +699,10 @@ def _unique_numel(params: dict) -> int:
     return total
 
 
-def _inspect_artifact(directory: str) -> int:
-    from fxopt.backends.base import read_manifest
+def _inspect_artifact(directory: str, placement: bool = False) -> int:
+    from rich.text import Text
+
+    from fxopt.backends.base import read_manifest, read_trace
     from fxopt.tools import report
 
     manifest = read_manifest(directory)
@@ -584,12 +718,25 @@ def _inspect_artifact(directory: str) -> int:
         ("dynamic dims", report.dynamic_dims_text(manifest.get("dynamic_dims") or {})),
         ("trace", "trace.json" if os.path.isfile(trace) else "none"),
     ]
+    work = report.accelerator_work_text(manifest)
+    if work:
+        rows.append(("accelerator work", work))
+    if manifest.get("accelerator_warning"):
+        rows.append(("warning", manifest["accelerator_warning"]))
     console = _stdout_console()
     console.print(report.key_value_table(rows, title=f"fxopt inspect {directory}"))
     console.print()
     console.print(report.io_table(manifest.get("inputs") or [], manifest.get("outputs") or []))
     console.print()
     console.print(report.partitions_table(directory, manifest))
+    if placement:
+        console.print()
+        nodes = _trace_nodes(read_trace(directory))
+        if nodes is None:
+            console.print(Text("placement: the artifact has no readable trace.json, which holds each node's "
+                               "placement; re-create it with `fxopt run`"))
+        else:
+            console.print(report.placement_table(nodes))
     return EXIT_OK
 
 

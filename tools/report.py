@@ -269,6 +269,33 @@ def partitions_table(directory: str, manifest: dict) -> Table:
     return table
 
 
+def placement_table(rows: Iterable[dict], title: str = "placement") -> Table:
+    """One row per graph node: ``name``, ``op`` (the call target, or the node kind), ``placement`` (``cpu``
+    or the accelerator), ``partition`` and ``placement_reason`` (why ``split`` put it there); missing
+    values show as ``-``. ``rows``: dicts with those keys (pass-trace node records fit)."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("node", no_wrap=True)
+    table.add_column("op", no_wrap=True)
+    table.add_column("placement", no_wrap=True)
+    table.add_column("partition", no_wrap=True)
+    table.add_column("reason")
+    for row in rows:
+        op = row.get("target") if row.get("op") == "call_function" and row.get("target") else row.get("op")
+        table.add_row(*(Text(str(v) if v not in (None, "") else "-") for v in (
+            row.get("name"), op, row.get("placement"), row.get("partition"), row.get("placement_reason"))))
+    return table
+
+
+def accelerator_work_text(manifest: dict) -> str | None:
+    """``"5 of 6 ops, 99.2% of the FLOPs on xla"`` from an artifact manifest's ``accelerator_ops`` /
+    ``total_ops`` / ``accelerator_flops_fraction``; None when the manifest has none (reference artifacts, or
+    written before they were recorded)."""
+    ops, total, fraction = (manifest.get(k) for k in ("accelerator_ops", "total_ops", "accelerator_flops_fraction"))
+    if not isinstance(ops, int) or not isinstance(total, int) or not isinstance(fraction, (int, float)):
+        return None
+    return f"{ops} of {total} ops, {fraction:.1%} of the FLOPs on {manifest.get('target', 'the accelerator')}"
+
+
 # ------------------------------------------------------------------------------------------ fxopt zoo
 def zoo_table(entries: Iterable[tuple[str, str]]) -> Table:
     """Built-in models from ``[(name, description), ...]``, with how to use each."""
