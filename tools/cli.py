@@ -47,6 +47,7 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a process kill
 COMMAND_MODULES: tuple[str, ...] = (
     "fxopt.tools.bench_cli",
     "fxopt.tools.bisect",
+    "fxopt.tools.calibrate",
     "fxopt.tools.viz",
 )
 

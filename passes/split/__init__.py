@@ -29,7 +29,8 @@ import torch.fx
 from fxopt.ir.targets import (DEFAULT_PROFILES, NEURON_DEVICES, TARGETS, data_source, packet_name,
                               support_table)
 from fxopt.errors import InputError
-from fxopt.ir.devices import PROFILES, get_profile
+from fxopt.ir.device_files import is_profile_path, resolve_profile
+from fxopt.ir.devices import PROFILES, DeviceProfile, get_profile
 from fxopt.ir.partitions import (REGION_KIND, extract_partitions, partition_module, partitions_region,
                                   run_partitions)
 from fxopt.ir.program import Program
@@ -53,8 +54,11 @@ class Split(Pass):
     op on the accelerator), ``objective`` (latency: one request's total time; throughput: the busiest of
     CPU, accelerator and link per request, as a pipelined server sees it; cost: US$ per request at
     ``price_cpu``/``price_acc`` $/h, 0 = the profiles' defaults), ``min_ops`` (smallest accelerator partition,
-    in ops; smaller ones run on the CPU), ``profile`` (accelerator device profile from
-    ``fxopt.ir.devices.PROFILES``; auto: neuron->inf1, tensorrt->t4, xla->h100)."""
+    in ops; smaller ones run on the CPU), ``profile`` (accelerator device profile: a name from
+    ``fxopt.ir.devices.PROFILES``, or a profile file of kind accelerator, see :mod:`fxopt.ir.device_files`;
+    auto: neuron->inf1, tensorrt->t4, xla->h100), ``cpu_profile`` (the host's profile: ``cpu``, or a file
+    ``fxopt calibrate`` wrote; a file is a spec with ``/`` or ending in ``.json``, and cannot hold ``,`` or
+    ``}``)."""
 
     name = "split"
     ensures = frozenset({"shapes", "placement"})
@@ -64,6 +68,7 @@ class Split(Pass):
     objective: Literal["latency", "throughput", "cost"] = "latency"
     min_ops: int = 2
     profile: str = "auto"
+    cpu_profile: str = "cpu"
     price_cpu: float = 0.0
     price_acc: float = 0.0
 
@@ -76,21 +81,42 @@ class Split(Pass):
                 raise InputError(f"pass 'split': {field_name} must be a price in US$/h >= 0 (0: the default), "
                                  f"got {value}")
         if self.profile != "auto":
-            p = PROFILES.get(self.profile.lower())
-            if p is None:
-                raise InputError(f"pass 'split': unknown profile '{self.profile}' "
-                                 f"(profiles: auto, {', '.join(sorted(PROFILES))})")
-            if p.kind != "accelerator":
-                raise InputError(f"pass 'split': profile '{self.profile}' is a CPU; give an accelerator "
-                                 f"profile ({', '.join(sorted(k for k, v in PROFILES.items() if v.kind != 'cpu'))})")
+            self.accelerator_profile("xla")
+        self.host_profile()
+
+    def accelerator_profile(self, target: str) -> DeviceProfile:
+        """The accelerator's DeviceProfile for ``target``: the target's default when ``profile=auto``, else
+        the built-in profile or file ``profile`` names. Raises InputError (one line) for an unknown name, a
+        bad file or a CPU profile."""
+        spec = DEFAULT_PROFILES[target] if self.profile == "auto" else self.profile
+        if not is_profile_path(spec) and spec.strip().lower() not in PROFILES:
+            raise InputError(f"pass 'split': unknown profile '{spec}' (profiles: auto, {', '.join(sorted(PROFILES))}, "
+                             f"or a profile file: a path with '/' or ending in .json)")
+        acc = _resolve(spec, "profile")
+        if acc.kind != "accelerator":
+            hint = (f"pass a CPU profile file as cpu_profile={spec}" if is_profile_path(spec) else
+                    f"give an accelerator profile ({', '.join(sorted(k for k, v in PROFILES.items() if v.kind != 'cpu'))})")
+            raise InputError(f"pass 'split': profile '{spec}' is a CPU; {hint}")
+        return acc
+
+    def host_profile(self) -> DeviceProfile:
+        """The CPU side's DeviceProfile: the built-in ``cpu`` or the file ``cpu_profile`` names (what ``fxopt
+        calibrate`` writes). Raises InputError (one line) for an unknown name, a bad file or an accelerator."""
+        cpu = _resolve(self.cpu_profile, "cpu_profile")
+        if cpu.kind != "cpu":
+            raise InputError(f"pass 'split': cpu_profile '{self.cpu_profile}' is an accelerator profile; give a CPU "
+                             f"profile (cpu, or a file written by `fxopt calibrate --device cpu`) and put "
+                             f"accelerators in profile=")
+        return cpu
 
     def resolve(self, program: Program) -> tuple[str, str]:
         """The target and accelerator profile name this run uses for ``program``."""
         target = self.target
         if target == "auto":
             target = program.target if program.target in TARGETS else "xla"
-        profile = DEFAULT_PROFILES[target] if self.profile == "auto" else self.profile.lower()
-        return target, profile
+        if self.profile == "auto":
+            return target, DEFAULT_PROFILES[target]
+        return target, self.profile if is_profile_path(self.profile) else self.profile.strip().lower()
 
     def prices(self, cpu_name: str, acc_name: str) -> tuple[float, float]:
         """(cpu, accelerator) US$/h: the options, or the defaults of the two profiles."""
@@ -99,15 +125,16 @@ class Split(Pass):
 
     def run(self, program: Program) -> PassResult:
         """Place and partition ``program``; modified only when placements, partitions or the region change."""
-        target, profile = self.resolve(program)
-        acc = get_profile(profile)
+        target, _ = self.resolve(program)
+        acc = self.accelerator_profile(target)
+        cpu = self.host_profile()
         gc_was_enabled = gc.isenabled()
         gc.disable()  # the pass allocates many small lists; collections would rescan the whole FX graph
         try:
             # a Neuron generation's profile (inf2, trn1, trn2) also picks that generation's operator list
             device = acc.name if target == "neuron" and acc.name in NEURON_DEVICES else None
             plan = split_program(program, target, acc, self.policy, self.min_ops, self.objective,
-                                 self.prices("cpu", acc.name), table=support_table(target, device))
+                                 self.prices(cpu.name, acc.name), cpu=cpu, table=support_table(target, device))
         finally:
             if gc_was_enabled:
                 gc.enable()
@@ -130,6 +157,14 @@ class Split(Pass):
                                if not (isinstance(r, dict) and r.get("kind") == REGION_KIND)]
             program.regions.append(plan["region"])
         return PassResult(modified=changed, details=plan["details"], notes=notes)
+
+
+def _resolve(spec: str, option: str) -> DeviceProfile:
+    """``resolve_profile(spec)``, its one-line InputError prefixed with the pass and option."""
+    try:
+        return resolve_profile(spec)
+    except InputError as exc:
+        raise InputError(f"pass 'split': {option}={spec}: {exc}") from None
 
 
 def _differs(graph: torch.fx.Graph, plan: dict, program: Program) -> bool:
