@@ -26,6 +26,7 @@ import torch.utils._pytree as pytree
 from torch.fx.graph_module import _WrappedCall
 
 from fxopt.errors import InputError
+from fxopt.ir.gc_pause import collections_paused
 
 
 def signature_text(spec: Any) -> str:
@@ -192,7 +193,8 @@ class Program:
         so copying costs no recompile.
         """
         dup = copy.copy(self)
-        dup.graph_module = copy_graph_module(self.graph_module)
+        with collections_paused():
+            dup.graph_module = copy_graph_module(self.graph_module)
         dup.regions = copy.deepcopy(self.regions)
         dup.reports = list(self.reports)
         dup.dynamic_dims = dict(self.dynamic_dims)

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.fx
 
+from fxopt.ir.gc_pause import collections_paused
 from fxopt.ir.program import Program, target_name, value_bytes
 from fxopt.ir.shapes import describe
 
@@ -52,10 +53,15 @@ class _Snapshot:
     __slots__ = ("rows",)
 
     def __init__(self, graph: torch.fx.Graph):
-        self.rows = [(n, n.name, n.op, n.target, n.args, n.kwargs, tuple(x.name for x in n.all_input_nodes),
-                      n.meta.get("val"), n.meta.get("placement"), n.meta.get("provenance"), n.meta.get("cost"),
-                      n.meta.get("placement_reason"), n.meta.get("partition"))
-                     for n in graph.nodes]
+        with collections_paused():
+            self.rows = self._rows(graph)
+
+    @staticmethod
+    def _rows(graph: torch.fx.Graph) -> list[tuple]:
+        return [(n, n.name, n.op, n.target, n.args, n.kwargs, tuple(x.name for x in n.all_input_nodes),
+                 n.meta.get("val"), n.meta.get("placement"), n.meta.get("provenance"), n.meta.get("cost"),
+                 n.meta.get("placement_reason"), n.meta.get("partition"))
+                for n in graph.nodes]
 
     def render(self) -> list[dict]:
         out = []

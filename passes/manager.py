@@ -5,12 +5,20 @@ first differing output.
 
 Recompilation is lazy: the GraphModule's Python code is regenerated only when a pass changed the graph and
 the graph is about to run (verification) or the pipeline ends. A pass that changes nothing costs its own scan
-plus a constant.
+plus a constant. A pass that reports a change but left every node's operation, inputs and weights as they
+were (it wrote only node metadata or regions, as ``split`` does) is not recompiled, re-annotated or re-run:
+its graph computes what it computed before, so its check is "unchanged". The manager compares a
+fingerprint of the graph (:func:`graph_fingerprint`) before and after each such pass rather than trusting
+the pass. The reference run of the original graph that verification compares against is made only when the
+first pass that changed the graph is checked.
 """
 from __future__ import annotations
 
 import time
 from typing import Any, Callable, Iterable
+
+import torch
+import torch.fx
 
 from fxopt.errors import FxoptError, VerificationError
 from fxopt.ir import cost, provenance, shapes
@@ -35,6 +43,39 @@ def _totals(program: Program) -> tuple[int, int]:
         flops += int(c.flops)
         moved += int(c.bytes_read) + int(c.bytes_written)
     return flops, moved
+
+
+def graph_fingerprint(program: Program) -> tuple:
+    """What a graph computes, as a comparable value: per node of the program's graph and of every graph
+    module under it (control-flow bodies, partitions), its name, kind, target and arguments (nodes by name,
+    tensors by identity), plus the identity of each weight tensor bound to the module tree. Node metadata
+    (shapes, cost, placement) is left out. Two equal fingerprints run the same code on the same weights:
+    passes bind new tensors rather than writing into old ones (see ``Program.copy``)."""
+    def key(value):
+        if isinstance(value, torch.fx.Node):
+            return ("node", value.name)
+        if isinstance(value, torch.Tensor):
+            return ("tensor", id(value))
+        return value
+
+    gm = program.graph_module
+    parts: list = [id(gm), id(gm.graph), type(gm.graph._codegen)]
+    for prefix, module in gm.named_modules():
+        if isinstance(module, torch.fx.GraphModule):
+            parts.append(prefix)
+            parts.extend((n.name, n.op, n.target, torch.fx.node.map_aggregate(n.args, key),
+                          torch.fx.node.map_aggregate(n.kwargs, key)) for n in module.graph.nodes)
+    parts.extend((name, id(t)) for name, t in gm.state_dict(keep_vars=True).items())
+    return tuple(parts)
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    """Whether two fingerprints are equal; a comparison that cannot be made (a NaN literal, an argument
+    whose ``==`` is not a bool) counts as different."""
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - undecidable means "changed": the pass then gets the full check
+        return False
 
 
 def _annotate_costs(program: Program) -> None:
@@ -70,14 +111,14 @@ class PassManager:
         the O(nodes) graph copy on huge graphs); returns the result with ``reports`` (one
         :class:`PassReport` per pass) and ``trace`` filled in."""
         prog = program if inplace else program.copy()
+        # what verification compares against, run only when a pass first changes the graph: the caller's
+        # program (left as it is) or, in place, a copy of the graph as it was (sharing the weights)
+        reference = (prog.copy() if inplace else program) if self.verify else None
         prog.reports = []
         trace = Trace(prog)
-        expected, depths = None, None
-        flat_inputs = prog.flat_example_inputs() if self.verify else None
-        if self.verify:
-            expected = prog.run_flat(flat_inputs)
-            depths = verify_mod.output_depths(prog.graph_module)
+        flat_inputs, expected, depths = None, None, None
         totals = _totals(prog)
+        fingerprint = graph_fingerprint(prog)
         for index, p in enumerate(self.passes):
             report = PassReport(index=index, name=p.name, spec=p.spec(), status="ran",
                                 nodes_before=prog.num_nodes(), flops_before=totals[0], bytes_before=totals[1])
@@ -94,7 +135,12 @@ class PassManager:
             _check_requires(p, prog)
             start = time.perf_counter()
             result = p.run(prog)
+            code_changed = False
             if result.modified:
+                after = graph_fingerprint(prog)
+                code_changed = not _same(after, fingerprint)
+                fingerprint = after
+            if code_changed:
                 prog.dirty = True
                 shapes.infer_missing(prog.graph_module)
                 provenance.mark_unowned(prog.graph, p.name)
@@ -106,11 +152,18 @@ class PassManager:
             report.notes = list(result.notes)
             report.nodes_after = prog.num_nodes()
             report.flops_after, report.bytes_after = totals
-            if not result.modified:
+            if not code_changed:
                 report.verified = "unchanged" if self.verify else "off"
-                trace.unchanged(p.name)
+                if result.modified:
+                    trace.snapshot(prog, p.name)   # its metadata (placement, ...) changed
+                else:
+                    trace.unchanged(p.name)
             else:
                 if self.verify:
+                    if expected is None:   # every pass before this one left the graph as it was
+                        flat_inputs = reference.flat_example_inputs()
+                        expected = reference.run_flat(flat_inputs)
+                        depths = verify_mod.output_depths(reference.graph_module)
                     expected, depths = self._verify(p, prog, flat_inputs, expected, depths, report)
                 trace.snapshot(prog, p.name)
             prog.reports.append(report)

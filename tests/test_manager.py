@@ -52,12 +52,46 @@ class NeedsPlacement(Pass):
         return PassResult(modified=False)
 
 
+@dataclass(frozen=True)
+class TagNodes(Pass):
+    """A pass that only writes node metadata (as split does) and says it modified the program."""
+
+    name = "test-tag"
+
+    def run(self, program):
+        for node in program.graph.nodes:
+            node.meta["tag"] = "seen"
+        return PassResult(modified=True)
+
+
+@dataclass(frozen=True)
+class ScaleWeight(Pass):
+    """A deliberately wrong pass that leaves every node as it is and rebinds the first weight to a scaled copy:
+    the graph's code is the same, its numerics are not."""
+
+    name = "test-scale-weight"
+
+    def run(self, program):
+        gm = program.graph_module
+        node = next(n for n in program.graph.nodes if n.op == "get_attr")
+        owner, _, attr = node.target.rpartition(".")
+        module = gm.get_submodule(owner) if owner else gm
+        old = getattr(module, attr)
+        new = torch.nn.Parameter(old.detach() * 1.5, requires_grad=False) if isinstance(old, torch.nn.Parameter) \
+            else old * 1.5
+        setattr(module, attr, new)
+        return PassResult(modified=True)
+
+
+TEST_PASSES = (ScaleOutput, DoNothing, NeedsPlacement, TagNodes, ScaleWeight)
+
+
 @pytest.fixture(autouse=True)
 def test_passes():
-    for cls in (ScaleOutput, DoNothing, NeedsPlacement):
+    for cls in TEST_PASSES:
         register_pass(cls)
     yield
-    for cls in (ScaleOutput, DoNothing, NeedsPlacement):
+    for cls in TEST_PASSES:
         unregister_pass(cls.name)
 
 
@@ -162,3 +196,65 @@ def test_pass_requiring_placement_explains_what_to_run(program):
 def test_negative_bisect_limit_is_rejected(program):
     with pytest.raises(FxoptError, match="bisect limit"):
         fxopt.optimize(program, "dce", bisect_limit=-1)
+
+
+def _count_runs(monkeypatch) -> list:
+    from fxopt.ir.program import Program
+    runs = []
+    original = Program.run_flat
+
+    def counting(self, flat_inputs):
+        runs.append(1)
+        return original(self, flat_inputs)
+
+    monkeypatch.setattr(Program, "run_flat", counting)
+    return runs
+
+
+def test_a_metadata_only_pass_is_not_recompiled_rerun_or_reannotated(program, monkeypatch):
+    runs = _count_runs(monkeypatch)
+    result = fxopt.optimize(program, "test-tag,test-tag")
+    assert runs == []                                     # no reference run, no check run: the graph is the same
+    assert [(r.modified, r.verified) for r in result.reports] == [(True, "unchanged"), (True, "unchanged")]
+    assert not result.dirty and result.graph_module.code == program.graph_module.code
+    assert all(n.meta["tag"] == "seen" for n in result.graph.nodes)
+    assert "tag" not in next(iter(program.graph.nodes)).meta          # the input program is untouched
+
+
+def test_a_metadata_only_pass_is_snapshotted_in_the_trace(program):
+    snapshots = fxopt.optimize(program, "test-tag").trace_json()["snapshots"]
+    assert [s.get("pass") for s in snapshots][1:] == ["test-tag"] and "same_as" not in snapshots[1]
+
+
+def test_a_pass_that_only_rebinds_a_weight_is_still_verified(program):
+    with pytest.raises(VerificationError, match="test-scale-weight"):
+        fxopt.optimize(program, "test-scale-weight")
+
+
+def test_the_reference_run_after_metadata_passes_is_of_the_original_graph(program, monkeypatch):
+    runs = _count_runs(monkeypatch)
+    with pytest.raises(VerificationError, match="test-scale-output"):
+        fxopt.optimize(program, "test-tag,test-scale-output")
+    assert len(runs) == 2                                 # the original once, the changed graph once
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_the_reference_run_is_made_once_for_several_changing_passes(program, monkeypatch, inplace):
+    runs = _count_runs(monkeypatch)
+    work = program.copy() if inplace else program
+    result = fxopt.optimize(work, "test-tag,canonicalize,fold-constants,dce", inplace=inplace)
+    changing = sum(r.verified == "ok" for r in result.reports)
+    assert changing >= 1 and len(runs) == 1 + changing    # canonicalize changes the block
+
+
+def test_graph_fingerprint_sees_ops_args_weights_and_subgraphs_but_not_metadata(program):
+    from fxopt.passes.manager import graph_fingerprint
+    work = program.copy()
+    before = graph_fingerprint(work)
+    next(iter(work.graph.nodes)).meta["placement"] = "xla"
+    assert graph_fingerprint(work) == before
+    node = next(n for n in work.graph.nodes if n.op == "call_function")
+    node.args = (*node.args,)                            # the same arguments in a new tuple
+    assert graph_fingerprint(work) == before
+    ScaleWeight().run(work)
+    assert graph_fingerprint(work) != before

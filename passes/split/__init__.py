@@ -17,7 +17,6 @@ runnable GraphModule per partition and :func:`run_partitions` runs them in order
 """
 from __future__ import annotations
 
-import gc
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import torch.fx
 from fxopt.ir.targets import (DEFAULT_PROFILES, NEURON_DEVICES, TARGETS, data_source, packet_name,
                               support_table)
 from fxopt.errors import InputError
+from fxopt.ir.gc_pause import collections_paused
 from fxopt.ir.device_files import is_profile_path, resolve_profile
 from fxopt.ir.devices import PROFILES, DeviceProfile, get_profile
 from fxopt.ir.partitions import (REGION_KIND, extract_partitions, partition_module, partitions_region,
@@ -128,16 +128,12 @@ class Split(Pass):
         target, _ = self.resolve(program)
         acc = self.accelerator_profile(target)
         cpu = self.host_profile()
-        gc_was_enabled = gc.isenabled()
-        gc.disable()  # the pass allocates many small lists; collections would rescan the whole FX graph
-        try:
+        # the pass allocates many small lists; collections would rescan the whole FX graph
+        with collections_paused():
             # a Neuron generation's profile (inf2, trn1, trn2) also picks that generation's operator list
             device = acc.name if target == "neuron" and acc.name in NEURON_DEVICES else None
             plan = split_program(program, target, acc, self.policy, self.min_ops, self.objective,
                                  self.prices(cpu.name, acc.name), cpu=cpu, table=support_table(target, device))
-        finally:
-            if gc_was_enabled:
-                gc.enable()
         graph = program.graph
         changed = _differs(graph, plan, program)
         notes = plan["notes"]
