@@ -31,14 +31,20 @@ PASSES = Registry("pass", {
 # The pipeline `fxopt run` uses when no --passes is given, per target.
 DEFAULT_PIPELINES: dict[str, str] = {
     "reference": "canonicalize,fold-constants,dedupe,moe,dce",
-    # split last: it records partitions that later passes would invalidate. policy=support: XLA here runs on
-    # the same CPU (no transfer cost), and torch_neuron.trace itself sends every supported op to Neuron.
+    # split last: it records partitions that later passes would invalidate. xla: policy=support, because the
+    # XLA backend runs its executables where JAX runs (XLA:CPU on this host: no transfer, and split's h100
+    # plan would describe another machine), so every op XLA lowers goes to XLA. neuron: an Inferentia server
+    # pipelines requests, so the cost policy places by throughput (the busiest of CPU, NeuronCore and link
+    # per request; docs/passes/split.md "Objectives"); policy=support sent ops there even when the estimate
+    # said the host alone was several times faster.
     "xla": "canonicalize,fold-constants,dedupe,moe,dce,split{target=xla,policy=support}",
-    "neuron": "canonicalize,fold-constants,dedupe,moe,dce,split{target=neuron,policy=support}",
-    # TensorRT runs on a separate GPU: the cost policy weighs transfers; embedding bags become gathers + sums
-    # first (their ONNX export is a Loop TensorRT rejects); sorts are made stable, as ONNX TopK sorts.
+    "neuron": "canonicalize,fold-constants,dedupe,moe,dce,split{target=neuron,objective=throughput}",
+    # TensorRT runs on a separate GPU: the cost policy weighs transfers, by throughput (the busiest of CPU,
+    # GPU and link per request, as a pipelined server runs; docs/passes/split.md "Objectives"); embedding bags
+    # become gathers + sums first (their ONNX export is a Loop TensorRT rejects); sorts are made stable, as
+    # ONNX TopK sorts.
     "tensorrt": "canonicalize,stable-sort,fold-constants,dedupe,moe,decompose-embedding-bag,dce,"
-                "split{target=tensorrt}",
+                "split{target=tensorrt,objective=throughput}",
 }
 
 def register_pass(cls: type[Pass]) -> type[Pass]:

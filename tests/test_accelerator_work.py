@@ -18,6 +18,10 @@ from fxopt.ir.partitions import accelerator_work, partitions_region
 from fxopt.ir.targets import is_bookkeeping
 from fxopt.tools.cli import main
 
+# neuron's default split places by throughput, which keeps these tiny models on the host: the CLI tests of
+# accelerator work send every supported op to neuron instead
+SUPPORT = "canonicalize,dce,split{target=neuron,policy=support}"
+
 MODELS = textwrap.dedent('''
     import torch
     from torch import nn
@@ -205,8 +209,11 @@ def test_every_accelerator_manifest_records_the_accelerator_work(backend, tmp_pa
     assert isinstance(manifest["accelerator_ops"], int) and manifest["total_ops"] == 3
     assert 0.0 <= manifest["accelerator_flops_fraction"] <= 1.0
     assert "accelerator_warning" in manifest
-    if backend in ("xla", "neuron"):    # their default split is policy=support
+    if backend == "xla":    # its default split is policy=support
         assert manifest["accelerator_ops"] == 3 and manifest["accelerator_warning"] is None
+    else:                   # throughput: this tiny model is estimated faster on the host, and says so
+        assert manifest["accelerator_ops"] == 0
+        assert manifest["accelerator_warning"].startswith(f"no {backend} partition:")
 
 
 # ------------------------------------------------------------------------------------------ the CLI
@@ -223,26 +230,28 @@ def test_require_accelerator_exits_1_when_nothing_runs_on_the_accelerator(model_
 
 
 def test_require_accelerator_exits_0_when_the_accelerator_does_the_work(model_file, tmp_path, capsys):
-    code = main(["run", f"{model_file}:Lin", "--backend", "neuron", "-o", str(tmp_path / "lin"),
-                 "--require-accelerator"])
+    code = main(["run", f"{model_file}:Lin", "--backend", "neuron", "--passes", SUPPORT,
+                 "-o", str(tmp_path / "lin"), "--require-accelerator"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert _warnings(captured.out) == []
 
 
 def test_the_cli_prints_one_warning_line_naming_a_fix_without_failing(model_file, tmp_path, capsys):
-    """tensorrt's default split (policy=cost, t4 profile) keeps this tiny model on the CPU."""
+    """tensorrt's default split (policy=cost, objective=throughput, t4 profile) keeps this tiny model on the
+    CPU; the fix it names is the other policy (the objective is already throughput)."""
     code = main(["run", f"{model_file}:Lin", "--backend", "tensorrt", "-o", str(tmp_path / "cost")])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     [line] = _warnings(captured.out)
-    assert "objective=latency" in line and "objective=throughput" in line and "policy=support" in line
+    assert "objective=throughput, t4 profile" in line and "split{target=tensorrt,policy=support}" in line
+    assert "objective=latency" not in line
     manifest = json.loads((tmp_path / "cost" / "manifest.json").read_text())
     assert manifest["accelerator_ops"] == 0 and manifest["accelerator_warning"] == line.removeprefix("warning: ")
 
 
 def test_min_accelerator_fraction_sets_the_threshold(model_file, tmp_path, capsys):
-    base = ["run", f"{model_file}:Heavy", "--backend", "neuron", "--require-accelerator"]
+    base = ["run", f"{model_file}:Heavy", "--backend", "neuron", "--passes", SUPPORT, "--require-accelerator"]
     assert main([*base, "-o", str(tmp_path / "a")]) == 1             # 0.1% < the default 5%
     assert "little neuron work" in capsys.readouterr().out
     assert main([*base, "-o", str(tmp_path / "b"), "--min-accelerator-fraction", "0"]) == 0
@@ -264,7 +273,7 @@ def test_require_accelerator_refuses_the_reference_backend(model_file, tmp_path,
 
 def test_inspect_placement_of_an_artifact_shows_each_node_and_its_reason(model_file, tmp_path, capsys):
     out = str(tmp_path / "heavy")
-    assert main(["run", f"{model_file}:Heavy", "--backend", "neuron", "-o", out]) == 0
+    assert main(["run", f"{model_file}:Heavy", "--backend", "neuron", "--passes", SUPPORT, "-o", out]) == 0
     capsys.readouterr()
     assert main(["inspect", out, "--placement"]) == 0
     text = capsys.readouterr().out

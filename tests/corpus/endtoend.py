@@ -19,12 +19,16 @@ from typing import Any
 import torch
 import torch.utils._pytree as pytree
 
-BACKENDS = ("reference", "xla", "tensorrt", "tensorrt+support", "neuron")
+BACKENDS = ("reference", "xla", "tensorrt", "tensorrt+support", "neuron", "neuron+support")
 
-# Columns that are a backend with its default pipeline changed: tensorrt's default split places by estimated
-# latency (policy=cost), which at these tiny sizes keeps most models on the CPU; "tensorrt+support" sends every
-# op TensorRT supports to it, so the ONNX route is exercised on every model.
-VARIANTS = {"tensorrt+support": ("tensorrt", "split{target=tensorrt}", "split{target=tensorrt,policy=support}")}
+# Columns that are a backend with its default pipeline changed: tensorrt's and neuron's default split places
+# by estimated throughput (policy=cost), which at these tiny sizes keeps most models on the CPU;
+# "tensorrt+support" and "neuron+support" send every op the target supports to it, so the ONNX route and
+# the TorchScript tracing route are exercised on every model.
+VARIANTS = {"tensorrt+support": ("tensorrt", "split{target=tensorrt,objective=throughput}",
+                                 "split{target=tensorrt,policy=support}"),
+            "neuron+support": ("neuron", "split{target=neuron,objective=throughput}",
+                               "split{target=neuron,policy=support}")}
 
 # Cells that cannot pass here, with the reason shown in docs/models.md; the tests check they still fail that
 # way (so a fix shows up). Empty: every model runs on every backend.
@@ -81,7 +85,10 @@ def run_cell(name: str, backend: str, out_root: str) -> Cell:
 
     _, kwargs, program, expected = captured(name)
     target, old, new = VARIANTS.get(backend, (backend, "", ""))
-    pipeline = default_pipeline(target).replace(old, new) if old else default_pipeline(target)
+    pipeline = default_pipeline(target)
+    if old:
+        assert old in pipeline, f"variant {backend}: {old!r} is no longer in {target}'s default pipeline"
+        pipeline = pipeline.replace(old, new)
     start = time.perf_counter()
     try:
         optimized = fxopt.optimize(program, pipeline, target=target)
