@@ -73,7 +73,8 @@ def load_profile(path: str | os.PathLike) -> DeviceProfile:
 
     Raises InputError (one line naming the file and what to do) for a missing or unreadable file, bad JSON,
     another format or a newer version, and a missing, non-numeric or out-of-range field (``peak_flops``,
-    ``mem_bandwidth``, ``link_bandwidth`` > 0, ``link_latency`` >= 0, ``kind`` "cpu" or "accelerator").
+    ``mem_bandwidth``, ``link_bandwidth`` > 0, ``link_latency`` >= 0, ``kind`` "cpu" or "accelerator";
+    ``memory_bytes``, optional, > 0).
     """
     path = os.fspath(path)
     try:
@@ -115,6 +116,9 @@ def load_profile(path: str | os.PathLike) -> DeviceProfile:
     fp32 = None
     if profile.get("peak_flops_fp32") is not None:
         fp32 = _number(path, profile, "peak_flops_fp32", positive=True)
+    memory = None
+    if profile.get("memory_bytes") is not None:   # optional: files written before it was modelled lack it
+        memory = _number(path, profile, "memory_bytes", positive=True)
     precision = profile.get("precision", "fp32")
     description = profile.get("description", "")
     for field, value in (("precision", precision), ("description", description)):
@@ -122,7 +126,7 @@ def load_profile(path: str | os.PathLike) -> DeviceProfile:
             raise InputError(f"{path}: device profile field {field!r} must be a string, got {value!r}; "
                              f"{_REGENERATE}")
     return DeviceProfile(name=name, kind=kind, precision=precision, peak_flops_fp32=fp32,
-                         description=description, **figures)
+                         description=description, memory_bytes=memory, **figures)
 
 
 def is_profile_path(spec: str) -> bool:

@@ -50,7 +50,9 @@ class DeviceProfile:
     ``peak_flops``: FLOP/s at ``precision``; ``mem_bandwidth``: device memory bandwidth in B/s;
     ``link_bandwidth``: host <-> device bandwidth in B/s (one direction); ``link_latency``: fixed cost of one
     transfer in seconds; ``kind``: ``"cpu"`` or ``"accelerator"``; ``peak_flops_fp32``: fp32 FLOP/s (defaults
-    to ``peak_flops``); ``description``: one line on what the figures describe.
+    to ``peak_flops``); ``description``: one line on what the figures describe; ``memory_bytes``: the device
+    memory this profile's unit has (its share of the chip's, as for the bandwidth), or None when not modelled
+    (the host).
     """
 
     name: str
@@ -62,6 +64,7 @@ class DeviceProfile:
     precision: str = "fp32"
     peak_flops_fp32: float | None = None
     description: str = ""
+    memory_bytes: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
@@ -71,6 +74,8 @@ class DeviceProfile:
                 raise ValueError(f"DeviceProfile.{name} must be positive, got {getattr(self, name)!r}")
         if self.link_latency < 0:
             raise ValueError(f"DeviceProfile.link_latency must be >= 0, got {self.link_latency!r}")
+        if self.memory_bytes is not None and not self.memory_bytes > 0:
+            raise ValueError(f"DeviceProfile.memory_bytes must be positive or None, got {self.memory_bytes!r}")
         if self.peak_flops_fp32 is None:
             object.__setattr__(self, "peak_flops_fp32", self.peak_flops)
 
@@ -91,6 +96,7 @@ class DeviceProfile:
             "precision": self.precision,
             "peak_flops_fp32": self.peak_flops_fp32,
             "description": self.description,
+            "memory_bytes": self.memory_bytes,
         }
 
 
@@ -133,7 +139,8 @@ INF1 = DeviceProfile(
     kind="accelerator",
     precision="fp16/bf16 dense",
     peak_flops_fp32=16e12,
-    description="one AWS Inferentia NeuronCore-v1 (1/4 chip: 16 TFLOPS bf16, 12.5 GiB/s)",
+    description="one AWS Inferentia NeuronCore-v1 (1/4 chip: 16 TFLOPS bf16, 12.5 GiB/s, 2 GiB DRAM)",
+    memory_bytes=8 * _GiB / 4,
 )
 
 # Inf2, Trn1 and Trn2 sources: AWS Neuron docs, "Neuron hardware" pages (aws-neuron/aws-neuron-sdk
@@ -159,7 +166,9 @@ INF2 = DeviceProfile(
     kind="accelerator",
     precision="bf16/fp16 dense",
     peak_flops_fp32=47.5e12 / 2,
-    description="one AWS Inferentia2 NeuronCore-v2 (1/2 chip: 95 TFLOPS bf16, 23.75 TFLOPS fp32, 410 GiB/s HBM)",
+    description="one AWS Inferentia2 NeuronCore-v2 (1/2 chip: 95 TFLOPS bf16, 23.75 TFLOPS fp32, 410 GiB/s, "
+                "16 GiB HBM)",
+    memory_bytes=32 * _GiB / 2,
 )
 
 # --- trn1: one NeuronCore-v2 of an AWS Trainium (first generation) chip ----------------------------
@@ -176,7 +185,9 @@ TRN1 = DeviceProfile(
     kind="accelerator",
     precision="bf16/fp16 dense",
     peak_flops_fp32=47.5e12 / 2,
-    description="one AWS Trainium NeuronCore-v2 (1/2 chip: 95 TFLOPS bf16, 23.75 TFLOPS fp32, 410 GiB/s HBM)",
+    description="one AWS Trainium NeuronCore-v2 (1/2 chip: 95 TFLOPS bf16, 23.75 TFLOPS fp32, 410 GiB/s, "
+                "16 GiB HBM)",
+    memory_bytes=32 * _GiB / 2,
 )
 
 # --- trn2: one NeuronCore-v3 of an AWS Trainium2 chip ---------------------------------------------
@@ -195,7 +206,9 @@ TRN2 = DeviceProfile(
     kind="accelerator",
     precision="bf16/fp16 dense",
     peak_flops_fp32=181e12 / 8,
-    description="one AWS Trainium2 NeuronCore-v3 (1/8 chip: 83.4 TFLOPS bf16, 22.6 TFLOPS fp32, 362.5 GB/s HBM)",
+    description="one AWS Trainium2 NeuronCore-v3 (1/8 chip: 83.4 TFLOPS bf16, 22.6 TFLOPS fp32, 362.5 GB/s, "
+                "12 GiB HBM)",
+    memory_bytes=96 * _GiB / 8,
 )
 
 # --- t4: NVIDIA T4 (Turing, 70 W PCIe card) -------------------------------------------------------
@@ -211,12 +224,13 @@ T4 = DeviceProfile(
     kind="accelerator",
     precision="fp16 dense (tensor cores)",
     peak_flops_fp32=8.1e12,
-    description="NVIDIA T4 (65 TFLOPS fp16 tensor, 8.1 TFLOPS fp32, 320 GB/s GDDR6, PCIe Gen3 x16)",
+    description="NVIDIA T4 (65 TFLOPS fp16 tensor, 8.1 TFLOPS fp32, 320 GB/s, 16 GB GDDR6, PCIe Gen3 x16)",
+    memory_bytes=16e9,
 )
 
 # --- h100: NVIDIA H100 SXM5 80 GB -----------------------------------------------------------------
 # NVIDIA H100 datasheet (SXM5 column): BF16/FP16 tensor core 1,979 TFLOPS *with sparsity*, i.e.
-# 989.4 TFLOPS dense; FP32 67 TFLOPS; HBM3 3.35 TB/s. Host link PCIe Gen5 x16: 128 GB/s bidirectional
+# 989.4 TFLOPS dense; FP32 67 TFLOPS; 80 GB HBM3 at 3.35 TB/s. Host link PCIe Gen5 x16: 128 GB/s bidirectional
 # => 64 GB/s per direction. Link latency ~10 us per transfer, an assumption.
 H100 = DeviceProfile(
     name="h100",
@@ -227,7 +241,8 @@ H100 = DeviceProfile(
     kind="accelerator",
     precision="bf16/fp16 dense (tensor cores)",
     peak_flops_fp32=67e12,
-    description="NVIDIA H100 SXM5 (989 TFLOPS bf16 dense, 67 TFLOPS fp32, 3.35 TB/s HBM3, PCIe Gen5 x16)",
+    description="NVIDIA H100 SXM5 (989 TFLOPS bf16 dense, 67 TFLOPS fp32, 3.35 TB/s, 80 GB HBM3, PCIe Gen5 x16)",
+    memory_bytes=80e9,
 )
 
 #: Built-in profiles by name.

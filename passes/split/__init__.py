@@ -38,6 +38,7 @@ from fxopt.passes.base import Pass, PassResult
 from fxopt.passes.split.partition import describe, form_partitions
 from fxopt.passes.split.objectives import DEFAULT_PRICES, Busy, busy_of, objective_weights, score, \
     sweep_throughput
+from fxopt.passes.split.capacity import WEIGHT_SHARE, human_bytes, keep_within_memory
 from fxopt.passes.split.placement import (analyse, build_network, complete, cut_network, support_placement,
                                          weights_follow_users)
 
@@ -58,7 +59,8 @@ class Split(Pass):
     ``fxopt.ir.devices.PROFILES``, or a profile file of kind accelerator, see :mod:`fxopt.ir.device_files`;
     auto: neuron->inf1, tensorrt->t4, xla->h100), ``cpu_profile`` (the host's profile: ``cpu``, or a file
     ``fxopt calibrate`` wrote; a file is a spec with ``/`` or ending in ``.json``, and cannot hold ``,`` or
-    ``}``)."""
+    ``}``), ``acc_memory`` (bytes of accelerator memory for the weights read there; 0: 80% of the profile's
+    memory; inf: no limit; the readers of the largest weights that do not fit stay on the CPU)."""
 
     name = "split"
     ensures = frozenset({"shapes", "placement"})
@@ -71,10 +73,14 @@ class Split(Pass):
     cpu_profile: str = "cpu"
     price_cpu: float = 0.0
     price_acc: float = 0.0
+    acc_memory: float = 0.0
 
     def __post_init__(self) -> None:
         if self.min_ops < 1:
             raise InputError(f"pass 'split': min_ops must be >= 1, got {self.min_ops}")
+        if not self.acc_memory >= 0:
+            raise InputError(f"pass 'split': acc_memory must be a number of bytes >= 0 (0: "
+                             f"{WEIGHT_SHARE:.0%} of the profile's memory; inf: no limit), got {self.acc_memory}")
         for field_name in ("price_cpu", "price_acc"):
             value = getattr(self, field_name)
             if not (value >= 0 and value < float("inf")):
@@ -133,7 +139,8 @@ class Split(Pass):
             # a Neuron generation's profile (inf2, trn1, trn2) also picks that generation's operator list
             device = acc.name if target == "neuron" and acc.name in NEURON_DEVICES else None
             plan = split_program(program, target, acc, self.policy, self.min_ops, self.objective,
-                                 self.prices(cpu.name, acc.name), cpu=cpu, table=support_table(target, device))
+                                 self.prices(cpu.name, acc.name), cpu=cpu, table=support_table(target, device),
+                                 weight_budget=self.acc_memory or None)
         graph = program.graph
         changed = _differs(graph, plan, program)
         notes = plan["notes"]
@@ -178,11 +185,13 @@ def _differs(graph: torch.fx.Graph, plan: dict, program: Program) -> bool:
 
 def split_program(program: Program, target: str, acc, policy: str = "cost", min_ops: int = 2,
                   objective: str = "latency", prices: tuple[float, float] | None = None, cpu=None,
-                  table=None) -> dict:
+                  table=None, weight_budget: float | None = None) -> dict:
     """Compute (without writing anything) the placement and partitions of ``program`` for ``target`` on
     accelerator profile ``acc`` (CPU profile ``cpu``, default the built-in one; support ``table``, default the
     target's), minimising ``objective`` (:mod:`fxopt.passes.split.objectives`; ``prices`` = (cpu, accelerator)
-    US$/h for ``cost``). Returns ``{"placement": {node name: device}, "partition": {name: partition},
+    US$/h for ``cost``), with the weights read on the accelerator within ``weight_budget`` bytes (default:
+    :data:`~fxopt.passes.split.capacity.WEIGHT_SHARE` of ``acc.memory_bytes``; no limit when the profile has
+    none; :mod:`fxopt.passes.split.capacity`). Returns ``{"placement": {node name: device}, "partition": {name: partition},
     "resident_on": {weight node name: [devices]}, "reason": {node name: why}, "region": dict,
     "details": dict, "notes": [str]}``."""
     start = time.perf_counter()
@@ -191,6 +200,10 @@ def split_program(program: Program, target: str, acc, policy: str = "cost", min_
     prices = prices or (DEFAULT_PRICES.get(cpu.name, DEFAULT_PRICES["cpu"]), DEFAULT_PRICES.get(acc.name, 1.0))
     graph = program.graph
     info = analyse(graph, table, cpu, acc)
+    if weight_budget is None and acc.memory_bytes:
+        weight_budget = WEIGHT_SHARE * acc.memory_bytes
+    memory = keep_within_memory(info, weight_budget, acc.name) if weight_budget not in (None, float("inf")) \
+        else None
     t_analyse = time.perf_counter()
     nodes, kind = info.nodes, info.kind
     n = len(nodes)
@@ -284,6 +297,8 @@ def split_program(program: Program, target: str, acc, policy: str = "cost", min_
             partition_of[name] = rec["name"]
     reasons_of = placement_reasons(info, dev, placement_of, target, policy, objective, min_ops, fell, fallback,
                                    acc.name)
+    if memory:
+        reasons_of.update(memory["reasons"])
 
     # estimated time: every op on its device, plus one transfer per crossing (value, reading partition)
     before = sum(info.times[i][0] for i in range(len(nodes)))
@@ -327,6 +342,9 @@ def split_program(program: Program, target: str, acc, policy: str = "cost", min_
         "estimate": estimate,
         "unsupported": dict(sorted(unsupported.items())),
     }
+    if memory is not None:
+        region["memory"] = {k: memory[k] for k in ("budget_bytes", "weight_bytes", "resident_bytes",
+                                                   "kept_on_host")}
     n_acc = sum(1 for i, n in enumerate(nodes) if n.op == "call_function" and dev[i] != "cpu")
     n_calls = sum(1 for n in nodes if n.op == "call_function")
     details = {
@@ -343,6 +361,7 @@ def split_program(program: Program, target: str, acc, policy: str = "cost", min_
         "estimated_us": {"before": round(before * 1e6, 3), "after": round(after * 1e6, 3)},
         "estimate": estimate,
         "min_ops_fallback_ops": fallbacks,
+        "memory": region.get("memory"),
         "seconds": {"analyse": round(t_analyse - start, 4), "place": round(t_place - t_analyse, 4),
                     "partition": round(t_part - t_place, 4)},
         "flow_network": {"vertices": len(net.free) + (net.size - n - 2) + 2 if net else 0,
@@ -353,6 +372,12 @@ def split_program(program: Program, target: str, acc, policy: str = "cost", min_
              f"{objective} estimate ({acc.name} profile): {fmt(estimate['before'])} all on the CPU -> "
              f"{fmt(estimate['after'])} (busy us: " + ", ".join(f"{k} {v:.4g}" for k, v in
                                                                estimate["busy_us_after"].items()) + ")"]
+    if memory and memory["kept_on_host"]:
+        kept = memory["kept_on_host"]
+        notes.append(f"memory: {len(kept)} weight(s) kept on the host with their readers ({', '.join(kept[:3])}"
+                     f"{', ...' if len(kept) > 3 else ''}): the weights supported ops read "
+                     f"({human_bytes(memory['weight_bytes'])}) exceed {acc.name}'s weight budget "
+                     f"({human_bytes(memory['budget_bytes'])}; split{{acc_memory=BYTES}} sets it)")
     if fallback:
         notes.append(f"the {objective} cut's partitions estimated worse than the {fallback} placement, "
                      f"so split used {fallback}")
