@@ -211,3 +211,37 @@ def test_named_inputs_bind_to_a_pt2s_input_names(tmp_path, capsys):
     code = main(["run", str(path), "--input", "b=float32[2,4]", "--input", "a=float32[2,3]", "-o", out])
     assert code == 0, capsys.readouterr().err
     assert [s["shape"] for s in fxopt.load(out).input_specs] == [[2, 3], [2, 4]]
+
+
+# ------------------------------------------------------------------------------------------ --batch
+def test_rebatch_repeats_or_cuts_the_batch_dim_only():
+    from fxopt.tools.model_inputs import rebatch
+    ids, dense, other = torch.arange(12).reshape(4, 3), torch.randn(4, 2), torch.arange(7)
+    big = rebatch((ids, dense, other, 1.5), 10)
+    assert big[0].shape == (10, 3) and big[1].shape == (10, 2)
+    assert torch.equal(big[0][4:8], ids) and torch.equal(big[0][8:], ids[:2])   # rows repeated in order
+    assert big[2] is other and big[3] == 1.5                                      # not batch-shaped: kept
+    small = rebatch({"ids": ids}, 2)
+    assert torch.equal(small["ids"], ids[:2])
+
+
+def test_batch_flag_captures_and_compiles_at_that_batch(tmp_path, capsys):
+    import json
+    out = tmp_path / "b"
+    assert main(["run", "zoo:ranking", "--small", "--batch", "24", "--no-verify", "-o", str(out)]) == 0
+    shapes = [i["shape"] for i in json.loads((out / "manifest.json").read_text())["inputs"]]
+    assert shapes and all(s[0] == 24 for s in shapes)
+
+
+def test_batch_flag_works_with_input_specs(user_model, tmp_path, capsys):
+    import json
+    out = tmp_path / "c"
+    assert main(["run", user_model, "--input", "x=float32[2,16]", "--input", "ids=int64[2,3]:0..5000",
+                 "--batch", "5", "--no-verify", "-o", str(out)]) == 0
+    assert json.loads((out / "manifest.json").read_text())["inputs"][0]["shape"][0] == 5
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "two"])
+def test_a_bad_batch_is_a_usage_error(value, capsys):
+    assert main(["run", "zoo:ranking", "--batch", value]) == 2
+    assert "positive integer" in capsys.readouterr().err

@@ -120,3 +120,33 @@ def test_trace_records_the_placement_reason_for_the_visualizer(ranking_512):
     records = program.trace_json()["snapshots"][-1]["nodes"]
     bag = next(r for r in records if "embedding_bag" in r["target"])
     assert bag["placement_reason"].startswith("unsupported on neuron")
+
+
+# ------------------------------------------------------------------------------------------ fxopt run --price
+def test_price_flag_places_by_cost_at_those_prices(tmp_path, capsys):
+    import json
+
+    from fxopt.tools.cli import main
+    out = tmp_path / "a"
+    code = main(["run", "zoo:ranking", "--small", "--backend", "neuron", "--price", "cpu=0.5,neuron=0.05",
+                 "--no-verify", "-o", str(out)])
+    assert code == 0, capsys.readouterr().err
+    split = next(r for r in json.loads((out / "trace.json").read_text())["reports"] if r["name"] == "split")
+    assert split["details"]["objective"] == "cost"
+    assert split["details"]["estimate"]["prices_usd_per_hour"] == {"cpu": 0.5, "neuron": 0.05}
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--price", "gpu=1"], "DEVICE one of cpu, acc"),
+    (["--price", "cpu=-1"], "must be > 0"),
+    (["--price", "cpu=1,cpu=2"], "two prices for the CPU"),
+    (["--price", "xla=1", "--backend", "neuron"], "this run compiles for neuron"),
+    (["--price", "cpu=1", "--passes", "dce"], "no split pass"),
+])
+def test_bad_price_flags_exit_2_before_capture(argv, words, tmp_path, capsys):
+    from fxopt.tools.cli import main
+    out = tmp_path / "never"
+    assert main(["run", "zoo:ranking", "--small", *argv, "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
+    assert not out.exists()

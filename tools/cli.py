@@ -68,6 +68,21 @@ class _NonNegativeInt:
         return value
 
 
+class _PositiveInt:
+    """argparse ``type=``: an integer >= 1."""
+
+    __name__ = "positive integer"
+
+    def __call__(self, text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+        return value
+
+
 class _Fraction:
     """argparse ``type=``: a number from 0 to 1."""
 
@@ -81,6 +96,62 @@ class _Fraction:
         if not 0.0 <= value <= 1.0:
             raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text}")
         return value
+
+
+class _PriceType:
+    """argparse ``type=`` for ``--price``: ``cpu=0.17,neuron=0.29`` (US$/h; the accelerator as ``acc`` or its
+    target's name) -> ``{"cpu": float, "acc": float, "acc_name": str | None}`` (missing ones absent)."""
+
+    __name__ = "prices"
+    KEYS = ("cpu", "acc", "neuron", "tensorrt", "xla")
+
+    def __call__(self, text: str) -> dict:
+        out: dict = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            key, eq, value = part.partition("=")
+            key = key.strip().lower()
+            if not eq or key not in self.KEYS:
+                raise argparse.ArgumentTypeError(f"expected DEVICE=US$_PER_HOUR with DEVICE one of "
+                                                 f"{', '.join(self.KEYS)}, got {part!r}")
+            try:
+                price = float(value)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{key}: expected a price in US$/h, got {value!r}") from None
+            if not 0 < price < float("inf"):
+                raise argparse.ArgumentTypeError(f"{key}: a price must be > 0 US$/h, got {value}")
+            slot = "cpu" if key == "cpu" else "acc"
+            if slot in out:
+                raise argparse.ArgumentTypeError(f"two prices for the {'CPU' if slot == 'cpu' else 'accelerator'}")
+            out[slot] = price
+            if slot == "acc" and key != "acc":
+                out["acc_name"] = key
+        if not out:
+            raise argparse.ArgumentTypeError("give at least one price, e.g. cpu=0.17,neuron=0.29")
+        return out
+
+
+def with_prices(pipeline: list, prices: dict | None, target: str) -> list:
+    """``pipeline`` with every ``split`` pass placing by US$ per request (``objective=cost``) at ``prices``
+    (from ``--price``); unchanged when ``prices`` is None. Raises InputError when there is no split pass, or
+    the price names another accelerator than ``target``."""
+    import dataclasses
+
+    from fxopt.errors import InputError
+
+    if not prices:
+        return pipeline
+    if prices.get("acc_name") not in (None, target):
+        raise InputError(f"--price {prices['acc_name']}=...: this run compiles for {target}; give {target}= "
+                         f"(or acc=) for the accelerator's price")
+    if not any(p.name == "split" for p in pipeline):
+        raise InputError("--price sets split's prices, but the pipeline has no split pass; add "
+                         "split{target=...} to --passes")
+    changes = {"objective": "cost"}
+    if "cpu" in prices:
+        changes["price_cpu"] = prices["cpu"]
+    if "acc" in prices:
+        changes["price_acc"] = prices["acc"]
+    return [dataclasses.replace(p, **changes) if p.name == "split" else p for p in pipeline]
 
 
 class _InputSpecType:
@@ -126,7 +197,12 @@ def model_request(args: argparse.Namespace) -> tuple[str, Any]:
         spec += "{small=true}"
     specs = check_input_specs(getattr(args, "input", None) or [])   # each parsed by argparse already
     check_inputs_file(getattr(args, "inputs", None))
-    return spec, inputs_maker(specs, getattr(args, "inputs", None))
+    maker = inputs_maker(specs, getattr(args, "inputs", None))
+    batch = getattr(args, "deploy_batch", None)
+    if batch is not None:
+        from fxopt.tools.model_inputs import rebatching_maker
+        maker = rebatching_maker(maker, batch)
+    return spec, maker
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,6 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dynamic-batch", action="store_true",
                      help="capture dim 0 of the inputs as symbolic where the model allows (one artifact for "
                           "any batch; needed for bucketing, e.g. --backend 'neuron{buckets=1;4;16}')")
+    run.add_argument("--batch", dest="deploy_batch", metavar="N", type=_PositiveInt(),
+                     help="capture, place and compile at the batch size you deploy: the example inputs' batch "
+                          "dim (dim 0 of the tensors that share the most common dim 0) repeated or cut to N rows "
+                          "(split's estimates, the artifact's shapes; default: the example's)")
+    run.add_argument("--price", metavar="DEVICE=USD_PER_H,...", type=_PriceType(),
+                     help="place by US$ per request at these prices (split{objective=cost}), e.g. "
+                          "'cpu=0.17,neuron=0.29'; an unnamed device keeps its profile's default price "
+                          "(docs/passes/split.md)")
     run.add_argument("--require-accelerator", action="store_true",
                      help="exit 1 when the accelerator backend's artifact does no accelerator work, or less than "
                           "--min-accelerator-fraction of the FLOPs (the warning line says why and the fix; "
@@ -406,7 +490,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise InputError(f"--require-accelerator needs an accelerator backend ({', '.join(TARGETS)}), "
                          f"not '{backend}'")
     spec = args.passes if args.passes is not None else default_pipeline(target)
-    pipeline = build_pipeline(spec)
+    pipeline = with_prices(build_pipeline(spec), getattr(args, "price", None), target)
     if args.output:
         check_output_dir(args.output)
 

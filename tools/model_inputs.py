@@ -12,6 +12,7 @@ model is resolved.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import inspect
 import os
@@ -202,4 +203,54 @@ def inputs_maker(specs: Sequence[InputSpec], inputs_file: str | None):
         generator = torch.Generator().manual_seed(SEED)
         return bind(model, [(s.name, make_tensor(s, generator)) for s in specs], "--input")
 
+    return make
+
+
+def rebatch(inputs: Any, batch: int) -> Any:
+    """``inputs`` (a tensor, or a tuple/list/dict of them) at batch size ``batch``: every tensor whose dim 0
+    is the batch size (the most common dim 0 among the tensors; the larger on a tie) has its rows repeated
+    cyclically (or cut) to ``batch`` rows; other values are unchanged. Raises InputError when no tensor has a
+    dim 0."""
+    import torch  # local: see parameter_names
+    import torch.utils._pytree as pytree  # local: as torch
+
+    tensors = [x for x in pytree.tree_leaves(inputs) if isinstance(x, torch.Tensor) and x.ndim >= 1]
+    if not tensors:
+        raise InputError(f"--batch {batch}: the model's example inputs have no tensor with a batch dim; give "
+                         f"the inputs at that batch with --input")
+    counts = collections.Counter(int(t.shape[0]) for t in tensors)
+    size = max(counts, key=lambda b: (counts[b], b))
+    rows = torch.arange(batch) % size
+
+    def one(x: Any) -> Any:
+        if isinstance(x, torch.Tensor) and x.ndim >= 1 and x.shape[0] == size:
+            return x[rows].clone()
+        return x
+
+    return pytree.tree_map(one, inputs)
+
+
+def rebatching_maker(inner: Any, batch: int):
+    """An inputs maker (see :func:`inputs_maker`) giving ``inner``'s inputs, or the model's own (its model
+    library's, else its ``example_inputs()``), at batch size ``batch`` (:func:`rebatch`)."""
+
+    def make(model: Any, default: Any = None) -> Any:
+        if inner is not None:
+            base = inner(model)
+        elif default is not None:
+            base = default
+        elif callable(getattr(model, "example_inputs", None)):
+            base = model.example_inputs()
+        elif isinstance(getattr(model, "example_inputs", None), tuple):   # an ExportedProgram's (args, kwargs)
+            args, kwargs = model.example_inputs
+            if kwargs:
+                raise InputError(f"--batch {batch}: this program's example inputs are keyword arguments; give "
+                                 f"them at that batch with --input")
+            base = args
+        else:
+            raise InputError(f"--batch {batch}: the model has no example inputs to rebatch; give them with "
+                             f"--input (at the batch you deploy)")
+        return rebatch(base, batch)
+
+    make.uses_default = True
     return make

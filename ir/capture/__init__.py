@@ -81,7 +81,10 @@ def resolve_model(spec: Any, example_inputs: Any = None, trust_pickle: bool = Fa
         return model, _inputs_for(model, example_inputs, text, inputs), text
     if text.endswith(".pt2"):
         ep = _load_pt2(text, trust_pickle)
-        return ep, example_inputs(ep) if _is_inputs_maker(example_inputs) else example_inputs, os.path.basename(text)
+        if _is_inputs_maker(example_inputs):
+            made = example_inputs(ep, None) if getattr(example_inputs, "uses_default", False) else example_inputs(ep)
+            return ep, made, os.path.basename(text)
+        return ep, example_inputs, os.path.basename(text)
     if ":" in text:
         where, _, attr = text.rpartition(":")
         obj = _load_attr(where, attr, text)
@@ -173,9 +176,12 @@ def _is_inputs_maker(example_inputs: Any) -> bool:
 
 
 def _inputs_for(model: torch.nn.Module, example_inputs: Any, name: str, default: Any = None) -> tuple:
-    """The example inputs: given ones, ``example_inputs(model)`` for a maker, else ``default`` (a model
-    library's), else the model's ``example_inputs()`` method; InputError saying how to give them."""
+    """The example inputs: given ones, ``example_inputs(model)`` for a maker (``example_inputs(model,
+    default)`` for one with ``uses_default = True``), else ``default`` (a model library's), else the model's
+    ``example_inputs()`` method; InputError saying how to give them."""
     if _is_inputs_maker(example_inputs):
+        if getattr(example_inputs, "uses_default", False):   # e.g. the CLI's --batch: it rebatches these
+            return example_inputs(model, default)
         return example_inputs(model)
     if example_inputs is not None:
         return example_inputs
