@@ -96,24 +96,30 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-#: The placement each target's default pipeline uses (passes/registry.py DEFAULT_PIPELINES).
+#: The placement each target's default pipeline uses (passes/registry.py DEFAULT_PIPELINES), and the one it
+#: used before 2026-12-03.
 DEFAULTS = {"xla": "support", "tensorrt": "throughput", "neuron": "throughput"}
+BEFORE = {"xla": "support", "tensorrt": "latency", "neuron": "support"}
 
 
 def summary(rows: list[dict], targets: list[str]) -> str:
-    """One markdown row per model: per target, its default placement's accelerator ops / all ops,
-    partitions (CPU + accelerator) and transfers, and for tensorrt and neuron the support placement's too."""
+    """One markdown row per model: per target, the default placement before 2026-12-03 and now (one column
+    where they are the same): accelerator ops / all ops, partitions (CPU + accelerator), transfers and the
+    throughput estimate (us per request at the busiest resource)."""
     def cell(r: dict) -> str:
         return (f"{r['acc_ops']}/{r['ops']}, {r['partitions_cpu']}+{r['partitions_acc']}, {r['transfers']} tr, "
                 f"{r['throughput_us']:.3g} us")
 
-    columns = [(t, DEFAULTS[t]) for t in targets] + [(t, "support") for t in targets if DEFAULTS[t] != "support"]
+    columns = []
+    for t in targets:
+        columns += [(t, BEFORE[t], "before")] if BEFORE[t] != DEFAULTS[t] else []
+        columns.append((t, DEFAULTS[t], "now" if BEFORE[t] != DEFAULTS[t] else "default"))
     by_key = {(r["model"], r["target"], r["placement"]): r for r in rows}
-    lines = ["| model | all-CPU us | " + " | ".join(f"{t} {p}" for t, p in columns) + " |",
+    lines = ["| model | all-CPU us | " + " | ".join(f"{t} {p} ({when})" for t, p, when in columns) + " |",
              "|---|---|" + "---|" * len(columns)]
     for model in dict.fromkeys(r["model"] for r in rows):
         first = next(r for r in rows if r["model"] == model)
-        cells = [cell(by_key[(model, t, p)]) if (model, t, p) in by_key else "-" for t, p in columns]
+        cells = [cell(by_key[(model, t, p)]) if (model, t, p) in by_key else "-" for t, p, _ in columns]
         lines.append(f"| {model} | {first['all_cpu_us']:.3g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
