@@ -33,6 +33,7 @@ _LAZY: dict[str, str] = {
     "ExportReport": "fxopt.api:ExportReport",
     "Fields": "fxopt.ir.fields:Fields",   # what a loaded artifact returns for a model library's output class
     "optimize_many": "fxopt.passes.dedupe:optimize_many",
+    "fleet": "fxopt.tools.fleet:fleet",
     "explain": "fxopt.dynamo:explain",
     "zoo": "fxopt.zoo",
 }

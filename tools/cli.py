@@ -48,6 +48,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "fxopt.tools.bench_cli",
     "fxopt.tools.bisect",
     "fxopt.tools.calibrate",
+    "fxopt.tools.fleet.cli",
     "fxopt.tools.viz",
 )
 
