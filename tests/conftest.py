@@ -22,6 +22,9 @@ def pytest_configure(config):
     import os
 
     torch.set_num_threads(int(os.environ.get("FXOPT_TEST_THREADS", "1")))
+    # `fxopt run` reuses artifacts from ~/.cache/fxopt/compile by default; tests that run the CLI check what a
+    # compile does, so the cache is off unless a test names a --cache directory (tests/test_compile_cache.py)
+    os.environ["FXOPT_NO_CACHE"] = "1"
 
 
 class AttentionBlock(torch.nn.Module):

@@ -274,6 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--min-accelerator-fraction", metavar="F", type=_Fraction(),
                      help="share of the FLOPs (0..1) below which an accelerator artifact warns that it does "
                           "little accelerator work (default: 0.05; 0: warn only when it does none)")
+    run.add_argument("--cache", metavar="DIR",
+                     help="the compile cache: a run of the same model, passes, backend and versions reuses the "
+                          "artifact stored there (default: $FXOPT_CACHE_DIR or ~/.cache/fxopt/compile)")
+    run.add_argument("--no-cache", action="store_true",
+                     help="neither reuse nor store artifacts in the compile cache (also: FXOPT_NO_CACHE=1)")
     run.add_argument("--viz", action="store_true",
                      help="also write page.html (the pass trace, see `fxopt viz`) into the artifact directory")
     run.set_defaults(handler=cmd_run)
@@ -494,6 +499,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     pipeline = with_prices(build_pipeline(spec), getattr(args, "price", None), target)
     if args.output:
         check_output_dir(args.output)
+    cache = _run_cache(args, model_spec, pipeline, backend, target)
+    if cache is not None and cache.hit_before_capture():
+        return cache.reuse_before_capture(args)
 
     timings: dict[str, float] = {}
     start_all = time.perf_counter()
@@ -507,6 +515,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         timings["capture"] = st["seconds"]
         out_dir = args.output or default_output_dir(program.name)
         check_output_dir(out_dir)
+        if cache is not None and cache.hit_after_capture(program):
+            progress.done("found in the compile cache: the same graph, passes, backend and versions")
+            return cache.reuse_after_capture(args, program, out_dir)
 
         count = len(pipeline)
 
@@ -548,6 +559,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             if getattr(args, "viz", False):  # after save: the artifact directory is written atomically
                 from fxopt.tools.viz import write_page
                 write_page(path)
+            if cache is not None and not args.no_verify:   # only checked runs are reused
+                cache.store(program, path)
         timings["save"] = st["seconds"]
     manifest = read_manifest(path)
     total = time.perf_counter() - start_all
@@ -584,6 +597,94 @@ def cmd_run(args: argparse.Namespace) -> int:
                     f"still written to {_display_path(path)}")
         return EXIT_NO_ACCELERATOR
     return EXIT_OK
+
+
+class _RunCache:
+    """``fxopt run``'s use of the compile cache (:mod:`fxopt.tools.compile_cache`): the job key before
+    capture, the graph key after it, and what the command prints when it reuses an artifact."""
+
+    def __init__(self, root: str, model_spec: str, options: dict, passes: str, backend: str):
+        from fxopt.tools.compile_cache import Cache, job_key, versions
+
+        self.cache = Cache(root)
+        self.options, self.passes, self.backend = options, passes, backend
+        self.versions = versions(backend)
+        self.job_key = job_key(model_spec, options, passes, backend, self.versions)
+        self.graph_key: str | None = None
+        self.record = self.cache.job(self.job_key)
+
+    def hit_before_capture(self) -> bool:
+        """Whether an artifact of this very job is stored (a model whose source fxopt can name)."""
+        return self.record is not None
+
+    def hit_after_capture(self, program: Any) -> bool:
+        """Whether an artifact of this captured graph is stored."""
+        from fxopt.tools.compile_cache import graph_key
+
+        self.graph_key = graph_key(program, self.passes, self.backend, self.versions, self.options)
+        return self.cache.has(self.graph_key)
+
+    def store(self, program: Any, path: str) -> None:
+        """Keep the artifact just written at ``path`` for later runs."""
+        if self.graph_key is not None:
+            self.cache.store(self.graph_key, path, self.job_key, program.name)
+
+    def reuse_before_capture(self, args: argparse.Namespace) -> int:
+        """Copy the stored artifact of the job key into the output directory and report it."""
+        out_dir = args.output or default_output_dir(self.record.get("name") or "model")
+        check_output_dir(out_dir)
+        return self._reuse(args, self.record["graph"], out_dir, "an earlier run of the same model source")
+
+    def reuse_after_capture(self, args: argparse.Namespace, program: Any, out_dir: str) -> int:
+        """Copy the stored artifact of the captured graph into ``out_dir`` and report it."""
+        self.cache.record(self.job_key, self.graph_key, program.name)
+        return self._reuse(args, self.graph_key, out_dir, "an earlier run of the same graph and weights")
+
+    def _reuse(self, args: argparse.Namespace, key: str, out_dir: str, what: str) -> int:
+        from rich.text import Text
+
+        from fxopt.backends.base import read_manifest, steps_summary
+
+        self.cache.fetch(key, out_dir)
+        path = os.path.abspath(out_dir)
+        manifest = read_manifest(path)
+        console = _stdout_console()
+        console.print(Text(f"reused from the compile cache {_display_path(self.cache.root)}: the artifact of "
+                           f"{what}, passes, backend {self.backend} and versions (key {key[:12]}); nothing was "
+                           f"optimized or compiled; --no-cache compiles it again"), soft_wrap=True)
+        idle = manifest.get("accelerator_warning")
+        for note in manifest.get("notes", []):
+            console.print(Text(f"warning: {note}"), soft_wrap=True)
+        done, left = steps_summary(manifest)
+        console.print(Text(
+            f"artifact: {_display_path(path)} (backend {manifest.get('backend', self.backend)}); "
+            f"compiled here: {', '.join(done) or 'nothing'}; "
+            f"left for the target host: {', '.join(left) or 'nothing'}"), soft_wrap=True)
+        if idle and getattr(args, "require_accelerator", False):
+            _error_line(f"--require-accelerator: {idle.split(':', 1)[0]} (see the warning above); the artifact "
+                        f"was still written to {_display_path(path)}")
+            return EXIT_NO_ACCELERATOR
+        return EXIT_OK
+
+
+def _run_cache(args: argparse.Namespace, model_spec: str, pipeline: list, backend: str,
+               target: str) -> "_RunCache | None":
+    """The compile cache of this ``fxopt run``, or None when it is off: ``--no-cache``, ``FXOPT_NO_CACHE``
+    without an explicit ``--cache DIR``, or a ``--bisect-limit`` run (a deliberately partial pipeline)."""
+    if getattr(args, "no_cache", False) or args.bisect_limit is not None:
+        return None
+    if os.environ.get("FXOPT_NO_CACHE") and not getattr(args, "cache", None):
+        return None
+    from fxopt.tools.compile_cache import default_cache_dir, file_digest
+
+    inputs_file = getattr(args, "inputs", None)
+    options = {"spec": model_spec, "target": target, "input": [s.text() for s in (getattr(args, "input", None) or [])],
+               "inputs_file": file_digest(inputs_file) if inputs_file else None,
+               "batch": getattr(args, "deploy_batch", None), "dynamic_batch": args.dynamic_batch,
+               "trust_pickle": args.trust_pickle, "viz": getattr(args, "viz", False),
+               "min_accelerator_fraction": getattr(args, "min_accelerator_fraction", None)}
+    passes = ",".join(p.spec() for p in pipeline)
+    return _RunCache(getattr(args, "cache", None) or default_cache_dir(), model_spec, options, passes, backend)
 
 
 def _is_accelerator_backend(backend: str) -> bool:

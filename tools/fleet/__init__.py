@@ -12,7 +12,7 @@ model::
      "shared_bytes"}                                                     # a group's bytes saved by sharing
 
 A failing model never stops the others; a re-run keeps what a previous run finished (``kept``) and takes
-what another fleet compiled from the cache (:mod:`~fxopt.tools.fleet.cache`). See docs/fleet.md.
+what another fleet compiled from the cache (:mod:`fxopt.tools.compile_cache`, which `fxopt run` uses too). See docs/fleet.md.
 """
 from __future__ import annotations
 

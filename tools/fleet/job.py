@@ -40,23 +40,31 @@ def _state_path(out: str, name: str) -> str:
     return os.path.join(out, STATE_DIR, f"{name}.json")
 
 
-def _kept(out: str, name: str, key: str | None, marker: str) -> bool:
-    """Whether a previous run left this unit's output in place under the same job key."""
-    if key is None or not os.path.isfile(os.path.join(out, name, marker)):
+def _kept(out: str, name: str, marker: str, job_key: str | None = None, graph_key: str | None = None) -> bool:
+    """Whether a previous run left this unit's output in place under the same job key (known before
+    capture) or graph key (after it)."""
+    if (job_key is None and graph_key is None) or not os.path.isfile(os.path.join(out, name, marker)):
         return False
     try:
         with open(_state_path(out, name), encoding="utf-8") as f:
-            return json.load(f).get("job_key") == key
-    except (OSError, ValueError, AttributeError):
+            state = json.load(f)
+    except (OSError, ValueError):
         return False
+    return isinstance(state, dict) and ((job_key is not None and state.get("job_key") == job_key) or
+                                        (graph_key is not None and state.get("graph_key") == graph_key))
 
 
-def _mark_done(out: str, name: str, key: str | None) -> None:
+def _mark_done(out: str, name: str, job_key: str | None, graph_key: str | None) -> None:
     os.makedirs(os.path.join(out, STATE_DIR), exist_ok=True)
     tmp = _state_path(out, name) + f".{os.getpid()}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"job_key": key}, f)
+        json.dump({"job_key": job_key, "graph_key": graph_key}, f)
     os.replace(tmp, _state_path(out, name))
+
+
+def _options(job: ModelJob) -> dict:
+    """What beside the source, passes and backend shapes ``job``'s artifact (part of its job key)."""
+    return {"small": job.small, "input": list(job.input), "batch": job.batch}
 
 
 def _capture(job: ModelJob):
@@ -98,7 +106,7 @@ def _run_model(job: ModelJob, out: str, cache_dir: str | None, dest: str, result
     from fxopt.backends.base import check_replaceable, compile_program, get_backend
     from fxopt.passes.manager import optimize
     from fxopt.passes.registry import build_pipeline
-    from fxopt.tools.fleet.cache import Cache, graph_key, job_key, versions
+    from fxopt.tools.compile_cache import Cache, graph_key, job_key, versions
 
     seconds = result["seconds"]
     get_backend(job.backend)
@@ -106,16 +114,16 @@ def _run_model(job: ModelJob, out: str, cache_dir: str | None, dest: str, result
     pipeline = build_pipeline(passes)
     check_replaceable(dest)
     libs = versions(job.backend)
-    jkey = job_key(job, passes, libs)
-    if _kept(out, job.name, jkey, "manifest.json"):
+    jkey = job_key(job.model, _options(job), passes, job.backend, libs)
+    if _kept(out, job.name, "manifest.json", job_key=jkey):
         result["status_ok"], result["cache"] = "kept", "kept"
         return
     cache = Cache(cache_dir) if cache_dir else None
-    hit = cache.graph_for_job(jkey) if cache else None
-    if hit:
-        cache.fetch(hit, dest)
+    record = cache.job(jkey) if cache else None
+    if record:
+        cache.fetch(record["graph"], dest)
         result["cache"] = "hit (job)"
-        _mark_done(out, job.name, jkey)
+        _mark_done(out, job.name, jkey, record["graph"])
         return
     t0 = time.perf_counter()
     program = _capture(job)
@@ -123,11 +131,14 @@ def _run_model(job: ModelJob, out: str, cache_dir: str | None, dest: str, result
     result["nodes_before"] = program.num_nodes()
     result["weight_bytes_before"] = program.parameter_bytes(unique=True)
     gkey = graph_key(program, passes, job.backend, libs)
+    if _kept(out, job.name, "manifest.json", graph_key=gkey):
+        result["status_ok"], result["cache"] = "kept", "kept"
+        return
     if cache and cache.has(gkey):
         cache.fetch(gkey, dest)
-        cache.store(gkey, dest, jkey)
+        cache.store(gkey, dest, jkey, program.name)
         result["cache"] = "hit (graph)"
-        _mark_done(out, job.name, jkey)
+        _mark_done(out, job.name, jkey, gkey)
         return
     t0 = time.perf_counter()
     expected = program.run_flat(program.flat_example_inputs())
@@ -145,8 +156,8 @@ def _run_model(job: ModelJob, out: str, cache_dir: str | None, dest: str, result
     compiled.save(dest)
     seconds["save"] = time.perf_counter() - t0
     if cache:
-        cache.store(gkey, dest, jkey)
-    _mark_done(out, job.name, jkey)
+        cache.store(gkey, dest, jkey, program.name)
+    _mark_done(out, job.name, jkey, gkey)
 
 
 def run_group(jobs: list[ModelJob], out: str, cache_dir: str | None) -> list[dict]:
@@ -174,22 +185,22 @@ def _run_group(jobs, out, cache_dir, dest, results):
     from fxopt.backends import shared_store
     from fxopt.backends.base import check_replaceable, compile_program
     from fxopt.passes.dedupe.many import optimize_many
-    from fxopt.tools.fleet.cache import Cache, _digest, graph_key, job_key, versions
+    from fxopt.tools.compile_cache import Cache, digest, graph_key, job_key, versions
 
     group = jobs[0].group
     passes = _pipeline_text(jobs[0])
     check_replaceable(dest, marker="store.json", what="an fxopt shared store", fmt=shared_store.STORE_FORMAT)
     libs = versions("reference")
-    member_keys = [job_key(job, passes, libs) for job in jobs]
-    jkey = None if None in member_keys else _digest({"group": group, "members": [j.name for j in jobs],
-                                                     "keys": member_keys})
-    if _kept(out, group, jkey, "store.json"):
+    member_keys = [job_key(job.model, _options(job), passes, "reference", libs) for job in jobs]
+    jkey = None if None in member_keys else digest({"group": group, "members": [j.name for j in jobs],
+                                                    "keys": member_keys})
+    if _kept(out, group, "store.json", job_key=jkey):
         return "kept", "kept", None
     cache = Cache(cache_dir) if cache_dir else None
-    hit = cache.graph_for_job(jkey) if cache else None
-    if hit:
-        cache.fetch(hit, dest)
-        _mark_done(out, group, jkey)
+    record = cache.job(jkey) if cache else None
+    if record:
+        cache.fetch(record["graph"], dest)
+        _mark_done(out, group, jkey, record["graph"])
         return "ok", "hit (job)", None
     programs = []
     for job, r in zip(jobs, results):
@@ -198,12 +209,14 @@ def _run_group(jobs, out, cache_dir, dest, results):
         r["seconds"]["capture"] = time.perf_counter() - t0
         r["nodes_before"] = programs[-1].num_nodes()
         r["weight_bytes_before"] = programs[-1].parameter_bytes(unique=True)
-    gkey = _digest({"group": group, "members": [j.name for j in jobs],
-                    "graphs": [graph_key(p, passes, "reference", libs) for p in programs]})
+    gkey = digest({"group": group, "members": [j.name for j in jobs],
+                   "graphs": [graph_key(p, passes, "reference", libs) for p in programs]})
+    if _kept(out, group, "store.json", graph_key=gkey):
+        return "kept", "kept", None
     if cache and cache.has(gkey):
         cache.fetch(gkey, dest)
-        cache.store(gkey, dest, jkey)
-        _mark_done(out, group, jkey)
+        cache.store(gkey, dest, jkey, group)
+        _mark_done(out, group, jkey, gkey)
         return "ok", "hit (graph)", None
     t0 = time.perf_counter()
     expected = [p.run_flat(p.flat_example_inputs()) for p in programs]
@@ -226,8 +239,8 @@ def _run_group(jobs, out, cache_dir, dest, results):
     for r in results:
         r["seconds"]["save"] = (time.perf_counter() - t0) / len(jobs)
     if cache:
-        cache.store(gkey, dest, jkey)
-    _mark_done(out, group, jkey)
+        cache.store(gkey, dest, jkey, group)
+    _mark_done(out, group, jkey, gkey)
     return "ok", "miss", optimized.details["weight_bytes_saved"]
 
 

@@ -1,11 +1,14 @@
-"""The fleet's content-addressed artifact cache, shared by every worker through a directory.
+"""A content-addressed cache of compiled artifacts in a directory, shared by ``fxopt run`` and every
+``fxopt fleet`` worker.
 
 Two keys per model (sha256 hex digests):
 
-- the **job key**, known before capture: the model's source (the bytes of its ``.py`` / ``.pt2`` /
-  ``.onnx`` file, or the zoo's code for ``zoo:NAME``), its options (small, inputs, batch), the pass spec,
-  the backend, and the versions of fxopt (its code, hashed), torch and the backend's libraries. A hit skips
-  everything, capture included.
+- the **job key**, known before capture, for models whose whole source can be named: a ``.pt2`` or
+  ``.onnx`` file (its bytes) or ``zoo:NAME`` (fxopt's code); plus the run's options (small, inputs, batch,
+  ...), the pass spec, the backend, and the versions of fxopt (its code, hashed), torch and the backend's
+  libraries. A hit skips everything, capture included. A ``file.py:Attr`` or ``module:Attr`` model gets no
+  job key: its code may import other files that change without its own bytes changing, so it is always
+  captured and found by its graph key.
 - the **graph key**, known after capture: the captured graph's structure and every weight's content
   (:func:`fxopt.ir.structure.graph_key`), the example inputs' shapes and dtypes, the pass spec, the backend
   and the versions. Two fleet entries holding the same model (a tower shared by two rankers, one model under
@@ -14,7 +17,7 @@ Two keys per model (sha256 hex digests):
 Layout::
 
     CACHE/artifacts/<graph key>/   an artifact directory, copied in whole or not at all
-    CACHE/jobs/<job key>.json      {"graph": <graph key>}
+    CACHE/jobs/<job key>.json      {"graph": <graph key>, "name": the program's name}
 
 Entries are written to a temporary name and renamed, so concurrent workers never see half an artifact; two
 workers that compile the same graph at once both write, and one rename wins (the entries are equal).
@@ -33,14 +36,15 @@ import shutil
 import uuid
 from typing import Any
 
-__all__ = ["Cache", "job_key", "graph_key", "versions", "source_identity"]
+__all__ = ["Cache", "job_key", "graph_key", "versions", "source_identity", "default_cache_dir", "digest"]
 
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _BACKEND_LIBRARIES = {"xla": ("jax", "jaxlib"), "tensorrt": ("onnx", "onnxruntime", "onnxscript"),
                       "neuron": (), "reference": ()}
 
 
-def _digest(value: Any) -> str:
+def digest(value: Any) -> str:
+    """The sha256 hex digest of ``value`` as canonical JSON."""
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -82,47 +86,51 @@ def versions(backend: str) -> dict:
 
 
 def source_identity(spec: str) -> str | None:
-    """A digest of what model spec ``spec`` runs: the file's bytes for ``file.py:Attr``, ``x.pt2`` and
-    ``x.onnx``; the module's source file for ``module:Attr``; the zoo's code for ``zoo:NAME``. None when it
-    cannot be pinned down without running it (then the job key is skipped and capture always runs)."""
+    """A digest of everything model spec ``spec`` runs, when that can be named without running it: the
+    file's bytes for ``x.pt2`` and ``x.onnx``, fxopt's code for ``zoo:NAME``. None otherwise (``file.py:Attr``
+    and ``module:Attr`` may import code that changes on its own)."""
     if spec.startswith("zoo:"):
-        return _digest({"zoo": spec, "code": _fxopt_code()})
-    head, sep, attr = spec.rpartition(":")
-    path = head if sep else spec
-    if os.path.isfile(path):
-        return _digest({"file": _file_digest(path), "attr": attr})
-    if sep and not os.path.sep in head:
-        try:
-            found = importlib.util.find_spec(head)
-        except (ImportError, ValueError):
-            found = None
-        origin = getattr(found, "origin", None)
-        if origin and os.path.isfile(origin):
-            return _digest({"module": head, "file": _file_digest(origin), "attr": attr})
+        return digest({"zoo": spec, "code": _fxopt_code()})
+    if spec.endswith((".pt2", ".onnx")) and os.path.isfile(spec):
+        return digest({"file": _file_digest(spec)})
     return None
 
 
-def job_key(job, passes: str, backend_versions: dict) -> str | None:
-    """The job key of :class:`~fxopt.tools.fleet.spec.ModelJob` ``job`` run with pipeline text ``passes``;
-    None when its source cannot be identified."""
-    source = source_identity(job.model)
+def job_key(spec: str, options: dict, passes: str, backend: str, backend_versions: dict) -> str | None:
+    """The job key of model ``spec`` run with ``options`` (a JSON-able dict of what else shapes the artifact),
+    pipeline text ``passes`` and ``backend``; None when the source cannot be named (:func:`source_identity`)."""
+    source = source_identity(spec)
     if source is None:
         return None
-    return _digest({"source": source, "small": job.small, "input": list(job.input), "batch": job.batch,
-                    "passes": passes, "backend": job.backend, "versions": backend_versions})
+    return digest({"source": source, "options": options, "passes": passes, "backend": backend,
+                   "versions": backend_versions})
 
 
-def graph_key(program, passes: str, backend: str, backend_versions: dict) -> str:
-    """The graph key of a captured ``program`` compiled with ``passes`` and ``backend``."""
+def file_digest(path: str) -> str:
+    """The sha256 of a file's bytes (for options that name a file, such as ``--inputs``)."""
+    return _file_digest(path)
+
+
+def default_cache_dir() -> str:
+    """``$FXOPT_CACHE_DIR``, else ``$XDG_CACHE_HOME/fxopt/compile``, else ``~/.cache/fxopt/compile``."""
+    if os.environ.get("FXOPT_CACHE_DIR"):
+        return os.environ["FXOPT_CACHE_DIR"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "fxopt", "compile")
+
+
+def graph_key(program, passes: str, backend: str, backend_versions: dict, options: dict | None = None) -> str:
+    """The graph key of a captured ``program`` compiled with ``passes`` and ``backend`` (and ``options``: what
+    else shapes the artifact, JSON-able)."""
     import torch  # local: the CLI registers the fleet command before torch loads
 
     from fxopt.ir.structure import graph_key as structure_key
 
     inputs = [(str(t.dtype), tuple(t.shape)) if isinstance(t, torch.Tensor) else repr(t)
               for t in program.flat_example_inputs()]
-    return _digest({"graph": repr(structure_key(program.graph_module)), "inputs": inputs,
+    return digest({"graph": repr(structure_key(program.graph_module)), "inputs": inputs,
                     "in_spec": repr(program.in_spec), "out_spec": repr(program.out_spec),
-                    "passes": passes, "backend": backend, "versions": backend_versions})
+                    "passes": passes, "backend": backend, "versions": backend_versions, "options": options})
 
 
 class Cache:
@@ -134,25 +142,33 @@ class Cache:
     def _artifact(self, key: str) -> str:
         return os.path.join(self.root, "artifacts", key)
 
-    def graph_for_job(self, key: str | None) -> str | None:
-        """The graph key a job key was compiled as, when its artifact is still in the cache."""
+    def job(self, key: str | None) -> dict | None:
+        """``{"graph": graph key, "name": program name}`` that job key ``key`` was compiled as, when its
+        artifact is still in the cache; else None."""
         if key is None:
             return None
         try:
             with open(os.path.join(self.root, "jobs", f"{key}.json"), encoding="utf-8") as f:
-                graph = json.load(f).get("graph")
-        except (OSError, ValueError, AttributeError):
+                record = json.load(f)
+        except (OSError, ValueError):
             return None
-        return graph if isinstance(graph, str) and self.has(graph) else None
+        if not isinstance(record, dict) or not isinstance(record.get("graph"), str) or not self.has(record["graph"]):
+            return None
+        return record
+
+    def graph_for_job(self, key: str | None) -> str | None:
+        """The graph key a job key was compiled as, when its artifact is still in the cache."""
+        record = self.job(key)
+        return record["graph"] if record else None
 
     def has(self, key: str) -> bool:
         """Whether an artifact is stored under graph key ``key``."""
         return os.path.isfile(os.path.join(self._artifact(key), "manifest.json")) or \
             os.path.isfile(os.path.join(self._artifact(key), "store.json"))
 
-    def store(self, key: str, artifact_dir: str, job: str | None = None) -> None:
+    def store(self, key: str, artifact_dir: str, job: str | None = None, name: str | None = None) -> None:
         """Copy the artifact directory ``artifact_dir`` in under graph key ``key`` and record job key ``job``
-        as compiled to it."""
+        (of a program called ``name``) as compiled to it."""
         if not self.has(key):
             final = self._artifact(key)
             os.makedirs(os.path.dirname(final), exist_ok=True)
@@ -162,12 +178,16 @@ class Cache:
                 os.replace(tmp, final)
             except OSError:   # another worker stored the same graph first: theirs is equal
                 shutil.rmtree(tmp, ignore_errors=True)
+        self.record(job, key, name)
+
+    def record(self, job: str | None, key: str, name: str | None = None) -> None:
+        """Record job key ``job`` (None: nothing to record) as compiled to graph key ``key``."""
         if job is not None:
             jobs = os.path.join(self.root, "jobs")
             os.makedirs(jobs, exist_ok=True)
             tmp = os.path.join(jobs, f".{job}.{uuid.uuid4().hex}.tmp")
             with open(tmp, "w", encoding="utf-8") as f:
-                json.dump({"graph": key}, f)
+                json.dump({"graph": key, "name": name}, f)
             os.replace(tmp, os.path.join(jobs, f"{job}.json"))
 
     def fetch(self, key: str, dest: str) -> None:
