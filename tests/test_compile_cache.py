@@ -95,3 +95,19 @@ def test_a_reused_accelerator_artifact_still_says_it_does_no_accelerator_work(mo
     code, out = _run(capsys, spec, "--backend", "neuron", "--cache", cache, "--require-accelerator",
                      "-o", str(tmp_path / "b"))
     assert _reused(out) and "warning: no neuron partition" in out and code == 1
+
+
+def test_a_broken_cache_entry_compiles_instead_and_an_unwritable_cache_warns(model_file, tmp_path, capsys):
+    import shutil
+    cache = tmp_path / "cache"
+    spec = f"{model_file}:Net"
+    assert _run(capsys, spec, "--cache", str(cache), "-o", str(tmp_path / "a"))[0] == 0
+    [entry] = [p for p in (cache / "artifacts").iterdir() if p.is_dir()]
+    (entry / "graph.json").write_text("{not json")                 # a damaged entry: reuse fails, compile runs
+    code, out = _run(capsys, spec, "--cache", str(cache), "-o", str(tmp_path / "b"))
+    assert code == 0 and "could not be used" in out and "passes for target" in out
+    shutil.rmtree(cache)
+    cache.write_text("a file where the cache directory should be")
+    code, out = _run(capsys, spec, "--cache", str(cache), "-o", str(tmp_path / "c"))
+    assert code == 0 and "warning: could not store the artifact in the compile cache" in out
+    assert (tmp_path / "c" / "manifest.json").is_file()

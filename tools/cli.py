@@ -501,7 +501,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_output_dir(args.output)
     cache = _run_cache(args, model_spec, pipeline, backend, target)
     if cache is not None and cache.hit_before_capture():
-        return cache.reuse_before_capture(args)
+        code = cache.reuse_before_capture(args)
+        if code is not None:
+            return code
 
     timings: dict[str, float] = {}
     start_all = time.perf_counter()
@@ -517,7 +519,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_output_dir(out_dir)
         if cache is not None and cache.hit_after_capture(program):
             progress.done("found in the compile cache: the same graph, passes, backend and versions")
-            return cache.reuse_after_capture(args, program, out_dir)
+            code = cache.reuse_after_capture(args, program, out_dir)
+            if code is not None:
+                return code
 
         count = len(pipeline)
 
@@ -625,29 +629,45 @@ class _RunCache:
         return self.cache.has(self.graph_key)
 
     def store(self, program: Any, path: str) -> None:
-        """Keep the artifact just written at ``path`` for later runs."""
-        if self.graph_key is not None:
+        """Keep the artifact just written at ``path`` for later runs; a cache that cannot be written is one
+        warning line, never a failed run."""
+        if self.graph_key is None:
+            return
+        try:
             self.cache.store(self.graph_key, path, self.job_key, program.name)
+        except OSError as exc:
+            _stdout_console().print(f"warning: could not store the artifact in the compile cache "
+                                    f"{_display_path(self.cache.root)} ({exc.strerror or exc}); --cache DIR "
+                                    f"names another, --no-cache turns it off", soft_wrap=True, markup=False)
 
-    def reuse_before_capture(self, args: argparse.Namespace) -> int:
+    def reuse_before_capture(self, args: argparse.Namespace) -> int | None:
         """Copy the stored artifact of the job key into the output directory and report it."""
         out_dir = args.output or default_output_dir(self.record.get("name") or "model")
         check_output_dir(out_dir)
         return self._reuse(args, self.record["graph"], out_dir, "an earlier run of the same model source")
 
-    def reuse_after_capture(self, args: argparse.Namespace, program: Any, out_dir: str) -> int:
+    def reuse_after_capture(self, args: argparse.Namespace, program: Any, out_dir: str) -> int | None:
         """Copy the stored artifact of the captured graph into ``out_dir`` and report it."""
-        self.cache.record(self.job_key, self.graph_key, program.name)
+        with contextlib.suppress(OSError):   # remembering the job is an optimisation only
+            self.cache.record(self.job_key, self.graph_key, program.name)
         return self._reuse(args, self.graph_key, out_dir, "an earlier run of the same graph and weights")
 
-    def _reuse(self, args: argparse.Namespace, key: str, out_dir: str, what: str) -> int:
+    def _reuse(self, args: argparse.Namespace, key: str, out_dir: str, what: str) -> int | None:
+        """Copy and report; None (compile as usual) when the stored entry cannot be read."""
         from rich.text import Text
 
         from fxopt.backends.base import read_manifest, steps_summary
+        from fxopt.errors import InputError
 
-        self.cache.fetch(key, out_dir)
-        path = os.path.abspath(out_dir)
-        manifest = read_manifest(path)
+        try:
+            self.cache.fetch(key, out_dir)
+            path = os.path.abspath(out_dir)
+            manifest = read_manifest(path)
+        except (OSError, InputError) as exc:
+            _stdout_console().print(f"warning: the compile cache entry {key[:12]} could not be used "
+                                    f"({str(exc).splitlines()[0]}); compiling instead", soft_wrap=True,
+                                    markup=False)
+            return None
         console = _stdout_console()
         console.print(Text(f"reused from the compile cache {_display_path(self.cache.root)}: the artifact of "
                            f"{what}, passes, backend {self.backend} and versions (key {key[:12]}); nothing was "

@@ -17,10 +17,13 @@ Two keys per model (sha256 hex digests):
 Layout::
 
     CACHE/artifacts/<graph key>/   an artifact directory, copied in whole or not at all
+    CACHE/artifacts/<graph key>.sha256   the digest of its files, checked on every copy out
     CACHE/jobs/<job key>.json      {"graph": <graph key>, "name": the program's name}
 
 Entries are written to a temporary name and renamed, so concurrent workers never see half an artifact; two
-workers that compile the same graph at once both write, and one rename wins (the entries are equal).
+workers that compile the same graph at once both write, and one rename wins (the entries are equal). A copy
+out whose files do not match the recorded digest (a damaged or edited entry) is refused, and the caller
+compiles instead.
 """
 from __future__ import annotations
 
@@ -36,7 +39,8 @@ import shutil
 import uuid
 from typing import Any
 
-__all__ = ["Cache", "job_key", "graph_key", "versions", "source_identity", "default_cache_dir", "digest"]
+__all__ = ["Cache", "job_key", "graph_key", "versions", "source_identity", "default_cache_dir", "digest",
+           "file_digest", "tree_digest"]
 
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _BACKEND_LIBRARIES = {"xla": ("jax", "jaxlib"), "tensorrt": ("onnx", "onnxruntime", "onnxscript"),
@@ -106,6 +110,17 @@ def job_key(spec: str, options: dict, passes: str, backend: str, backend_version
                    "versions": backend_versions})
 
 
+def tree_digest(directory: str) -> str:
+    """The sha256 of every file under ``directory``: names (relative) and contents, in sorted order."""
+    h = hashlib.sha256()
+    for folder, dirs, files in os.walk(directory):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(folder, name)
+            h.update(os.path.relpath(path, directory).encode() + b"\0" + _file_digest(path).encode())
+    return h.hexdigest()
+
+
 def file_digest(path: str) -> str:
     """The sha256 of a file's bytes (for options that name a file, such as ``--inputs``)."""
     return _file_digest(path)
@@ -162,9 +177,10 @@ class Cache:
         return record["graph"] if record else None
 
     def has(self, key: str) -> bool:
-        """Whether an artifact is stored under graph key ``key``."""
-        return os.path.isfile(os.path.join(self._artifact(key), "manifest.json")) or \
-            os.path.isfile(os.path.join(self._artifact(key), "store.json"))
+        """Whether an artifact is stored under graph key ``key`` (with its digest)."""
+        entry = self._artifact(key)
+        return os.path.isfile(f"{entry}.sha256") and (os.path.isfile(os.path.join(entry, "manifest.json")) or
+                                                     os.path.isfile(os.path.join(entry, "store.json")))
 
     def store(self, key: str, artifact_dir: str, job: str | None = None, name: str | None = None) -> None:
         """Copy the artifact directory ``artifact_dir`` in under graph key ``key`` and record job key ``job``
@@ -174,10 +190,16 @@ class Cache:
             os.makedirs(os.path.dirname(final), exist_ok=True)
             tmp = f"{final}.{uuid.uuid4().hex}.tmp"
             shutil.copytree(artifact_dir, tmp)
+            files = tree_digest(tmp)
             try:
                 os.replace(tmp, final)
             except OSError:   # another worker stored the same graph first: theirs is equal
                 shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                with open(f"{final}.sha256.{uuid.uuid4().hex}.tmp", "w", encoding="utf-8") as f:
+                    f.write(files)
+                    written = f.name
+                os.replace(written, f"{final}.sha256")
         self.record(job, key, name)
 
     def record(self, job: str | None, key: str, name: str | None = None) -> None:
@@ -200,5 +222,12 @@ class Cache:
         store = os.path.isfile(os.path.join(source, "store.json"))
         kwargs = ({"marker": "store.json", "what": "an fxopt shared store", "fmt": shared_store.STORE_FORMAT}
                   if store else {})
+        from fxopt.errors import InputError
+
+        with open(f"{source}.sha256", encoding="utf-8") as f:
+            recorded = f.read().strip()
         with atomic_directory(dest, **kwargs) as tmp:
             shutil.copytree(source, tmp, dirs_exist_ok=True)
+            if tree_digest(tmp) != recorded:
+                raise InputError(f"compile cache entry {key[:12]} in {self.root} does not match its digest "
+                                 f"(damaged or edited); delete it, or run with --no-cache")

@@ -62,6 +62,17 @@ def _mark_done(out: str, name: str, job_key: str | None, graph_key: str | None) 
     os.replace(tmp, _state_path(out, name))
 
 
+def _fetched(cache, key: str, dest: str) -> bool:
+    """Copy cache entry ``key`` to ``dest``; False (compile instead) when the entry cannot be used."""
+    from fxopt.errors import InputError
+
+    try:
+        cache.fetch(key, dest)
+    except (OSError, InputError):
+        return False
+    return True
+
+
 def _options(job: ModelJob) -> dict:
     """What beside the source, passes and backend shapes ``job``'s artifact (part of its job key)."""
     return {"small": job.small, "input": list(job.input), "batch": job.batch}
@@ -120,8 +131,7 @@ def _run_model(job: ModelJob, out: str, cache_dir: str | None, dest: str, result
         return
     cache = Cache(cache_dir) if cache_dir else None
     record = cache.job(jkey) if cache else None
-    if record:
-        cache.fetch(record["graph"], dest)
+    if record and _fetched(cache, record["graph"], dest):
         result["cache"] = "hit (job)"
         _mark_done(out, job.name, jkey, record["graph"])
         return
@@ -134,9 +144,8 @@ def _run_model(job: ModelJob, out: str, cache_dir: str | None, dest: str, result
     if _kept(out, job.name, "manifest.json", graph_key=gkey):
         result["status_ok"], result["cache"] = "kept", "kept"
         return
-    if cache and cache.has(gkey):
-        cache.fetch(gkey, dest)
-        cache.store(gkey, dest, jkey, program.name)
+    if cache and cache.has(gkey) and _fetched(cache, gkey, dest):
+        cache.record(jkey, gkey, program.name)
         result["cache"] = "hit (graph)"
         _mark_done(out, job.name, jkey, gkey)
         return
@@ -198,8 +207,7 @@ def _run_group(jobs, out, cache_dir, dest, results):
         return "kept", "kept", None
     cache = Cache(cache_dir) if cache_dir else None
     record = cache.job(jkey) if cache else None
-    if record:
-        cache.fetch(record["graph"], dest)
+    if record and _fetched(cache, record["graph"], dest):
         _mark_done(out, group, jkey, record["graph"])
         return "ok", "hit (job)", None
     programs = []
@@ -213,9 +221,8 @@ def _run_group(jobs, out, cache_dir, dest, results):
                    "graphs": [graph_key(p, passes, "reference", libs) for p in programs]})
     if _kept(out, group, "store.json", graph_key=gkey):
         return "kept", "kept", None
-    if cache and cache.has(gkey):
-        cache.fetch(gkey, dest)
-        cache.store(gkey, dest, jkey, group)
+    if cache and cache.has(gkey) and _fetched(cache, gkey, dest):
+        cache.record(jkey, gkey, group)
         _mark_done(out, group, jkey, gkey)
         return "ok", "hit (graph)", None
     t0 = time.perf_counter()
