@@ -111,3 +111,24 @@ def test_a_broken_cache_entry_compiles_instead_and_an_unwritable_cache_warns(mod
     code, out = _run(capsys, spec, "--cache", str(cache), "-o", str(tmp_path / "c"))
     assert code == 0 and "warning: could not store the artifact in the compile cache" in out
     assert (tmp_path / "c" / "manifest.json").is_file()
+
+
+def test_the_cache_keeps_within_its_size_by_evicting_the_least_recently_used(model_file, tmp_path, capsys):
+    from fxopt.tools.compile_cache import Cache
+    cache = tmp_path / "cache"
+    spec = f"{model_file}:Net"
+    for seed, out in ((0, "a"), (1, "b")):
+        model_file.write_text(MODEL.replace("SEED", str(seed)))
+        assert _run(capsys, spec, "--cache", str(cache), "-o", str(tmp_path / out))[0] == 0
+    entries = sorted(p.name for p in (cache / "artifacts").iterdir() if p.is_dir())
+    assert len(entries) == 2
+    removed = Cache(str(cache), max_bytes=1).evict(keep=entries[0])
+    assert removed == [entries[1]] and [p.name for p in (cache / "artifacts").iterdir() if p.is_dir()] == [entries[0]]
+
+
+def test_stored_files_are_linked_not_copied_when_they_can_be(model_file, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    out = tmp_path / "a"
+    assert _run(capsys, f"{model_file}:Net", "--cache", str(cache), "-o", str(out))[0] == 0
+    [entry] = [p for p in (cache / "artifacts").iterdir() if p.is_dir()]
+    assert os.path.samefile(entry / "manifest.json", out / "manifest.json")

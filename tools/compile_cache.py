@@ -29,6 +29,7 @@ from __future__ import annotations
 
 # local imports: torch and the backends load only when a key or an artifact is needed (the CLI's startup cost)
 
+import contextlib
 import functools
 import hashlib
 import importlib.metadata
@@ -148,11 +149,42 @@ def graph_key(program, passes: str, backend: str, backend_versions: dict, option
                     "passes": passes, "backend": backend, "versions": backend_versions, "options": options})
 
 
-class Cache:
-    """The cache directory ``root`` (created on first write)."""
+def _link_or_copy(src: str, dst: str) -> str:
+    """A hard link when ``src`` and ``dst`` share a filesystem (no second copy of the weights on disk), else a
+    copy. Artifacts are replaced by renaming a new directory over the old, never edited in place, so linked
+    files stay as stored (and the digest check on every copy out catches one that did not)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return dst
 
-    def __init__(self, root: str):
+
+def _entry_bytes(path: str) -> int:
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.stat(os.path.join(folder, name)).st_size
+    return total
+
+
+#: The cache's size limit when ``FXOPT_CACHE_MAX_GB`` is not set; the least recently used entries go first.
+DEFAULT_MAX_GB = 20.0
+
+
+class Cache:
+    """The cache directory ``root`` (created on first write), holding at most ``max_bytes`` (default:
+    ``$FXOPT_CACHE_MAX_GB`` GB, else :data:`DEFAULT_MAX_GB`) of artifacts."""
+
+    def __init__(self, root: str, max_bytes: float | None = None):
         self.root = os.path.abspath(root)
+        if max_bytes is None:
+            try:
+                max_bytes = float(os.environ.get("FXOPT_CACHE_MAX_GB", DEFAULT_MAX_GB)) * 1e9
+            except ValueError:
+                max_bytes = DEFAULT_MAX_GB * 1e9
+        self.max_bytes = max_bytes
 
     def _artifact(self, key: str) -> str:
         return os.path.join(self.root, "artifacts", key)
@@ -189,7 +221,7 @@ class Cache:
             final = self._artifact(key)
             os.makedirs(os.path.dirname(final), exist_ok=True)
             tmp = f"{final}.{uuid.uuid4().hex}.tmp"
-            shutil.copytree(artifact_dir, tmp)
+            shutil.copytree(artifact_dir, tmp, copy_function=_link_or_copy)
             files = tree_digest(tmp)
             try:
                 os.replace(tmp, final)
@@ -200,7 +232,33 @@ class Cache:
                     f.write(files)
                     written = f.name
                 os.replace(written, f"{final}.sha256")
+                self.evict(keep=key)
         self.record(job, key, name)
+
+    def evict(self, keep: str | None = None) -> list[str]:
+        """Remove the least recently used entries (by their digest file's time, refreshed on every copy out)
+        until the artifacts fit in ``max_bytes``; never ``keep``. Returns the graph keys removed."""
+        folder = os.path.join(self.root, "artifacts")
+        entries = []
+        for name in os.listdir(folder) if os.path.isdir(folder) else ():
+            if name.endswith(".sha256") and os.path.isdir(os.path.join(folder, name[:-7])):
+                key = name[:-7]
+                with contextlib.suppress(OSError):
+                    entries.append((os.stat(os.path.join(folder, name)).st_mtime, key,
+                                    _entry_bytes(os.path.join(folder, key))))
+        total = sum(size for _, _, size in entries)
+        removed = []
+        for _, key, size in sorted(entries):
+            if total <= self.max_bytes:
+                break
+            if key == keep:
+                continue
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(folder, f"{key}.sha256"))
+            shutil.rmtree(os.path.join(folder, key), ignore_errors=True)
+            total -= size
+            removed.append(key)
+        return removed
 
     def record(self, job: str | None, key: str, name: str | None = None) -> None:
         """Record job key ``job`` (None: nothing to record) as compiled to graph key ``key``."""
@@ -226,8 +284,10 @@ class Cache:
 
         with open(f"{source}.sha256", encoding="utf-8") as f:
             recorded = f.read().strip()
+        with contextlib.suppress(OSError):
+            os.utime(f"{source}.sha256")   # recently used: evicted last
         with atomic_directory(dest, **kwargs) as tmp:
-            shutil.copytree(source, tmp, dirs_exist_ok=True)
+            shutil.copytree(source, tmp, dirs_exist_ok=True, copy_function=_link_or_copy)
             if tree_digest(tmp) != recorded:
                 raise InputError(f"compile cache entry {key[:12]} in {self.root} does not match its digest "
                                  f"(damaged or edited); delete it, or run with --no-cache")
