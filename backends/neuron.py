@@ -32,7 +32,6 @@ sha256 against the manifest: faster, for artifacts you produced yourself.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from collections import Counter
@@ -51,6 +50,7 @@ from fxopt.ir.targets import NEURON_DEVICES, data_source, is_bookkeeping, neuron
 from fxopt.ir.targets import neuron_device as _generation
 from fxopt.errors import BackendError, InputError
 from fxopt.ir import serialize
+from fxopt.ir.files import file_sha256
 from fxopt.ir.program import Program
 from fxopt.ir.provenance import source_of
 from fxopt.ir.numerics import first_difference, max_abs_error, output_depths
@@ -198,14 +198,6 @@ def _merge(tensors: Any, constants: dict[int, Any], n: int) -> tuple:
     return tuple(constants[i] if i in constants else next(it) for i in range(n))
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _script_ops(module: Any) -> set[str]:
     """The TorchScript op names (``aten::addmm``...) in a traced module's inlined graph."""
     try:
@@ -294,7 +286,7 @@ class TorchScriptStage(Stage):
             ts_file = f"{self.name}.{tr.key}.torchscript.pt"
             path = os.path.join(directory, ts_file)
             torch.jit.save(tr.module, path)
-            tr.sha256 = _sha256(path)
+            tr.sha256 = file_sha256(path)
             files.append(ts_file)
             outside |= {op for op in _script_ops(tr.module) if op not in listed}
             entry = {"key": tr.key, "bucket": tr.bucket, "file": ts_file, "sha256": tr.sha256,
@@ -307,7 +299,7 @@ class TorchScriptStage(Stage):
                 out = entry["compile"]["inf2_trn1" if tr.sdk == "torch_neuronx" else "inf1"]["output"]
                 torch.jit.save(tr.neuron_module, os.path.join(directory, out))
                 entry["neuron_file"] = out
-                entry["neuron_sha256"] = _sha256(os.path.join(directory, out))
+                entry["neuron_sha256"] = file_sha256(os.path.join(directory, out))
                 files.append(out)
             entries.append(entry)
         return {"files": sorted(files), "fx": stem, "traces": entries, "ops": dict(sorted(self.ops.items())),
@@ -426,7 +418,7 @@ def _pending_trace(name: str, input_names: list, rec: Any) -> BucketTrace:
 
 def _load_torchscript(directory: str, name: str, rec: dict) -> BucketTrace:
     path = safe_file(directory, rec["file"])
-    if not rec.get("sha256") or _sha256(path) != rec["sha256"]:
+    if not rec.get("sha256") or file_sha256(path) != rec["sha256"]:
         raise InputError(f"{path}: sha256 does not match the manifest; the TorchScript file changed, refusing "
                          f"to load it (unset {LOAD_ENV} to re-trace from the FX graph)")
     module = torch.jit.load(path, map_location="cpu")

@@ -6,7 +6,6 @@ Headline: time of fxopt's 10-pass pipeline that changes nothing, as a ratio of o
 from __future__ import annotations
 
 import argparse
-import time
 
 from torch.fx.passes.infra.pass_base import PassResult as FxPassResult
 from torch.fx.passes.infra.pass_manager import PassManager as FxPassManager
@@ -14,15 +13,7 @@ from torch.fx.passes.infra.pass_manager import PassManager as FxPassManager
 import fxopt
 from fxopt.passes.manager import optimize as _optimize  # noqa: F401
 from benchmarks.synthetic import chain_program
-
-
-def _best(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+from benchmarks.timing import best_of
 
 
 def run(num_nodes: int = 50_000, repeat: int = 3) -> dict:
@@ -30,16 +21,16 @@ def run(num_nodes: int = 50_000, repeat: int = 3) -> dict:
     program = chain_program(num_nodes)
     gm = program.graph_module
     pipeline = ["dce", "canonicalize", "fold-constants"] * 3 + ["dce"]  # 10 real passes, nothing to do
-    recompile_s = _best(gm.recompile, repeat)
-    fxopt_s = _best(lambda: fxopt.optimize(program, pipeline, verify=False), repeat)
-    copy_s = _best(program.copy, repeat)
-    inplace_s = _best(lambda: _optimize(program, pipeline, verify=False, inplace=True), repeat)
+    recompile_s = best_of(gm.recompile, repeat)
+    fxopt_s = best_of(lambda: fxopt.optimize(program, pipeline, verify=False), repeat)
+    copy_s = best_of(program.copy, repeat)
+    inplace_s = best_of(lambda: _optimize(program, pipeline, verify=False, inplace=True), repeat)
 
     def noop(module):
         return FxPassResult(module, False)
 
     fx_manager = FxPassManager(passes=[noop] * 10)
-    fx_s = _best(lambda: fx_manager(gm), repeat)
+    fx_s = best_of(lambda: fx_manager(gm), repeat)
     return {
         "nodes": program.num_nodes(),
         "recompile_s": recompile_s,

@@ -12,20 +12,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
-
 import fxopt
-
 from benchmarks.split_graphs import branched_program
-
-
-def _best(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+from benchmarks.timing import best_of
 
 
 def run(nodes: int, repeat: int) -> dict:
@@ -42,10 +31,10 @@ def run(nodes: int, repeat: int) -> dict:
 
     return {
         "nodes": program.num_nodes(),
-        "recompile": _best(program.graph_module.recompile, repeat),
-        "copy": _best(program.copy, repeat),
-        "optimize": _best(lambda: optimize(False), repeat),
-        "optimize_verify": _best(lambda: optimize(True), repeat),
+        "recompile": best_of(program.graph_module.recompile, repeat),
+        "copy": best_of(program.copy, repeat),
+        "optimize": best_of(lambda: optimize(False), repeat),
+        "optimize_verify": best_of(lambda: optimize(True), repeat),
         "pass": min(pass_seconds),
     }
 

@@ -12,6 +12,16 @@ import torch
 from fxopt.tools.bench import load_average, machine_info, noise_warnings  # noqa: F401 - load_average for the benchmarks
 
 
+def best_of(fn, repeat: int) -> float:
+    """The fastest of ``repeat`` calls of ``fn``, in seconds."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
 def interleaved_medians(fns: list, repeat: int) -> list[float]:
     """Median seconds per callable in ``fns``, after one warm-up call each, timing them round-robin
     ``repeat`` times so machine noise hits all of them alike."""

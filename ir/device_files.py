@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 from ..errors import InputError
 from .devices import DeviceProfile, get_profile
+from .files import write_text_atomic
 
 __all__ = ["FORMAT", "VERSION", "save_profile", "load_profile", "resolve_profile", "is_profile_path"]
 
@@ -40,15 +41,9 @@ def save_profile(profile: DeviceProfile, path: str | os.PathLike,
     data = {"format": FORMAT, "version": VERSION, "profile": profile.to_json(),
             "measurements": dict(measurements or {})}
     text = json.dumps(data, indent=1, sort_keys=True, allow_nan=False) + "\n"
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        write_text_atomic(path, text)
     except OSError as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         raise InputError(f"{path}: cannot write the device profile ({exc.strerror or exc}); "
                          f"give a writable path with --out") from None
     return path

@@ -145,23 +145,11 @@ def calibrate_cpu(budget_s: float = DEFAULT_BUDGET_S, name: str = "cpu-calibrate
 
 
 # ------------------------------------------------------------------------------------------ the command
-class _PositiveSeconds:
-    """argparse ``type=``: a number of seconds > 0."""
-
-    __name__ = "seconds"
-
-    def __call__(self, text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}") from None
-        if not 0 < value < float("inf"):
-            raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text}")
-        return value
-
-
 def register(add) -> None:
     """Add the ``calibrate`` subcommand to the ``fxopt`` CLI (``add`` is tools.cli's sub-parser factory)."""
+    from fxopt.tools.cli import NumberArg  # local: cli imports this module to register it
+
+    seconds = NumberArg(float, lambda v: 0 < v < float("inf"), "seconds > 0", "seconds")
     p = add("calibrate", "time representative ops on this host and write a device profile for split",
             "Time a matmul, a convolution, an elementwise add, a gather and a copy with torch on this machine "
             "(at torch's thread count) and write a device profile file that `split{cpu_profile=FILE}` reads. "
@@ -170,7 +158,7 @@ def register(add) -> None:
                    help="the device to time: cpu (the only one that can be timed here; default: cpu)")
     p.add_argument("--out", metavar="FILE", default=DEFAULT_OUT,
                    help=f"the profile file to write (default: {DEFAULT_OUT} in the working directory)")
-    p.add_argument("--budget", metavar="SECONDS", type=_PositiveSeconds(), default=DEFAULT_BUDGET_S,
+    p.add_argument("--budget", metavar="SECONDS", type=seconds, default=DEFAULT_BUDGET_S,
                    help=f"about how long to time, in seconds, spread over the ops (default: {DEFAULT_BUDGET_S:g})")
     p.set_defaults(handler=cmd_calibrate)
 

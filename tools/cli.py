@@ -54,49 +54,27 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 
 # ------------------------------------------------------------------------------------------ arguments
-class _NonNegativeInt:
-    """argparse ``type=``: an integer >= 0."""
+class NumberArg:
+    """argparse ``type=``: ``convert`` (int or float) the text, then require ``accept(value)``; both failures
+    are "expected <what>, got <text>" (argparse prints it as a usage error, exit 2)."""
 
-    __name__ = "non-negative integer"
+    def __init__(self, convert, accept, what: str, name: str):
+        self.convert, self.accept, self.what = convert, accept, what
+        self.__name__ = name
 
-    def __call__(self, text: str) -> int:
+    def __call__(self, text: str):
         try:
-            value = int(text)
+            value = self.convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+            raise argparse.ArgumentTypeError(f"expected {self.what}, got {text!r}") from None
+        if not self.accept(value):
+            raise argparse.ArgumentTypeError(f"expected {self.what}, got {text}")
         return value
 
 
-class _PositiveInt:
-    """argparse ``type=``: an integer >= 1."""
-
-    __name__ = "positive integer"
-
-    def __call__(self, text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-        return value
-
-
-class _Fraction:
-    """argparse ``type=``: a number from 0 to 1."""
-
-    __name__ = "fraction"
-
-    def __call__(self, text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}") from None
-        if not 0.0 <= value <= 1.0:
-            raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text}")
-        return value
+_NON_NEGATIVE_INT = NumberArg(int, lambda v: v >= 0, "a non-negative integer", "non-negative integer")
+_POSITIVE_INT = NumberArg(int, lambda v: v >= 1, "a positive integer", "positive integer")
+_FRACTION = NumberArg(float, lambda v: 0.0 <= v <= 1.0, "a number from 0 to 1", "fraction")
 
 
 class _PriceType:
@@ -254,12 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-verify", action="store_true",
                      help="skip the per-pass checks (lint + numeric comparison after every changing pass); "
                           "the final check of the compiled artifact against the captured model still runs")
-    run.add_argument("--bisect-limit", metavar="N", type=_NonNegativeInt(),
+    run.add_argument("--bisect-limit", metavar="N", type=_NON_NEGATIVE_INT,
                      help="run only the first N passes of the pipeline (to find a pass that breaks a model)")
     run.add_argument("--dynamic-batch", action="store_true",
                      help="capture dim 0 of the inputs as symbolic where the model allows (one artifact for "
                           "any batch; needed for bucketing, e.g. --backend 'neuron{buckets=1;4;16}')")
-    run.add_argument("--batch", dest="deploy_batch", metavar="N", type=_PositiveInt(),
+    run.add_argument("--batch", dest="deploy_batch", metavar="N", type=_POSITIVE_INT,
                      help="capture, place and compile at the batch size you deploy: the example inputs' batch "
                           "dim (dim 0 of the tensors that share the most common dim 0) repeated or cut to N rows "
                           "(split's estimates, the artifact's shapes; default: the example's)")
@@ -271,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="exit 1 when the accelerator backend's artifact does no accelerator work, or less than "
                           "--min-accelerator-fraction of the FLOPs (the warning line says why and the fix; "
                           "the artifact is still written)")
-    run.add_argument("--min-accelerator-fraction", metavar="F", type=_Fraction(),
+    run.add_argument("--min-accelerator-fraction", metavar="F", type=_FRACTION,
                      help="share of the FLOPs (0..1) below which an accelerator artifact warns that it does "
                           "little accelerator work (default: 0.05; 0: warn only when it does none)")
     run.add_argument("--cache", metavar="DIR",
@@ -295,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     insp.add_argument("--trust-pickle", action="store_true",
                       help="read a .pt2 whose parts need a full unpickler (which can run code)")
     add_model_input_arguments(insp)
-    insp.add_argument("--top", metavar="N", type=_NonNegativeInt(), default=15,
+    insp.add_argument("--top", metavar="N", type=_NON_NEGATIVE_INT, default=15,
                       help="how many ops of the histogram to show (default: 15)")
     insp.add_argument("--placement", action="store_true",
                       help="show every node's placement, partition and split's reason for it: an artifact's "
@@ -695,11 +673,12 @@ def _run_cache(args: argparse.Namespace, model_spec: str, pipeline: list, backen
         return None
     if os.environ.get("FXOPT_NO_CACHE") and not getattr(args, "cache", None):
         return None
-    from fxopt.tools.compile_cache import default_cache_dir, file_digest
+    from fxopt.ir.files import file_sha256
+    from fxopt.tools.compile_cache import default_cache_dir
 
     inputs_file = getattr(args, "inputs", None)
     options = {"spec": model_spec, "target": target, "input": [s.text() for s in (getattr(args, "input", None) or [])],
-               "inputs_file": file_digest(inputs_file) if inputs_file else None,
+               "inputs_file": file_sha256(inputs_file) if inputs_file else None,
                "batch": getattr(args, "deploy_batch", None), "dynamic_batch": args.dynamic_batch,
                "trust_pickle": args.trust_pickle, "viz": getattr(args, "viz", False),
                "min_accelerator_fraction": getattr(args, "min_accelerator_fraction", None)}

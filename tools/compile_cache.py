@@ -27,7 +27,7 @@ compiles instead.
 """
 from __future__ import annotations
 
-# local imports: torch and the backends load only when a key or an artifact is needed (the CLI's startup cost)
+# local imports: torch and the backends load only when a key or an artifact is needed (callers import this module only to use a cache)
 
 import contextlib
 import functools
@@ -40,8 +40,10 @@ import shutil
 import uuid
 from typing import Any
 
+from fxopt.ir.files import file_sha256, write_text_atomic
+
 __all__ = ["Cache", "job_key", "graph_key", "versions", "source_identity", "default_cache_dir", "digest",
-           "file_digest", "tree_digest"]
+           "tree_digest"]
 
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _BACKEND_LIBRARIES = {"xla": ("jax", "jaxlib"), "tensorrt": ("onnx", "onnxruntime", "onnxscript"),
@@ -51,14 +53,6 @@ _BACKEND_LIBRARIES = {"xla": ("jax", "jaxlib"), "tensorrt": ("onnx", "onnxruntim
 def digest(value: Any) -> str:
     """The sha256 hex digest of ``value`` as canonical JSON."""
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _file_digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @functools.lru_cache(maxsize=1)
@@ -73,7 +67,7 @@ def _fxopt_code() -> str:
             if name.endswith((".py", ".json", ".js")):
                 path = os.path.join(folder, name)
                 h.update(os.path.relpath(path, _PACKAGE_ROOT).encode())
-                h.update(_file_digest(path).encode())
+                h.update(file_sha256(path).encode())
     return h.hexdigest()
 
 
@@ -97,7 +91,7 @@ def source_identity(spec: str) -> str | None:
     if spec.startswith("zoo:"):
         return digest({"zoo": spec, "code": _fxopt_code()})
     if spec.endswith((".pt2", ".onnx")) and os.path.isfile(spec):
-        return digest({"file": _file_digest(spec)})
+        return digest({"file": file_sha256(spec)})
     return None
 
 
@@ -118,13 +112,8 @@ def tree_digest(directory: str) -> str:
         dirs.sort()
         for name in sorted(files):
             path = os.path.join(folder, name)
-            h.update(os.path.relpath(path, directory).encode() + b"\0" + _file_digest(path).encode())
+            h.update(os.path.relpath(path, directory).encode() + b"\0" + file_sha256(path).encode())
     return h.hexdigest()
-
-
-def file_digest(path: str) -> str:
-    """The sha256 of a file's bytes (for options that name a file, such as ``--inputs``)."""
-    return _file_digest(path)
 
 
 def default_cache_dir() -> str:
@@ -228,10 +217,7 @@ class Cache:
             except OSError:   # another worker stored the same graph first: theirs is equal
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
-                with open(f"{final}.sha256.{uuid.uuid4().hex}.tmp", "w", encoding="utf-8") as f:
-                    f.write(files)
-                    written = f.name
-                os.replace(written, f"{final}.sha256")
+                write_text_atomic(f"{final}.sha256", files)
                 self.evict(keep=key)
         self.record(job, key, name)
 
@@ -265,10 +251,7 @@ class Cache:
         if job is not None:
             jobs = os.path.join(self.root, "jobs")
             os.makedirs(jobs, exist_ok=True)
-            tmp = os.path.join(jobs, f".{job}.{uuid.uuid4().hex}.tmp")
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump({"graph": key, "name": name}, f)
-            os.replace(tmp, os.path.join(jobs, f"{job}.json"))
+            write_text_atomic(os.path.join(jobs, f"{job}.json"), json.dumps({"graph": key, "name": name}))
 
     def fetch(self, key: str, dest: str) -> None:
         """Copy the artifact (or shared store) of graph key ``key`` to ``dest``, replacing in one step what is

@@ -81,20 +81,15 @@ def write_page(trace_or_dir: Any, path: str | None = None) -> str:
     and write it to ``path`` (default: :func:`default_page_path`); returns the absolute path written.
     Raises InputError for a missing/damaged trace or an unwritable path."""
     from fxopt.errors import InputError
+    from fxopt.ir.files import write_text_atomic
 
     trace = load_trace(trace_or_dir)
     path = os.path.abspath(path or default_page_path(trace_or_dir))
     text = build_page(trace)
-    parent = os.path.dirname(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        os.makedirs(parent, exist_ok=True)
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        write_text_atomic(path, text)
     except OSError as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         raise InputError(f"{path}: cannot write the page ({exc.strerror or exc}); choose another path with -o")
     return path
 

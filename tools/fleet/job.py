@@ -55,11 +55,10 @@ def _kept(out: str, name: str, marker: str, job_key: str | None = None, graph_ke
 
 
 def _mark_done(out: str, name: str, job_key: str | None, graph_key: str | None) -> None:
+    from fxopt.ir.files import write_text_atomic
+
     os.makedirs(os.path.join(out, STATE_DIR), exist_ok=True)
-    tmp = _state_path(out, name) + f".{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"job_key": job_key, "graph_key": graph_key}, f)
-    os.replace(tmp, _state_path(out, name))
+    write_text_atomic(_state_path(out, name), json.dumps({"job_key": job_key, "graph_key": graph_key}))
 
 
 def _fetched(cache, key: str, dest: str) -> bool:
