@@ -1221,13 +1221,15 @@ def _returns_something(target: Any) -> bool:
     return schema is None or len(schema.returns) > 0
 
 
-def node_cost(node: torch.fx.Node) -> OpCost:
+def node_cost(node: torch.fx.Node, subgraph_costs: dict[int, OpCost] | None = None) -> OpCost:
     """The :class:`OpCost` of one FX node, from ``node.meta["val"]`` of it and its inputs.
 
     ``placeholder``/``get_attr``/``output`` and export's ``_guards_fn`` call are free; ``call_function``
     nodes use the formula registered for their target (see :func:`register_cost`), symbolic-size scalar
     arithmetic is free, and anything else falls back to the estimate described in the module docstring
     (``exact=False``). Symbolic costs carry the example sizes of their symbols as ``hints``.
+    ``subgraph_costs``: a memo (id of a called GraphModule -> its cost) the caller keeps across the nodes of
+    one graph, so a step graph called 75 times is costed once.
     """
     if node.op in ("placeholder", "get_attr", "output"):
         return OpCost()
@@ -1239,7 +1241,11 @@ def node_cost(node: torch.fx.Node) -> OpCost:
         if isinstance(sub, torch.fx.GraphModule):
             # A called subgraph (e.g. a decode step) costs its graph; its symbols are valued at the
             # subgraph's own example sizes, not this call's, so the figure is an estimate.
-            inner = graph_cost(sub)
+            inner = subgraph_costs.get(id(sub)) if subgraph_costs is not None else None
+            if inner is None:
+                inner = graph_cost(sub)
+                if subgraph_costs is not None:
+                    subgraph_costs[id(sub)] = inner
             return OpCost(inner.flops, inner.bytes_read, inner.bytes_written, exact=False, hints=inner.hints)
         if not output_tensors(node):
             ESTIMATED_OPS.add(f"call_module:{type(sub).__name__ if sub is not None else node.target}")
@@ -1285,8 +1291,9 @@ def _graph_of(gm: Any) -> torch.fx.Graph:
 
 def annotate_costs(gm: Any) -> None:
     """Set ``node.meta["cost"]`` (an :class:`OpCost`) on every node of a GraphModule (or Graph)."""
+    memo: dict[int, OpCost] = {}
     for node in _graph_of(gm).nodes:
-        node.meta["cost"] = node_cost(node)
+        node.meta["cost"] = node_cost(node, memo)
 
 
 def graph_cost(gm: Any) -> OpCost:
@@ -1294,9 +1301,9 @@ def graph_cost(gm: Any) -> OpCost:
 
     The result is ``exact`` only if every node had a formula; symbolic totals carry the example sizes.
     """
-    total = OpCost()
+    total, memo = OpCost(), {}
     for node in _graph_of(gm).nodes:
-        total = total + node_cost(node)
+        total = total + node_cost(node, memo)
     return total
 
 

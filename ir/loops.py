@@ -136,10 +136,11 @@ def plan_for(variant: str, parts: list | None, max_len: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ costs
-def step_cost(region: dict, t: int):
+def step_cost(region: dict, t: int, symbolic: Any = None):
     """The cost model's :class:`~fxopt.ir.cost.OpCost` of one step with the caches at their length before
-    step ``t`` (concrete)."""
-    total = cost.graph_cost(region["step"].graph_module)
+    step ``t`` (concrete). ``symbolic``: the step graph's own (symbolic) cost when the caller already has it
+    (costing every step of a 75-step loop need not re-cost the graph 75 times)."""
+    total = cost.graph_cost(region["step"].graph_module) if symbolic is None else symbolic
     if not total.is_symbolic:
         return total
     subs = {region["batch_symbol"]: region["batch"]} if region.get("batch_symbol") else {}
@@ -153,8 +154,9 @@ def decoder_flops(region: dict, max_len: int | None = None) -> dict:
     """Decoder FLOPs over ``max_len`` steps: ``{"exact": sum of step t at its own cache length,
     "padded": max_len steps at the longest cache (a fixed-shape loop padded to max_len), "ratio"}``."""
     n = region["max_len"] if max_len is None else max_len
-    exact = sum(int(step_cost(region, t).flops) for t in range(n))
-    padded = n * int(step_cost(region, n - 1).flops)
+    symbolic = cost.graph_cost(region["step"].graph_module)
+    exact = sum(int(step_cost(region, t, symbolic).flops) for t in range(n))
+    padded = n * int(step_cost(region, n - 1, symbolic).flops)
     return {"exact": exact, "padded": padded, "ratio": exact / padded if padded else 1.0}
 
 
