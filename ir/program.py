@@ -67,6 +67,9 @@ class Program:
     notes: list = field(default_factory=list)
     # Keyword example inputs (``model(**batch)``), beside the positional ``example_inputs``.
     example_kwargs: dict = field(default_factory=dict)
+    # How capture built the graph when it did not export the whole model at once (block-wise capture:
+    # "captured block-wise: 6 blocks from 1 export(s) (ConformerBlock x6)"); "" for whole-model export.
+    capture_summary: str = ""
 
     # ----------------------------------------------------------------- running
     def flatten_inputs(self, args: tuple, kwargs: dict | None = None) -> list:

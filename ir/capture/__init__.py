@@ -25,14 +25,16 @@ import torch.fx
 import torch.utils._pytree as pytree
 
 from fxopt.errors import InputError
-from fxopt.ir import cost, loops, provenance
+from fxopt.ir import cost, loops, numerics, provenance
 from fxopt.ir.program import Program, delete_attr, fetch_attr, set_attr  # noqa: F401 - set_attr re-exported
 from fxopt.ir import serialize
-from fxopt.ir.capture import attention_layout, library_ops, pt2_check
+from fxopt.ir.capture import attention_layout, blocks, library_ops, pt2_check
 from fxopt.ir.capture.library_modules import static_library_modules
 from fxopt.ir.capture.library_outputs import plain_outputs
 from fxopt.ir.capture.module_conversions import HINT as CONVERSION_HINT, no_op_conversions
 from fxopt.ir.program import concrete_int
+
+_LOG = logging.getLogger(__name__)
 
 _DATA_DEPENDENT_HINT = (
     "the model branches on tensor values (data-dependent control flow); rewrite the branch with "
@@ -278,11 +280,50 @@ def _capture_resolved(resolved: Any, inputs: Any, kwargs: dict, name: str, sourc
             if kwargs:
                 dynamic_shapes = {**dict(zip(_positional_names(resolved, len(inputs)), dynamic_shapes)),
                                   **dict(zip(kwargs, batch_dynamic_shapes(tuple(kwargs.values()))))}
+        if dynamic_shapes is None and blocks.enabled():
+            program = _capture_blockwise(resolved, inputs, kwargs, name, source, original, notes)
+            if program is not None:
+                return program
         with plain_outputs(resolved, notes), static_library_modules(resolved, notes):
             ep = _export(resolved, inputs, kwargs, dynamic_shapes, source)
     program = program_from_exported(ep, inputs, name=name, source=source, original=original,
                                     example_kwargs=kwargs)
     program.notes.extend(notes)
+    return program
+
+
+def _capture_blockwise(model: torch.nn.Module, inputs: tuple, kwargs: dict, name: str, source: str,
+                       original: Any, notes: list[str]) -> Program | None:
+    """The Program of :mod:`~fxopt.ir.capture.blocks`' block-wise capture of ``model``, checked against the
+    model's eager outputs; None (with the reason at debug level) where it does not apply, fails or
+    differs, and the caller exports the whole model."""
+    def run_eager() -> list:
+        with eval_mode(model), torch.no_grad(), no_op_conversions():
+            return [t for t in pytree.tree_leaves(model(*inputs, **kwargs)) if isinstance(t, torch.Tensor)]
+
+    own_notes: list[str] = []
+    with plain_outputs(model, own_notes), static_library_modules(model, own_notes):
+        result = blocks.capture_blockwise(model, inputs, kwargs, source, _export, flat_module, run_eager)
+    if isinstance(result, str):
+        _LOG.debug("%s: whole-model export (%s)", source, result)
+        return None
+    program = program_from_module(result.graph_module, inputs, name=name, source=source, original=original,
+                                  example_kwargs=kwargs)
+    if result.blockwise:
+        try:
+            actual = [t for t in program.run_flat(program.flat_example_inputs()) if isinstance(t, torch.Tensor)]
+            problem = numerics.first_difference(result.expected, actual, numerics.depths_of(program))
+        except Exception as exc:  # noqa: BLE001 - a stitched graph that cannot run is not used
+            problem = f"it raised {type(exc).__name__}"
+        if problem:
+            _LOG.debug("%s: whole-model export (the block-wise graph differs from the model: %s)", source,
+                       problem)
+            return None
+        program.capture_summary = result.summary
+    _LOG.debug("%s: %s", source, result.summary)
+    program.notes.extend(own_notes)
+    notes.extend(own_notes)
+    program.notes.extend(n for n in notes if n not in program.notes)
     return program
 
 
@@ -434,6 +475,13 @@ def program_from_exported(ep: torch.export.ExportedProgram, example_inputs: tupl
                           source: str = "", original: Any = None, example_kwargs: dict | None = None) -> Program:
     """Build a flat Program from a (decomposed) ExportedProgram: plain codegen, no guard call, cloned
     weights, provenance and cost on every node, symbolic dims recorded."""
+    return program_from_module(flat_module(ep), example_inputs, name=name, source=source, original=original,
+                               example_kwargs=example_kwargs)
+
+
+def flat_module(ep: torch.export.ExportedProgram) -> torch.fx.GraphModule:
+    """``ep.module()`` with plain codegen (flat placeholders in the order of ``ep``'s input leaves), no
+    guard call and no input-checking hooks; its weights are still ``ep``'s own tensors."""
     with _quiet_torch_logs():
         gm = ep.module()
     in_spec, out_spec = gm._in_spec, gm._out_spec
@@ -447,6 +495,15 @@ def program_from_exported(ep: torch.export.ExportedProgram, example_inputs: tupl
     # ep.module() installs hooks that check inputs against the pytree spec; Program does that itself.
     gm._forward_pre_hooks.clear()
     gm._forward_hooks.clear()
+    return gm
+
+
+def program_from_module(gm: torch.fx.GraphModule, example_inputs: tuple, *, name: str = "model",
+                        source: str = "", original: Any = None, example_kwargs: dict | None = None) -> Program:
+    """Build a flat Program from a :func:`flat_module` GraphModule (export's ``_in_spec``/``_out_spec`` on
+    it): cloned weights, provenance and cost on every node, library ops replaced, symbolic dims recorded."""
+    in_spec, out_spec = gm._in_spec, gm._out_spec
+    graph = gm.graph
     _clone_weights(gm)
     for node in graph.nodes:
         node.meta["provenance"] = provenance.from_export(node)

@@ -1,0 +1,455 @@
+"""Block-wise capture: export each structurally distinct repeated submodule once and stitch the graph.
+
+Models repeat blocks (transformer layers, conformer blocks, decoder layers). ``torch.export`` traces and
+decomposes every instance again, which is where capture's time goes on deep models. Here:
+
+1. **Candidates**: non-leaf submodules grouped by structure (class, the names/shapes/dtypes of their
+   parameters and buffers, the classes of their submodules); a group needs two or more members.
+2. **One eager run** of the model records, for each candidate, its call's inputs and outputs. An instance
+   is used only if it ran exactly once, with inputs and outputs that are tensors or plain constants (no
+   cache objects, no callables); instances are regrouped by input/output specs and the outermost kept.
+3. **One export per group** (torch.export + core-ATen decomposition, as whole-model capture does) of its
+   first instance. A group whose graph writes into a buffer or an input, or calls a subgraph, is dropped.
+   Every instance is then *checked*: the block graph, run with that instance's own weights on that
+   instance's recorded inputs, must reproduce that instance's recorded outputs (fxopt's numeric rule). An
+   instance whose graph depends on anything but its inputs and weights (a layer index choosing a branch, a
+   Python attribute) fails the check and is traced as part of the model instead.
+4. **The outer export**: each accepted instance's ``forward`` is replaced, for the duration, by one call
+   of an opaque operator (``fxopt_capture::block``) whose fake implementation returns the recorded output
+   shapes, so the model's own export traces each block as one node.
+5. **Stitching**: each such node is replaced by a copy of its group's graph, its weights bound to the
+   instance's own (under the instance's module path, as whole-model export names them), values moved into
+   the model's fake mode, module stacks prefixed by the instance's path so provenance reads as before.
+
+The caller (:func:`fxopt.ir.capture.capture`) then checks the stitched program against the eager outputs
+of step 2 and falls back to whole-model export on any difference or failure, with the reason in the
+program's notes. ``FXOPT_BLOCK_CAPTURE=0`` turns block-wise capture off.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import operator
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx
+import torch.utils._pytree as pytree
+
+from fxopt.errors import InputError
+from fxopt.ir import numerics
+from fxopt.ir.program import fetch_attr, set_attr
+
+ENV_SWITCH = "FXOPT_BLOCK_CAPTURE"
+
+# A group is exported once only if it has at least this many instances: below that, the block's own export
+# (about as slow as tracing two instances in place) and the checks cost more than they save.
+MIN_INSTANCES = 3
+
+# Leaves a block's inputs and outputs may hold besides tensors: constants export specializes on.
+_CONSTANTS = (int, float, bool, str, type(None), torch.dtype, torch.device)
+
+
+def enabled() -> bool:
+    """Whether block-wise capture is on (``FXOPT_BLOCK_CAPTURE`` unset or not ``0``)."""
+    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+# --------------------------------------------------------------------------------------- the block operator
+@dataclass(frozen=True)
+class _TensorSpec:
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    dtype: torch.dtype
+    device: torch.device
+
+
+# call id -> the specs of the tensors that call returns (read by the operator's fake implementation)
+_OUTPUT_SPECS: dict[int, list[_TensorSpec]] = {}
+_CALL_IDS = itertools.count()
+
+
+@torch.library.custom_op("fxopt_capture::block", mutates_args=())
+def _block(call: int, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    raise RuntimeError("fxopt_capture::block only stands in for a block while the model is exported")
+
+
+@_block.register_fake
+def _block_fake(call: int, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [torch.empty_strided(s.shape, s.stride, dtype=s.dtype, device=s.device) for s in _OUTPUT_SPECS[call]]
+
+
+BLOCK_OP = torch.ops.fxopt_capture.block.default
+
+
+# --------------------------------------------------------------------------------------- recording
+@dataclass
+class _Call:
+    """One instance's recorded call: its flat inputs/outputs (tensors cloned) and their tree specs."""
+
+    path: str
+    module: torch.nn.Module
+    in_leaves: list = field(default_factory=list)
+    in_spec: Any = None
+    out_leaves: list = field(default_factory=list)
+    out_spec: Any = None
+    calls: int = 0
+    plain: bool = True
+
+    def signature(self) -> tuple:
+        """What must be equal for two instances to share one block graph (besides their structure)."""
+        return (str(self.in_spec), tuple(_leaf_key(x) for x in self.in_leaves),
+                str(self.out_spec), tuple(_leaf_key(x) for x in self.out_leaves))
+
+
+def _leaf_key(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return ("T", tuple(x.shape), tuple(x.stride()), x.dtype, str(x.device))
+    return ("C", type(x).__name__, repr(x))
+
+
+def _plain(leaves: list) -> bool:
+    return all(isinstance(x, torch.Tensor) and type(x) is torch.Tensor or isinstance(x, _CONSTANTS)
+               for x in leaves)
+
+
+def _clone(leaves: list) -> list:
+    return [x.detach().clone() if isinstance(x, torch.Tensor) else x for x in leaves]
+
+
+def _structure_key(module: torch.nn.Module) -> tuple:
+    return (type(module),
+            tuple((n, tuple(p.shape), p.dtype) for n, p in module.named_parameters()),
+            tuple((n, tuple(b.shape), b.dtype) for n, b in module.named_buffers()),
+            tuple((n, type(m)) for n, m in module.named_modules()))
+
+
+def _candidates(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """Non-leaf submodules that have at least one structurally equal sibling anywhere in the model."""
+    groups: dict[tuple, list[tuple[str, torch.nn.Module]]] = {}
+    seen: set[int] = set()
+    for path, module in model.named_modules():
+        if not path or id(module) in seen or not any(True for _ in module.children()):
+            continue
+        seen.add(id(module))
+        groups.setdefault(_structure_key(module), []).append((path, module))
+    return {path: m for members in groups.values() if len(members) > 1 for path, m in members}
+
+
+@contextlib.contextmanager
+def _recording(candidates: dict[str, torch.nn.Module]) -> Iterator[dict[str, _Call]]:
+    calls = {path: _Call(path, m) for path, m in candidates.items()}
+    handles = []
+    for path, module in candidates.items():
+        call = calls[path]
+
+        def pre(_m, args, kwargs, call=call):
+            call.calls += 1
+            leaves, call.in_spec = pytree.tree_flatten((args, kwargs))
+            call.plain = call.plain and _plain(leaves)
+            call.in_leaves = _clone(leaves)
+
+        def post(_m, _args, _kwargs, output, call=call):
+            leaves, call.out_spec = pytree.tree_flatten(output)
+            call.plain = call.plain and _plain(leaves)
+            call.out_leaves = _clone(leaves)
+
+        handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+        handles.append(module.register_forward_hook(post, with_kwargs=True))
+    try:
+        yield calls
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _groups(calls: dict[str, _Call]) -> list[list[_Call]]:
+    """Instances that ran once with plain inputs/outputs, grouped by structure and call specs, outermost
+    only, groups of two or more."""
+    def grouped(members: list[_Call]) -> list[list[_Call]]:
+        by_key: dict[tuple, list[_Call]] = {}
+        for c in members:
+            by_key.setdefault((_structure_key(c.module), c.signature()), []).append(c)
+        return [g for g in by_key.values() if len(g) >= MIN_INSTANCES]
+
+    usable = [c for g in grouped([c for c in calls.values() if c.calls == 1 and c.plain]) for c in g]
+    paths = {c.path for c in usable}
+    outermost = [c for c in usable if not any(p in paths for p in _ancestors(c.path))]
+    return grouped(outermost)
+
+
+def _ancestors(path: str) -> list[str]:
+    parts = path.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+# --------------------------------------------------------------------------------------- one group
+@dataclass
+class _Block:
+    """A group's exported graph (flat placeholders in input-leaf order) and its accepted instances."""
+
+    graph_module: torch.fx.GraphModule
+    instances: list[_Call]
+
+
+def _export_group(group: list[_Call], export: Callable, flatten: Callable, source: str) -> _Block | str:
+    """Export the group's first instance and check every instance against it; a reason string when the
+    group cannot be used."""
+    first = group[0]
+    args, kwargs = pytree.tree_unflatten(first.in_leaves, first.in_spec)
+    try:
+        ep = export(first.module, tuple(args), dict(kwargs), None, f"{source} ({first.path})")
+    except InputError as exc:
+        return f"{first.path}: {exc}"
+    sig = ep.graph_signature
+    if sig.buffers_to_mutate or sig.user_inputs_to_mutate:
+        return f"{first.path}: writes into a buffer or an input"
+    gm = flatten(ep)
+    gm.recompile()   # flatten's plain codegen takes effect
+    if any(n.op in ("call_module",) or n.op == "get_attr" and not isinstance(fetch_attr(gm, n.target),
+                                                                            torch.Tensor)
+           for n in gm.graph.nodes):
+        return f"{first.path}: calls a subgraph"
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    outputs = pytree.tree_leaves(next(n for n in gm.graph.nodes if n.op == "output").args)
+    if len(placeholders) != len(first.in_leaves) or len(outputs) != len(first.out_leaves):
+        return f"{first.path}: the exported graph's inputs/outputs do not match the call's"
+    depths = numerics.output_depths(gm)
+    accepted = [c for c in group if _reproduces(gm, c, depths)]
+    if len(accepted) < MIN_INSTANCES:
+        return f"{first.path}: only {len(accepted)} of {len(group)} instances reproduce the block graph"
+    return _Block(gm, accepted)
+
+
+def _reproduces(gm: torch.fx.GraphModule, call: _Call, depths: list) -> bool:
+    """Whether ``gm`` run with ``call``'s module's weights on its recorded inputs gives its recorded outputs."""
+    weights = {}
+    for node in gm.graph.nodes:
+        if node.op == "get_attr":
+            own = _own_tensor(call.module, str(node.target))
+            if own is not None:
+                weights[str(node.target)] = own
+    try:
+        with torch.no_grad():
+            out = torch.func.functional_call(gm, weights, tuple(_clone(call.in_leaves)), strict=False)
+    except Exception:  # noqa: BLE001 - an instance the block graph cannot run is traced with the model
+        return False
+    out = list(out) if isinstance(out, (tuple, list)) else [out]
+    return numerics.first_difference(call.out_leaves, out, depths) is None
+
+
+def _own_tensor(module: torch.nn.Module, target: str) -> torch.Tensor | None:
+    try:
+        value = fetch_attr(module, target)
+    except AttributeError:
+        return None
+    return value if isinstance(value, torch.Tensor) else None
+
+
+# --------------------------------------------------------------------------------------- the outer export
+class _CallMismatch(Exception):
+    """A block was called during export with other inputs than in the recording run."""
+
+
+@contextlib.contextmanager
+def _opaque(blocks: list[_Block]) -> Iterator[tuple[dict[int, tuple[_Block, _Call]], set[int]]]:
+    """While active, every accepted instance's forward is one call of the block operator when called as
+    recorded (else its own forward). Yields ``(call id -> (block, call), the ids of the calls made)``."""
+    by_id: dict[int, tuple[_Block, _Call]] = {}
+    used: set[int] = set()
+    patched: list[tuple[torch.nn.Module, bool, Any]] = []
+    for block in blocks:
+        for call in block.instances:
+            call_id = next(_CALL_IDS)
+            by_id[call_id] = (block, call)
+            _OUTPUT_SPECS[call_id] = [_TensorSpec(tuple(t.shape), tuple(t.stride()), t.dtype, t.device)
+                                      for t in call.out_leaves if isinstance(t, torch.Tensor)]
+            module = call.module
+            patched.append((module, "forward" in module.__dict__, module.__dict__.get("forward")))
+            module.forward = _stand_in(call_id, call, module.forward, used)
+    try:
+        yield by_id, used
+    finally:
+        for module, had_own, own in patched:
+            if had_own:
+                module.forward = own
+            else:
+                del module.forward
+        for call_id in by_id:
+            _OUTPUT_SPECS.pop(call_id, None)
+
+
+def _stand_in(call_id: int, call: _Call, own_forward: Callable, used: set[int]) -> Callable:
+    recorded = [_leaf_key(x) for x in call.in_leaves]
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        leaves, spec = pytree.tree_flatten((args, kwargs))
+        if spec != call.in_spec or [_leaf_key(x) for x in leaves] != recorded or call_id in used:
+            # called otherwise than in the recording run: traced with the model, as without blocks
+            return own_forward(*args, **kwargs)
+        used.add(call_id)
+        outs = iter(_block(call_id, [x for x in leaves if isinstance(x, torch.Tensor)]))
+        flat = [next(outs) if isinstance(x, torch.Tensor) else x for x in call.out_leaves]
+        return pytree.tree_unflatten(flat, call.out_spec)
+
+    return forward
+
+
+# --------------------------------------------------------------------------------------- stitching
+def _stitch(gm: torch.fx.GraphModule, by_id: dict[int, tuple[_Block, _Call]]) -> None:
+    """Replace every block-operator node of ``gm`` by a copy of its block's graph (in place)."""
+    graph = gm.graph
+    nodes = [n for n in graph.nodes if n.op == "call_function" and n.target == BLOCK_OP]
+    if sorted(int(n.args[0]) for n in nodes) != sorted(by_id):
+        raise _CallMismatch("the model's graph does not hold each block call once")
+    mode = torch._guards.detect_fake_mode([n.meta.get("val") for n in graph.nodes if n.op == "placeholder"])
+    for node in nodes:
+        block, call = by_id[int(node.args[0])]
+        tensors = iter(node.args[1])
+        inputs = [next(tensors) if isinstance(x, torch.Tensor) else x for x in call.in_leaves]
+        with graph.inserting_before(node):
+            outputs = _inline(gm, block.graph_module, inputs, call, node.meta, mode)
+        tensor_outputs = [o for o, x in zip(outputs, call.out_leaves) if isinstance(x, torch.Tensor)]
+        for user in list(node.users):
+            if user.op != "call_function" or user.target is not operator.getitem:
+                raise _CallMismatch(f"{call.path}: its result is used other than by index")
+            user.replace_all_uses_with(tensor_outputs[int(user.args[1])])
+            graph.erase_node(user)
+        graph.erase_node(node)
+
+
+def _inline(gm: torch.fx.GraphModule, block: torch.fx.GraphModule, inputs: list, call: _Call,
+            call_meta: dict, mode: Any) -> list:
+    """Copy ``block``'s graph into ``gm`` at the insertion point with placeholders bound to ``inputs``;
+    returns the copies of its flat outputs."""
+    env: dict[torch.fx.Node, Any] = {}
+    placeholders = [n for n in block.graph.nodes if n.op == "placeholder"]
+    env.update(zip(placeholders, inputs))
+    outer_stack = dict(call_meta.get("nn_module_stack") or {})
+    for node in block.graph.nodes:
+        if node.op == "placeholder":
+            continue
+        if node.op == "output":
+            return [env[o] if isinstance(o, torch.fx.Node) else o for o in pytree.tree_leaves(node.args)]
+        if node.op == "get_attr":
+            env[node] = gm.graph.get_attr(_bind_weight(gm, block, call, str(node.target)))
+            env[node].meta.update(_moved_meta(node.meta, mode, call.path, outer_stack))
+            continue
+        new = gm.graph.node_copy(node, lambda n: env[n])
+        new.meta = _moved_meta(node.meta, mode, call.path, outer_stack)
+        env[node] = new
+    raise _CallMismatch(f"{call.path}: the block graph has no output")
+
+
+def _bind_weight(gm: torch.fx.GraphModule, block: torch.fx.GraphModule, call: _Call, target: str) -> str:
+    """The target in ``gm`` holding ``call``'s instance's tensor for the block's ``target`` (bound if new)."""
+    name = f"{call.path}.{target}"
+    try:
+        if isinstance(fetch_attr(gm, name), torch.Tensor):
+            return name
+    except AttributeError:
+        pass
+    own = _own_tensor(call.module, target)
+    set_attr(gm, name, own if own is not None else fetch_attr(block, target))
+    return name
+
+
+def _moved_meta(meta: dict, mode: Any, path: str, outer_stack: dict) -> dict:
+    """A block node's meta for the model's graph: values in the model's fake mode, module stack under the
+    instance's path."""
+    moved = dict(meta)
+    if "val" in meta:
+        moved["val"] = pytree.tree_map(lambda v: _in_mode(v, mode), meta["val"])
+    stack = meta.get("nn_module_stack")
+    if stack is not None:
+        inner = {f"{path}::{key}": (f"{path}.{p}" if p else path, kind)
+                 for key, (p, kind) in stack.items() if p}
+        moved["nn_module_stack"] = {**outer_stack, **inner}
+    elif outer_stack:
+        moved["nn_module_stack"] = dict(outer_stack)
+    return moved
+
+
+def _in_mode(v: Any, mode: Any) -> Any:
+    if not isinstance(v, torch.Tensor) or mode is None:
+        return v
+    if any(isinstance(d, torch.SymInt) for d in (*v.shape, *v.stride())):
+        raise _CallMismatch("a block value has a symbolic shape")
+    with mode:
+        return torch.empty_strided(tuple(v.shape), tuple(v.stride()), dtype=v.dtype, device=v.device)
+
+
+@contextlib.contextmanager
+def _as_when_exporting() -> Iterator[None]:
+    """While active, ``torch.compiler.is_exporting()`` is True, as it is while torch.export traces: libraries
+    that build their inputs differently for export (Hugging Face builds an explicit attention mask where
+    eager passes None) call the blocks in the recording run as they will in the export."""
+    flag = getattr(torch.compiler, "_is_exporting_flag", None)
+    if not isinstance(flag, bool):
+        yield
+        return
+    torch.compiler._is_exporting_flag = True
+    try:
+        yield
+    finally:
+        torch.compiler._is_exporting_flag = flag
+
+
+# --------------------------------------------------------------------------------------- entry point
+@dataclass
+class Stitched:
+    """The result of block-wise capture: the model's flat graph with every block inlined, the eager
+    outputs (flat tensors) to check it against, and what was done, in one line."""
+
+    graph_module: torch.fx.GraphModule
+    expected: list
+    summary: str
+    blockwise: bool = True
+
+
+def capture_blockwise(model: torch.nn.Module, inputs: tuple, kwargs: dict, source: str, export: Callable,
+                      flatten: Callable, run_eager: Callable) -> Stitched | str:
+    """Capture ``model`` block by block (see the module doc).
+
+    ``export(module, args, kwargs, dynamic_shapes, source)`` returns a decomposed ExportedProgram (or raises
+    InputError); ``flatten(ep)`` returns its flat GraphModule; ``run_eager()`` runs the model on its example
+    inputs as capture would. Returns :class:`Stitched`, or a one-line reason why block-wise capture does not
+    apply or failed (the caller then exports the whole model).
+    """
+    candidates = _candidates(model)
+    if not candidates:
+        return "no repeated submodules"
+    with _recording(candidates) as calls, _as_when_exporting():
+        try:
+            expected = run_eager()
+        except Exception as exc:  # noqa: BLE001 - whole-model export reports the model's own error
+            return f"the eager run raised {type(exc).__name__}"
+    groups = _groups(calls)
+    if not groups:
+        return "no repeated submodule ran once with tensor inputs"
+    blocks, dropped = [], []
+    for group in groups:
+        result = _export_group(group, export, flatten, source)
+        (blocks if isinstance(result, _Block) else dropped).append(result)
+    if not blocks:
+        return "; ".join(dropped)
+    try:
+        with _opaque(blocks) as (by_id, used):
+            ep = export(model, inputs, kwargs, None, source)
+        gm = flatten(ep)   # where no block was called as recorded, this is the whole-model export
+        _stitch(gm, {i: by_id[i] for i in used})
+    except (InputError, _CallMismatch) as exc:
+        return f"the model's export with opaque blocks failed: {exc}"
+    gm.graph.lint()
+    gm.recompile()
+    kinds: dict[str, int] = {}
+    for i in used:
+        kind = type(by_id[i][1].module).__name__
+        kinds[kind] = kinds.get(kind, 0) + 1
+    listed = ", ".join(f"{kind} x{n}" for kind, n in kinds.items())
+    summary = (f"captured block-wise: {len(used)} blocks from {len(blocks)} export(s) ({listed})" if used else
+               "whole-model export (the blocks were called otherwise while exporting than in the eager run)")
+    return Stitched(gm, expected, summary, blockwise=bool(used))
