@@ -171,6 +171,17 @@ def test_two_instances_are_not_worth_a_block_export(monkeypatch) -> None:
     assert stitched.capture_summary == ""
 
 
+def test_a_model_whose_repeats_are_a_small_part_is_exported_whole(monkeypatch) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), *(nn.Sequential(nn.Linear(16, 16), nn.ReLU()) for _ in range(3)),
+                          *(nn.Linear(16, 16) for _ in range(12))).eval()
+    # the repeats after the first hold 4 of the model's 19 leaf modules
+    _, stitched = _both(model, (torch.randn(2, 8),), monkeypatch)
+    assert stitched.capture_summary == ""
+    monkeypatch.setattr(blocks, "MIN_SAVED_FRACTION", 0.2)
+    assert cap.capture(model, (torch.randn(2, 8),)).capture_summary.startswith("captured block-wise: 3 blocks")
+
+
 def test_dynamic_shapes_use_whole_model_export(monkeypatch) -> None:
     model, inputs = _stack()
     monkeypatch.setenv(blocks.ENV_SWITCH, "1")
@@ -180,6 +191,7 @@ def test_dynamic_shapes_use_whole_model_export(monkeypatch) -> None:
 @pytest.mark.parametrize("name", fxopt.zoo.names())
 def test_every_zoo_model_captures_block_wise_to_the_whole_model_graph(name, monkeypatch) -> None:
     monkeypatch.setattr(blocks, "MIN_INSTANCES", 2)
+    monkeypatch.setattr(blocks, "MIN_SAVED_FRACTION", 0.0)
     model, inputs = fxopt.zoo.get(name, small=True)
     whole, stitched = _both(model, inputs, monkeypatch)
     _assert_same_graph(whole, stitched)
@@ -201,6 +213,7 @@ def test_every_hugging_face_corpus_model_captures_block_wise_to_the_whole_model_
     from tests.corpus import BUILDERS
 
     monkeypatch.setattr(blocks, "MIN_INSTANCES", 2)
+    monkeypatch.setattr(blocks, "MIN_SAVED_FRACTION", 0.0)
     model, inputs = BUILDERS[name]()
     whole, stitched = _both(model, inputs, monkeypatch)
     _assert_same_graph(whole, stitched)

@@ -281,7 +281,7 @@ def _capture_resolved(resolved: Any, inputs: Any, kwargs: dict, name: str, sourc
                 dynamic_shapes = {**dict(zip(_positional_names(resolved, len(inputs)), dynamic_shapes)),
                                   **dict(zip(kwargs, batch_dynamic_shapes(tuple(kwargs.values()))))}
         if dynamic_shapes is None and blocks.enabled():
-            program = _capture_blockwise(resolved, inputs, kwargs, name, source, original, notes)
+            program = _capture_blockwise(resolved, inputs, kwargs, name, source, original)
             if program is not None:
                 return program
         with plain_outputs(resolved, notes), static_library_modules(resolved, notes):
@@ -293,7 +293,7 @@ def _capture_resolved(resolved: Any, inputs: Any, kwargs: dict, name: str, sourc
 
 
 def _capture_blockwise(model: torch.nn.Module, inputs: tuple, kwargs: dict, name: str, source: str,
-                       original: Any, notes: list[str]) -> Program | None:
+                       original: Any) -> Program | None:
     """The Program of :mod:`~fxopt.ir.capture.blocks`' block-wise capture of ``model``, checked against the
     model's eager outputs; None (with the reason at debug level) where it does not apply, fails or
     differs, and the caller exports the whole model."""
@@ -309,21 +309,17 @@ def _capture_blockwise(model: torch.nn.Module, inputs: tuple, kwargs: dict, name
         return None
     program = program_from_module(result.graph_module, inputs, name=name, source=source, original=original,
                                   example_kwargs=kwargs)
-    if result.blockwise:
-        try:
-            actual = [t for t in program.run_flat(program.flat_example_inputs()) if isinstance(t, torch.Tensor)]
-            problem = numerics.first_difference(result.expected, actual, numerics.depths_of(program))
-        except Exception as exc:  # noqa: BLE001 - a stitched graph that cannot run is not used
-            problem = f"it raised {type(exc).__name__}"
-        if problem:
-            _LOG.debug("%s: whole-model export (the block-wise graph differs from the model: %s)", source,
-                       problem)
-            return None
-        program.capture_summary = result.summary
+    try:
+        actual = [t for t in program.run_flat(program.flat_example_inputs()) if isinstance(t, torch.Tensor)]
+        problem = numerics.first_difference(result.expected, actual, numerics.depths_of(program))
+    except Exception as exc:  # noqa: BLE001 - a stitched graph that cannot run is not used
+        problem = f"it raised {type(exc).__name__}"
+    if problem:
+        _LOG.debug("%s: whole-model export (the block-wise graph differs from the model: %s)", source, problem)
+        return None
     _LOG.debug("%s: %s", source, result.summary)
+    program.capture_summary = result.summary
     program.notes.extend(own_notes)
-    notes.extend(own_notes)
-    program.notes.extend(n for n in notes if n not in program.notes)
     return program
 
 
@@ -484,7 +480,6 @@ def flat_module(ep: torch.export.ExportedProgram) -> torch.fx.GraphModule:
     guard call and no input-checking hooks; its weights are still ``ep``'s own tensors."""
     with _quiet_torch_logs():
         gm = ep.module()
-    in_spec, out_spec = gm._in_spec, gm._out_spec
     graph = gm.graph
     for node in list(graph.nodes):
         if node.op == "call_module" and node.target == "_guards_fn":
