@@ -125,6 +125,7 @@ def test_an_instance_whose_graph_depends_on_an_attribute_is_traced_with_the_mode
 
 
 def test_a_block_not_called_through_its_forward_is_traced_with_the_model(monkeypatch) -> None:
+    monkeypatch.setattr(blocks, "MIN_SAVED_FRACTION", 0.0)   # three of five blocks: under half the model
     torch.manual_seed(0)
     model, inputs = Branching(5).eval(), (torch.randn(2, 5, 8),)
     whole, stitched = _both(model, inputs, monkeypatch)
@@ -175,7 +176,7 @@ def test_a_model_whose_repeats_are_a_small_part_is_exported_whole(monkeypatch) -
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), *(nn.Sequential(nn.Linear(16, 16), nn.ReLU()) for _ in range(3)),
                           *(nn.Linear(16, 16) for _ in range(12))).eval()
-    # the repeats after the first hold 4 of the model's 19 leaf modules
+    # the repeats after the first hold 4 of the 19 leaf modules that run
     _, stitched = _both(model, (torch.randn(2, 8),), monkeypatch)
     assert stitched.capture_summary == ""
     monkeypatch.setattr(blocks, "MIN_SAVED_FRACTION", 0.2)
@@ -219,3 +220,13 @@ def test_every_hugging_face_corpus_model_captures_block_wise_to_the_whole_model_
     _assert_same_graph(whole, stitched)
     if name in _STITCHED:
         assert stitched.capture_summary.startswith("captured block-wise"), name
+
+
+def test_recorded_inputs_keep_their_memory_layout() -> None:
+    expanded = torch.randn(4, 1).expand(4, 3)      # zero stride, as Hugging Face's rotary tables in eager
+    sliced = torch.randn(2, 5, 32)[..., :16]
+    for x in (expanded, sliced):
+        copy = blocks._copy_with_layout(x)
+        assert copy.stride() == x.stride()
+        assert copy.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()
+        torch.testing.assert_close(copy, x, rtol=0, atol=0)

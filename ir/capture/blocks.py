@@ -129,21 +129,19 @@ def _plain(leaves: list) -> bool:
                for x in leaves)
 
 
-def _clone(leaves: list) -> list | None:
-    """Copies of the tensor leaves with their strides (a slice stays a strided view's layout: the block is
-    exported for the layout it is called with); None when a tensor overlaps itself (an expand), which a
-    copy cannot keep."""
-    out = []
-    for x in leaves:
-        if isinstance(x, torch.Tensor):
-            copy = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
-            try:
-                copy.copy_(x.detach())
-            except RuntimeError:
-                return None
-            x = copy
-        out.append(x)
-    return out
+def _clone(leaves: list) -> list:
+    """Copies of the tensor leaves in their own memory layout (a slice keeps its strides, an expand its zero
+    strides): each block is exported, and checked, for the layout it is called with."""
+    return [_copy_with_layout(x) if isinstance(x, torch.Tensor) else x for x in leaves]
+
+
+def _copy_with_layout(x: torch.Tensor) -> torch.Tensor:
+    x = x.detach()
+    if x.numel() == 0:
+        return torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
+    span = 1 + sum((size - 1) * stride for size, stride in zip(x.shape, x.stride()))
+    memory = torch.as_strided(x, (span,), (1,)).clone()   # the elements x's strides reach, from its offset
+    return torch.as_strided(memory, x.shape, x.stride(), 0)
 
 
 def _structure_key(module: torch.nn.Module) -> tuple:
@@ -154,9 +152,7 @@ def _structure_key(module: torch.nn.Module) -> tuple:
 
 
 def _candidates(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    """Non-leaf submodules with at least ``MIN_INSTANCES - 1`` structurally equal ones anywhere in the model;
-    none when, at best, exporting each group once would save less than ``MIN_SAVED_FRACTION`` of its leaf
-    modules' tracing."""
+    """Non-leaf submodules with at least ``MIN_INSTANCES - 1`` structurally equal ones anywhere in the model."""
     groups: dict[tuple, list[tuple[str, torch.nn.Module]]] = {}
     seen: set[int] = set()
     for path, module in model.named_modules():
@@ -164,11 +160,7 @@ def _candidates(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
             continue
         seen.add(id(module))
         groups.setdefault(_structure_key(module), []).append((path, module))
-    groups = {key: members for key, members in groups.items() if len(members) >= MIN_INSTANCES}
-    saved = sum(_leaves(m) for members in groups.values() for _, m in members[1:])
-    if saved < MIN_SAVED_FRACTION * max(1, _leaves(model)):
-        return {}
-    return {path: m for members in groups.values() for path, m in members}
+    return {path: m for members in groups.values() if len(members) >= MIN_INSTANCES for path, m in members}
 
 
 def _leaves(module: torch.nn.Module) -> int:
@@ -176,22 +168,26 @@ def _leaves(module: torch.nn.Module) -> int:
 
 
 @contextlib.contextmanager
-def _recording(candidates: dict[str, torch.nn.Module]) -> Iterator[dict[str, _Call]]:
+def _recording(model: torch.nn.Module, candidates: dict[str, torch.nn.Module],
+               ran: set[int]) -> Iterator[dict[str, _Call]]:
+    """While active, each candidate's call is recorded, and the id of every leaf module of ``model`` that
+    runs is added to ``ran``."""
     calls = {path: _Call(path, m) for path, m in candidates.items()}
-    handles = []
+    handles = [m.register_forward_hook(lambda m, _a, _o: ran.add(id(m)))
+               for m in model.modules() if not any(True for _ in m.children())]
     for path, module in candidates.items():
         call = calls[path]
 
         def pre(_m, args, kwargs, call=call):
             call.calls += 1
             leaves, call.in_spec = pytree.tree_flatten((args, kwargs))
-            call.in_leaves = _clone(leaves) or []
-            call.plain = call.plain and _plain(leaves) and len(call.in_leaves) == len(leaves)
+            call.plain = call.plain and _plain(leaves)
+            call.in_leaves = _clone(leaves)
 
         def post(_m, _args, _kwargs, output, call=call):
             leaves, call.out_spec = pytree.tree_flatten(output)
-            call.out_leaves = _clone(leaves) or []
-            call.plain = call.plain and _plain(leaves) and len(call.out_leaves) == len(leaves)
+            call.plain = call.plain and _plain(leaves)
+            call.out_leaves = _clone(leaves)
 
         handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
         handles.append(module.register_forward_hook(post, with_kwargs=True))
@@ -229,6 +225,7 @@ class _Block:
 
     graph_module: torch.fx.GraphModule
     instances: list[_Call]
+    retries: int = 0
 
 
 def _export_group(group: list[_Call], export: Callable, flatten: Callable, source: str) -> _Block | str:
@@ -270,7 +267,7 @@ def _reproduces(gm: torch.fx.GraphModule, call: _Call, depths: list) -> bool:
                 weights[str(node.target)] = own
     try:
         with torch.no_grad():
-            out = torch.func.functional_call(gm, weights, tuple(_clone(call.in_leaves) or ()), strict=False)
+            out = torch.func.functional_call(gm, weights, tuple(_clone(call.in_leaves)), strict=False)
     except Exception:  # noqa: BLE001 - an instance the block graph cannot run is traced with the model
         return False
     out = list(out) if isinstance(out, (tuple, list)) else [out]
@@ -289,20 +286,62 @@ def _own_tensor(module: torch.nn.Module, target: str) -> torch.Tensor | None:
 class _CallMismatch(Exception):
     """A block was called during export with other inputs than in the recording run."""
 
-    def __init__(self, message: str, path: str | None = None) -> None:
+    def __init__(self, message: str, path: str | None = None, strides: list | None = None) -> None:
         super().__init__(message)
         self.path = path
+        # where only the layouts differed: the strides of each input leaf as export passed it (None for
+        # a constant), to export the block again for them
+        self.strides = strides
 
 
-def _mismatch_in(exc: BaseException) -> str | None:
-    """The path of the instance a :class:`_CallMismatch` in ``exc``'s chain names (export wraps it)."""
+def _mismatch_in(exc: BaseException) -> _CallMismatch | None:
+    """The :class:`_CallMismatch` naming an instance in ``exc``'s chain (export wraps it), if any."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, _CallMismatch):
-            return exc.path
+        if isinstance(exc, _CallMismatch) and exc.path is not None:
+            return exc
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def _same_but_layout(leaves: list, recorded: list) -> list | None:
+    """The strides of ``leaves`` (None for constants) when they differ from ``recorded`` in strides only."""
+    if len(leaves) != len(recorded):
+        return None
+    strides = []
+    for x, r in zip(leaves, recorded):
+        if isinstance(x, torch.Tensor) != isinstance(r, torch.Tensor):
+            return None
+        if isinstance(x, torch.Tensor):
+            if tuple(x.shape) != tuple(r.shape) or x.dtype != r.dtype or x.device != r.device:
+                return None
+            strides.append(tuple(x.stride()))
+        else:
+            if _leaf_key(x) != _leaf_key(r):
+                return None
+            strides.append(None)
+    return strides
+
+
+def _relaid(group: list[_Call], strides: list) -> list[_Call] | None:
+    """The group's calls with their recorded inputs copied into the layouts ``strides``; None when a layout
+    overlaps itself (an expand), which a copy cannot be written into."""
+    out = []
+    for call in group:
+        leaves = []
+        for x, stride in zip(call.in_leaves, strides):
+            if stride is not None and tuple(x.stride()) != stride:
+                copy = torch.empty_strided(x.shape, stride, dtype=x.dtype, device=x.device)
+                try:
+                    copy.copy_(x)
+                except RuntimeError:
+                    return None
+                x = copy
+            leaves.append(x)
+        out.append(_Call(call.path, call.module, leaves, call.in_spec, call.out_leaves, call.out_spec,
+                         call.calls, call.plain))
+    return out
 
 
 @contextlib.contextmanager
@@ -348,9 +387,10 @@ def _stand_in(call_id: int, call: _Call, used: set[int]) -> Callable:
         leaves, spec = pytree.tree_flatten((args, kwargs))
         if spec != call.in_spec or [_leaf_key(x) for x in leaves] != recorded or call_id in used:
             # called otherwise than in the recording run (its weights are hidden, so it cannot be traced
-            # in place either): the caller exports the whole model instead
+            # in place either): the caller exports again, without this group or with its inputs relaid
+            strides = _same_but_layout(leaves, call.in_leaves) if spec == call.in_spec else None
             raise _CallMismatch(f"{call.path} was called otherwise while exporting than in the eager run",
-                                call.path)
+                                call.path, strides if call_id not in used else None)
         used.add(call_id)
         outs = iter(BLOCK_OP(call_id, [x for x in leaves if isinstance(x, torch.Tensor)]))
         flat = [next(outs) if isinstance(x, torch.Tensor) else x for x in call.out_leaves]
@@ -486,7 +526,8 @@ def capture_blockwise(model: torch.nn.Module, inputs: tuple, kwargs: dict, sourc
     candidates = _candidates(model)
     if not candidates:
         return "no repeated submodules"
-    with _recording(candidates) as calls, _as_when_exporting():
+    ran: set[int] = set()
+    with _recording(model, candidates, ran) as calls, _as_when_exporting():
         try:
             expected = run_eager()
         except Exception as exc:  # noqa: BLE001 - whole-model export reports the model's own error
@@ -494,6 +535,9 @@ def capture_blockwise(model: torch.nn.Module, inputs: tuple, kwargs: dict, sourc
     groups = _groups(calls)
     if not groups:
         return "no repeated submodule ran once with tensor inputs"
+    saved = sum(_leaves(c.module) for group in groups for c in group[1:])
+    if saved < MIN_SAVED_FRACTION * len(ran):
+        return f"the repeats hold {saved} of the {len(ran)} leaf modules that ran"
     blocks, dropped = [], []
     for group in groups:
         result = _export_group(group, export, flatten, source)
@@ -511,11 +555,20 @@ def capture_blockwise(model: torch.nn.Module, inputs: tuple, kwargs: dict, sourc
             break
         except (InputError, _CallMismatch) as exc:
             mismatch = _mismatch_in(exc)
-            blocks = [b for b in blocks if mismatch is None or all(c.path != mismatch for c in b.instances)]
-            if mismatch is None or not blocks:
+            if mismatch is None:
                 return f"the model's export with opaque blocks failed: {exc}"
-            # one group called otherwise than recorded (Hugging Face's decoder layers under export): the
-            # others may still be stitched
+            # One group called otherwise than recorded. Where only the layouts differ (Hugging Face's rotary
+            # tables are expanded in eager, materialised under export), export it once more for the layouts
+            # export passes; else drop it. The other groups may still be stitched.
+            hit = next(b for b in blocks if any(c.path == mismatch.path for c in b.instances))
+            blocks = [b for b in blocks if b is not hit]
+            relaid = _relaid(hit.instances, mismatch.strides) if mismatch.strides and hit.retries == 0 else None
+            again = _export_group(relaid, export, flatten, source) if relaid else None
+            if isinstance(again, _Block):
+                again.retries = hit.retries + 1
+                blocks.append(again)
+            if not blocks:
+                return f"the model's export with opaque blocks failed: {exc}"
     gm.graph.lint()
     gm.recompile()
     kinds: dict[str, int] = {}

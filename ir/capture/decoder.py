@@ -190,6 +190,9 @@ def capture_decoder(model: torch.nn.Module, example_inputs: Any = None, *, name:
     program = Program(graph_module=gm, example_inputs=inputs, in_spec=encode.in_spec, out_spec=out_spec,
                       name=name, source=source, original=model, regions=[region])
     program.dynamic_dims = loops_batch.input_dims(program)
+    program.capture_summary = "; ".join(f"{label}: {piece.capture_summary}" for piece, label in
+                                        ((encode, "encode"), (init, "init_state"), (step, "step"))
+                                        if piece.capture_summary)
     return program
 
 
