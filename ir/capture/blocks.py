@@ -213,6 +213,14 @@ def _groups(calls: dict[str, _Call]) -> list[list[_Call]]:
     return grouped(outermost)
 
 
+def _by_signature(calls: list[_Call]) -> list[list[_Call]]:
+    """``calls`` (of one structure) grouped by their call specs, groups of ``MIN_INSTANCES`` or more."""
+    by_key: dict[tuple, list[_Call]] = {}
+    for c in calls:
+        by_key.setdefault(c.signature(), []).append(c)
+    return [g for g in by_key.values() if len(g) >= MIN_INSTANCES]
+
+
 def _ancestors(path: str) -> list[str]:
     parts = path.split(".")
     return [".".join(parts[:i]) for i in range(1, len(parts))]
@@ -225,7 +233,6 @@ class _Block:
 
     graph_module: torch.fx.GraphModule
     instances: list[_Call]
-    retries: int = 0
 
 
 def _export_group(group: list[_Call], export: Callable, flatten: Callable, source: str) -> _Block | str:
@@ -250,6 +257,12 @@ def _export_group(group: list[_Call], export: Callable, flatten: Callable, sourc
     outputs = pytree.tree_leaves(next(n for n in gm.graph.nodes if n.op == "output").args)
     if len(placeholders) != len(first.in_leaves) or len(outputs) != len(first.out_leaves):
         return f"{first.path}: the exported graph's inputs/outputs do not match the call's"
+    for out, recorded in zip(outputs, first.out_leaves):
+        val = out.meta.get("val") if isinstance(out, torch.fx.Node) else None
+        if isinstance(recorded, torch.Tensor) and isinstance(val, torch.Tensor) \
+                and tuple(val.stride()) != tuple(recorded.stride()):
+            # the model's export was traced with the recorded (eager) layout of this output
+            return f"{first.path}: its graph returns another memory layout than the eager call"
     depths = numerics.output_depths(gm)
     accepted = [c for c in group if _reproduces(gm, c, depths)]
     if len(accepted) < MIN_INSTANCES:
@@ -324,42 +337,44 @@ def _same_but_layout(leaves: list, recorded: list) -> list | None:
     return strides
 
 
-def _relaid(group: list[_Call], strides: list) -> list[_Call] | None:
-    """The group's calls with their recorded inputs copied into the layouts ``strides``; None when a layout
-    overlaps itself (an expand), which a copy cannot be written into."""
-    out = []
-    for call in group:
-        leaves = []
-        for x, stride in zip(call.in_leaves, strides):
-            if stride is not None and tuple(x.stride()) != stride:
-                copy = torch.empty_strided(x.shape, stride, dtype=x.dtype, device=x.device)
-                try:
-                    copy.copy_(x)
-                except RuntimeError:
-                    return None
-                x = copy
-            leaves.append(x)
-        out.append(_Call(call.path, call.module, leaves, call.in_spec, call.out_leaves, call.out_spec,
-                         call.calls, call.plain))
-    return out
+def _relaid(call: _Call, strides: list | None) -> _Call | None:
+    """``call`` with its recorded inputs copied into the layouts ``strides`` (None: as recorded); None when
+    a layout overlaps itself (an expand), which a copy cannot be written into."""
+    if strides is None:
+        return call
+    leaves = []
+    for x, stride in zip(call.in_leaves, strides):
+        if stride is not None and tuple(x.stride()) != stride:
+            copy = torch.empty_strided(x.shape, stride, dtype=x.dtype, device=x.device)
+            try:
+                copy.copy_(x)
+            except RuntimeError:
+                return None
+            x = copy
+        leaves.append(x)
+    return _Call(call.path, call.module, leaves, call.in_spec, call.out_leaves, call.out_spec, call.calls,
+                 call.plain)
 
 
 @contextlib.contextmanager
-def _opaque(blocks: list[_Block]) -> Iterator[tuple[dict[int, tuple[_Block, _Call]], set[int]]]:
-    """While active, every accepted instance's forward is one call of the block operator (called otherwise
-    than recorded, it raises _CallMismatch). Yields ``(call id -> (block, call), the ids of the calls made)``."""
-    by_id: dict[int, tuple[_Block, _Call]] = {}
+def _opaque(groups: list[list[_Call]], learn_layouts: bool) -> Iterator[tuple[dict, set, dict]]:
+    """While active, every instance in ``groups`` runs as one call of the block operator. Yields ``(call id
+    -> call, the ids of the calls made, call id -> the input strides export used where they differ from the
+    recorded ones)``; with ``learn_layouts`` False such a call raises _CallMismatch, as any call with other
+    shapes or constants than recorded does."""
+    by_id: dict[int, _Call] = {}
     used: set[int] = set()
+    seen: dict[int, list] = {}
     patched: list[tuple[torch.nn.Module, bool, Any]] = []
-    for block in blocks:
-        for call in block.instances:
+    for group in groups:
+        for call in group:
             call_id = next(_CALL_IDS)
-            by_id[call_id] = (block, call)
+            by_id[call_id] = call
             _OUTPUT_SPECS[call_id] = [_TensorSpec(tuple(t.shape), tuple(t.stride()), t.dtype, t.device)
                                       for t in call.out_leaves if isinstance(t, torch.Tensor)]
             module = call.module
             patched.append((module, "forward" in module.__dict__, module.__dict__.get("forward")))
-            module.forward = _stand_in(call_id, call, used)
+            module.forward = _stand_in(call_id, call, used, seen if learn_layouts else None)
     # The stand-ins read no weights: hidden from the export, the blocks' weights are not lifted into the
     # model's graph (torch.export's signature handling is quadratic in their number); stitching binds them.
     hidden = [(m, m.__dict__["_parameters"], m.__dict__["_buffers"])
@@ -367,7 +382,7 @@ def _opaque(blocks: list[_Block]) -> Iterator[tuple[dict[int, tuple[_Block, _Cal
     for m, _, _ in hidden:
         m.__dict__["_parameters"], m.__dict__["_buffers"] = {}, {}
     try:
-        yield by_id, used
+        yield by_id, used, seen
     finally:
         for m, params, buffers in hidden:
             m.__dict__["_parameters"], m.__dict__["_buffers"] = params, buffers
@@ -380,23 +395,45 @@ def _opaque(blocks: list[_Block]) -> Iterator[tuple[dict[int, tuple[_Block, _Cal
             _OUTPUT_SPECS.pop(call_id, None)
 
 
-def _stand_in(call_id: int, call: _Call, used: set[int]) -> Callable:
+def _stand_in(call_id: int, call: _Call, used: set[int], seen: dict[int, list] | None) -> Callable:
     recorded = [_leaf_key(x) for x in call.in_leaves]
 
     def forward(*args: Any, **kwargs: Any) -> Any:
         leaves, spec = pytree.tree_flatten((args, kwargs))
         if spec != call.in_spec or [_leaf_key(x) for x in leaves] != recorded or call_id in used:
-            # called otherwise than in the recording run (its weights are hidden, so it cannot be traced
-            # in place either): the caller exports again, without this group or with its inputs relaid
             strides = _same_but_layout(leaves, call.in_leaves) if spec == call.in_spec else None
-            raise _CallMismatch(f"{call.path} was called otherwise while exporting than in the eager run",
-                                call.path, strides if call_id not in used else None)
+            if strides is None or seen is None or call_id in used:
+                # called otherwise than in the recording run (its weights are hidden, so it cannot be
+                # traced in place either): the caller exports again without this group
+                raise _CallMismatch(f"{call.path} was called otherwise while exporting than in the eager run",
+                                    call.path)
+            seen[call_id] = strides   # only the layouts differ: its block is exported for export's layouts
         used.add(call_id)
         outs = iter(BLOCK_OP(call_id, [x for x in leaves if isinstance(x, torch.Tensor)]))
         flat = [next(outs) if isinstance(x, torch.Tensor) else x for x in call.out_leaves]
         return pytree.tree_unflatten(flat, call.out_spec)
 
     return forward
+
+
+def _export_opaque(model: torch.nn.Module, inputs: tuple, kwargs: dict, source: str, export: Callable,
+                   groups: list[list[_Call]], learn_layouts: bool) -> tuple | str:
+    """Export ``model`` with the instances of ``groups`` opaque (see :func:`_opaque`); a group called
+    otherwise than recorded is dropped and the export retried. Returns ``(ep, call id -> call, ids used,
+    layouts seen, the groups kept)`` or a one-line reason."""
+    while True:
+        try:
+            with _opaque(groups, learn_layouts) as (by_id, used, seen):
+                ep = export(model, inputs, kwargs, None, source)
+        except (InputError, _CallMismatch) as exc:
+            mismatch = _mismatch_in(exc)
+            groups = [g for g in groups if mismatch is not None and all(c.path != mismatch.path for c in g)]
+            if not groups:
+                return f"the model's export with opaque blocks failed: {exc}"
+            continue
+        if not used:
+            return "no block was called while exporting"
+        return ep, by_id, used, seen, groups
 
 
 # --------------------------------------------------------------------------------------- stitching
@@ -538,43 +575,42 @@ def capture_blockwise(model: torch.nn.Module, inputs: tuple, kwargs: dict, sourc
     saved = sum(_leaves(c.module) for group in groups for c in group[1:])
     if saved < MIN_SAVED_FRACTION * len(ran):
         return f"the repeats hold {saved} of the {len(ran)} leaf modules that ran"
+    # The model's export first, every group opaque: it tells the layouts export calls the blocks with.
+    exported = _export_opaque(model, inputs, kwargs, source, export, groups, learn_layouts=True)
+    if isinstance(exported, str):
+        return exported
+    ep, by_id, used, seen, groups = exported
+    path_of = {i: c.path for i, c in by_id.items()}
+    seen_at = {path_of[i]: strides for i, strides in seen.items()}
+    ran_as_recorded = {path_of[i] for i in used}
+    # One export per group, for those layouts; every instance checked against it.
     blocks, dropped = [], []
     for group in groups:
-        result = _export_group(group, export, flatten, source)
-        (blocks if isinstance(result, _Block) else dropped).append(result)
+        relaid = [r for c in group if c.path in ran_as_recorded and (r := _relaid(c, seen_at.get(c.path)))]
+        for sub in _by_signature(relaid):
+            result = _export_group(sub, export, flatten, source)
+            (blocks if isinstance(result, _Block) else dropped).append(result)
     if not blocks:
-        return "; ".join(dropped)
-    while True:
-        try:
-            with _opaque(blocks) as (by_id, used):
-                ep = export(model, inputs, kwargs, None, source)
-            if not used:
-                return "no block was called while exporting"
-            gm = flatten(ep)
-            _stitch(gm, {i: by_id[i] for i in used})
-            break
-        except (InputError, _CallMismatch) as exc:
-            mismatch = _mismatch_in(exc)
-            if mismatch is None:
-                return f"the model's export with opaque blocks failed: {exc}"
-            # One group called otherwise than recorded. Where only the layouts differ (Hugging Face's rotary
-            # tables are expanded in eager, materialised under export), export it once more for the layouts
-            # export passes; else drop it. The other groups may still be stitched.
-            hit = next(b for b in blocks if any(c.path == mismatch.path for c in b.instances))
-            blocks = [b for b in blocks if b is not hit]
-            relaid = _relaid(hit.instances, mismatch.strides) if mismatch.strides and hit.retries == 0 else None
-            again = _export_group(relaid, export, flatten, source) if relaid else None
-            if isinstance(again, _Block):
-                again.retries = hit.retries + 1
-                blocks.append(again)
-            if not blocks:
-                return f"the model's export with opaque blocks failed: {exc}"
+        return "; ".join(dropped) or "no group kept its instances"
+    block_of = {c.path: b for b in blocks for c in b.instances}
+    if set(block_of) != ran_as_recorded:
+        # some instances did not reproduce their group's graph: export again with only the others opaque
+        exported = _export_opaque(model, inputs, kwargs, source, export, [b.instances for b in blocks],
+                                  learn_layouts=False)
+        if isinstance(exported, str):
+            return exported
+        ep, by_id, used, _, _ = exported
+    gm = flatten(ep)
+    try:
+        _stitch(gm, {i: (block_of[by_id[i].path], by_id[i]) for i in used})
+    except _CallMismatch as exc:
+        return f"stitching failed: {exc}"
     gm.graph.lint()
     gm.recompile()
     kinds: dict[str, int] = {}
     for i in used:
-        kind = type(by_id[i][1].module).__name__
+        kind = type(by_id[i].module).__name__
         kinds[kind] = kinds.get(kind, 0) + 1
     listed = ", ".join(f"{kind} x{n}" for kind, n in kinds.items())
-    return Stitched(gm, expected, f"captured block-wise: {len(used)} blocks from {len(blocks)} export(s) "
-                                  f"({listed})")
+    exports = len({id(block_of[by_id[i].path]) for i in used})
+    return Stitched(gm, expected, f"captured block-wise: {len(used)} blocks from {exports} export(s) ({listed})")
