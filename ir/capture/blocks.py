@@ -51,8 +51,9 @@ ENV_SWITCH = "FXOPT_BLOCK_CAPTURE"
 # (about as slow as tracing two instances in place) and the checks cost more than they save.
 MIN_INSTANCES = 3
 # ... and only if the instances after the first of each group hold at least this fraction of the model's
-# leaf modules: the work a block export saves. ResNet-50's stages repeat 2-5 blocks of four widths (about
-# 35%): block-wise it captured at 0.76x whole-model export; an 8-layer Llama (80%) at 1.5x (2026-12-03).
+# leaf modules that ran: the work a block export saves. ResNet-50's stages repeat 2-5 blocks of four widths
+# (42 of 126): block-wise its capture ran at 0.76x the speed of torch.export + decompositions; an 8-layer
+# Llama at 1.5x (benchmarks/compile_time.py, 2026-12-03).
 MIN_SAVED_FRACTION = 0.5
 
 # Leaves a block's inputs and outputs may hold besides tensors: constants export specializes on.
