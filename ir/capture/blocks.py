@@ -4,27 +4,30 @@ Models repeat blocks (transformer layers, conformer blocks, decoder layers). ``t
 decomposes every instance again, which is where capture's time goes on deep models. Here:
 
 1. **Candidates**: non-leaf submodules grouped by structure (class, the names/shapes/dtypes of their
-   parameters and buffers, the classes of their submodules); a group needs ``MIN_INSTANCES`` members, and
-   the groups must promise to save at least ``MIN_SAVED_FRACTION`` of the model's leaf modules.
-2. **One eager run** of the model records, for each candidate, its call's inputs and outputs. An instance
-   is used only if it ran exactly once, with inputs and outputs that are tensors or plain constants (no
-   cache objects, no callables); instances are regrouped by input/output specs and the outermost kept.
-3. **One export per group** (torch.export + core-ATen decomposition, as whole-model capture does) of its
-   first instance. A group whose graph writes into a buffer or an input, or calls a subgraph, is dropped.
-   Every instance is then *checked*: the block graph, run with that instance's own weights on that
-   instance's recorded inputs, must reproduce that instance's recorded outputs (fxopt's numeric rule). An
-   instance whose graph depends on anything but its inputs and weights (a layer index choosing a branch, a
-   Python attribute) fails the check and is traced as part of the model instead.
-4. **The outer export**: each accepted instance's ``forward`` is replaced, for the duration, by one call
-   of an opaque operator (``fxopt_capture::block``) whose fake implementation returns the recorded output
-   shapes, so the model's own export traces each block as one node.
-5. **Stitching**: each such node is replaced by a copy of its group's graph, its weights bound to the
+   parameters and buffers, the classes of their submodules); a group needs ``MIN_INSTANCES`` members.
+2. **One eager run** of the model (with ``torch.compiler.is_exporting()`` True, as while exporting)
+   records each candidate's call: inputs and outputs, copied in their memory layout. An instance is used
+   only if it ran exactly once with tensors and plain constants (no cache objects); instances are
+   regrouped by these call specs and the outermost kept. The repeats after each group's first must hold
+   ``MIN_SAVED_FRACTION`` of the leaf modules that ran, or the model is exported whole.
+3. **The model's export with opaque blocks**: each instance's ``forward`` is, for the duration, one call
+   of ``fxopt_capture::block``, whose fake implementation returns the recorded output shapes, and its
+   weights are hidden (not lifted). This export also tells the memory layout each block is called with
+   (it may differ from eager's). A group called with other shapes or constants is dropped, and the export
+   retried without it.
+4. **One export per group**, of its first instance, for export's layouts. A group whose graph writes into
+   a buffer or an input, calls a subgraph, or returns another layout than recorded is dropped. Every
+   instance is then *checked*: the block graph, run with that instance's own weights on its recorded
+   inputs, must reproduce its recorded outputs (fxopt's numeric rule). An instance whose graph depends on
+   more than its inputs and weights (a Python attribute choosing a branch) fails the check; then step 3
+   runs once more with only the instances that passed, and the others are traced as part of the model.
+5. **Stitching**: each operator node is replaced by a copy of its group's graph, its weights bound to the
    instance's own (under the instance's module path, as whole-model export names them), values moved into
    the model's fake mode, module stacks prefixed by the instance's path so provenance reads as before.
 
 The caller (:func:`fxopt.ir.capture.capture`) then checks the stitched program against the eager outputs
-of step 2 and falls back to whole-model export on any difference or failure, with the reason in the
-program's notes. ``FXOPT_BLOCK_CAPTURE=0`` turns block-wise capture off.
+of step 2 and falls back to whole-model export on any difference or failure (the reason logged at debug
+level). ``FXOPT_BLOCK_CAPTURE=0`` turns block-wise capture off. docs/capture.md has the figures.
 """
 from __future__ import annotations
 
