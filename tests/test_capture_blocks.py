@@ -151,6 +151,7 @@ def test_blocks_that_write_into_a_buffer_are_exported_with_the_model(monkeypatch
     whole, stitched = _both(model, inputs, monkeypatch)
     assert stitched.capture_summary == ""
     _assert_same_graph(whole, stitched)
+    assert all(float(m.calls) == 0 for m in model)   # the recording run's counts are not left in the model
 
 
 def test_capture_leaves_the_users_model_as_it_was(monkeypatch) -> None:

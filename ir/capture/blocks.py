@@ -529,6 +529,20 @@ def _in_mode(v: Any, mode: Any) -> Any:
 
 
 @contextlib.contextmanager
+def _buffers_kept(model: torch.nn.Module) -> Iterator[None]:
+    """Every buffer of ``model`` holds on exit the value it held on entry: the recording run is a real run,
+    and a forward that counts its calls in a buffer must not change the user's model."""
+    before = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in before:
+                if not torch.equal(buffer, value):
+                    buffer.copy_(value)
+
+
+@contextlib.contextmanager
 def _as_when_exporting() -> Iterator[None]:
     """While active, ``torch.compiler.is_exporting()`` is True, as it is while torch.export traces: libraries
     that build their inputs differently for export (Hugging Face builds an explicit attention mask where
@@ -568,7 +582,7 @@ def capture_blockwise(model: torch.nn.Module, inputs: tuple, kwargs: dict, sourc
     if not candidates:
         return "no repeated submodules"
     ran: set[int] = set()
-    with _recording(model, candidates, ran) as calls, _as_when_exporting():
+    with _recording(model, candidates, ran) as calls, _as_when_exporting(), _buffers_kept(model):
         try:
             expected = run_eager()
         except Exception as exc:  # noqa: BLE001 - whole-model export reports the model's own error
