@@ -190,16 +190,16 @@ class GraphBuilder:
         arg_vals = [a.meta["val"] for a in args]
         shapes = output_shapes_by_substitution(module, arg_vals)
         if shapes is not None:
-            out = tuple(self.fake_of_shape(shape, dtype) for shape, dtype in shapes)
+            vals = tuple(self.fake_of_shape(shape, dtype) for shape, dtype in shapes)
         else:
             with self.mode:
                 out = module(*arg_vals)
-            out = tuple(out) if isinstance(out, (tuple, list)) else (out,)
+            vals = tuple(self.fake(o) for o in (out if isinstance(out, (tuple, list)) else (out,)))
         node = self.graph.call_module(name, tuple(args))
-        node.meta["val"] = tuple(self.fake(o) for o in out)
+        node.meta["val"] = vals
         node.meta["provenance"] = {"source": None, "module": name, "origin": None, "pass": self.pass_name}
         items = []
-        for i in range(len(out)):
+        for i in range(len(vals)):
             item = self.graph.call_function(operator.getitem, (node, i))
             item.meta["val"] = node.meta["val"][i]
             item.meta["provenance"] = dict(node.meta["provenance"])

@@ -160,15 +160,19 @@ def _candidates(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     groups: dict[tuple, list[tuple[str, torch.nn.Module]]] = {}
     seen: set[int] = set()
     for path, module in model.named_modules():
-        if not path or id(module) in seen or not any(True for _ in module.children()):
+        if not path or id(module) in seen or _is_leaf(module):
             continue
         seen.add(id(module))
         groups.setdefault(_structure_key(module), []).append((path, module))
     return {path: m for members in groups.values() if len(members) >= MIN_INSTANCES for path, m in members}
 
 
+def _is_leaf(module: torch.nn.Module) -> bool:
+    return not any(True for _ in module.children())
+
+
 def _leaves(module: torch.nn.Module) -> int:
-    return sum(1 for m in module.modules() if not any(True for _ in m.children()))
+    return sum(1 for m in module.modules() if _is_leaf(m))
 
 
 @contextlib.contextmanager
@@ -178,7 +182,7 @@ def _recording(model: torch.nn.Module, candidates: dict[str, torch.nn.Module],
     runs is added to ``ran``."""
     calls = {path: _Call(path, m) for path, m in candidates.items()}
     handles = [m.register_forward_hook(lambda m, _a, _o: ran.add(id(m)))
-               for m in model.modules() if not any(True for _ in m.children())]
+               for m in model.modules() if _is_leaf(m)]
     for path, module in candidates.items():
         call = calls[path]
 
@@ -202,27 +206,26 @@ def _recording(model: torch.nn.Module, candidates: dict[str, torch.nn.Module],
             h.remove()
 
 
-def _groups(calls: dict[str, _Call]) -> list[list[_Call]]:
-    """Instances that ran once with plain inputs/outputs, grouped by structure and call specs, outermost
-    only, groups of two or more."""
-    def grouped(members: list[_Call]) -> list[list[_Call]]:
-        by_key: dict[tuple, list[_Call]] = {}
-        for c in members:
-            by_key.setdefault((_structure_key(c.module), c.signature()), []).append(c)
-        return [g for g in by_key.values() if len(g) >= MIN_INSTANCES]
-
-    usable = [c for g in grouped([c for c in calls.values() if c.calls == 1 and c.plain]) for c in g]
-    paths = {c.path for c in usable}
-    outermost = [c for c in usable if not any(p in paths for p in _ancestors(c.path))]
-    return grouped(outermost)
-
-
-def _by_signature(calls: list[_Call]) -> list[list[_Call]]:
-    """``calls`` (of one structure) grouped by their call specs, groups of ``MIN_INSTANCES`` or more."""
+def _grouped(calls: list[_Call], key: Callable[[_Call], tuple]) -> list[list[_Call]]:
+    """``calls`` grouped by ``key``, groups of ``MIN_INSTANCES`` or more."""
     by_key: dict[tuple, list[_Call]] = {}
     for c in calls:
-        by_key.setdefault(c.signature(), []).append(c)
+        by_key.setdefault(key(c), []).append(c)
     return [g for g in by_key.values() if len(g) >= MIN_INSTANCES]
+
+
+def _structure_and_signature(call: _Call) -> tuple:
+    return (_structure_key(call.module), call.signature())
+
+
+def _groups(calls: dict[str, _Call]) -> list[list[_Call]]:
+    """Instances that ran once with plain inputs/outputs, grouped by structure and call specs, outermost
+    only, groups of ``MIN_INSTANCES`` or more."""
+    ran_once = [c for c in calls.values() if c.calls == 1 and c.plain]
+    usable = [c for g in _grouped(ran_once, _structure_and_signature) for c in g]
+    paths = {c.path for c in usable}
+    outermost = [c for c in usable if not any(p in paths for p in _ancestors(c.path))]
+    return _grouped(outermost, _structure_and_signature)
 
 
 def _ancestors(path: str) -> list[str]:
@@ -605,7 +608,7 @@ def capture_blockwise(model: torch.nn.Module, inputs: tuple, kwargs: dict, sourc
     blocks, dropped = [], []
     for group in groups:
         relaid = [r for c in group if c.path in ran_as_recorded and (r := _relaid(c, seen_at.get(c.path)))]
-        for sub in _by_signature(relaid):
+        for sub in _grouped(relaid, _Call.signature):
             result = _export_group(sub, export, flatten, source)
             (blocks if isinstance(result, _Block) else dropped).append(result)
     if not blocks:
