@@ -37,6 +37,7 @@ import fxopt
 from fxopt.tools.bench_systems import resize_batch
 
 WHOLE_GRAPH = "canonicalize,fold-constants,dedupe,moe,dce"
+SYSTEMS = ("eager", "torch.compile", "fxopt-xla")
 
 
 def models(quick: bool) -> dict[str, Callable[[], tuple[torch.nn.Module, tuple]]]:
@@ -59,7 +60,8 @@ def models(quick: bool) -> dict[str, Callable[[], tuple[torch.nn.Module, tuple]]
                             num_experts_per_tok=2, max_position_embeddings=128, use_cache=False)
         return MixtralModel(cfg).eval(), (torch.randint(0, 1000, (2, 32), generator=torch.Generator().manual_seed(0)),)
 
-    return {"ranking": zoo("ranking"), "resnet50": zoo("resnet50"), "bert": bert, "mixtral-moe": mixtral}
+    # cheapest to compile first, so a run cut short by its time bound still has most of the table
+    return {"ranking": zoo("ranking"), "bert": bert, "mixtral-moe": mixtral, "resnet50": zoo("resnet50")}
 
 
 def _to(value: Any, device: str) -> Any:
@@ -132,7 +134,7 @@ def measure(name: str, model: torch.nn.Module, inputs: tuple, device: str, round
                 samples[system].append(time.perf_counter() - t0)
     p50 = {s: statistics.median(v) for s, v in samples.items() if v}
     rows = []
-    for system in ("eager", "torch.compile", "fxopt-xla"):
+    for system in SYSTEMS:
         row = {"model": name, "batch": int(_first(inputs).shape[0]) if inputs else 0, "system": system,
                "note": notes.get(system, "")}
         if system in p50:
@@ -164,39 +166,57 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", default="out/device_check")
     parser.add_argument("--quick", action="store_true", help="small models, batches 1 and 8, few rounds")
-    parser.add_argument("--models", default=None, help="comma-separated subset of ranking,resnet50,bert,mixtral-moe")
+    parser.add_argument("--models", default=None, help="comma-separated subset of ranking,bert,mixtral-moe,resnet50")
+    parser.add_argument("--budget-s", type=float, default=480.0,
+                        help="start no new batch after this many seconds (its rows say so); default 480")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("device_check: this torch has no CUDA device (torch.cuda.is_available() is False); nothing to check")
         return []
-    import jax  # noqa: F401 - the xla backend's dependency; fails here with its own message when missing
+    import jax  # the xla backend's dependency; fails here with its own message when missing
 
     builders = models(args.quick)
     names = args.models.split(",") if args.models else list(builders)
     batches = (1, 8) if args.quick else (1, 64, 256)
     rounds = 5 if args.quick else 20
+    device_name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor() or "cpu"
+    header = (f"device_check {time.strftime('%Y-%m-%d')}: {device_name}; torch {torch.__version__}, "
+              f"jax {jax.__version__} (default backend {jax.default_backend()})")
+    print(header, flush=True)
+    start = time.perf_counter()
     rows: list[dict] = []
     for name in names:
         try:
             model, base = builders[name]()
-        except ImportError as exc:
+        except Exception as exc:  # noqa: BLE001 - one row: a missing library, a model that does not build
             rows.append({"model": name, "batch": 0, "system": "-", "note": f"not built: {_one_line(exc)}"})
+            write(rows, header, args.out)
             continue
         for batch in batches:
-            rows += measure(name, model, resize_batch(base, batch), args.device, rounds)
-            print(markdown([r for r in rows if r["model"] == name and r.get("batch") == batch], "").strip())
-    device_name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor() or "cpu"
-    import jax as _jax
-    header = (f"device_check {time.strftime('%Y-%m-%d')}: {device_name}; torch {torch.__version__}, "
-              f"jax {_jax.__version__} (default backend {_jax.default_backend()})")
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "device_check.json"), "w", encoding="utf-8") as f:
-        json.dump({"header": header, "rows": rows}, f, indent=1)
-    with open(os.path.join(args.out, "device_check.md"), "w", encoding="utf-8") as f:
-        f.write(markdown(rows, header))
+            if time.perf_counter() - start > args.budget_s:
+                rows += [{"model": name, "batch": batch, "system": s,
+                          "note": f"not run: the check's {args.budget_s:.0f} s bound was spent"} for s in SYSTEMS]
+                continue
+            try:
+                got = measure(name, model, resize_batch(base, batch), args.device, rounds)
+            except Exception as exc:  # noqa: BLE001 - one failing model must not lose the table
+                got = [{"model": name, "batch": batch, "system": s, "note": _one_line(exc)} for s in SYSTEMS]
+            rows += got
+            print(markdown(got, "").strip(), flush=True)
+            write(rows, header, args.out)   # after every cell group: a run stopped at its bound keeps its rows
+    write(rows, header, args.out)
     print(f"wrote {args.out}/device_check.md and .json")
     return rows
+
+
+def write(rows: list[dict], header: str, out: str) -> None:
+    """Write ``device_check.json`` and ``device_check.md`` into ``out``."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "device_check.json"), "w", encoding="utf-8") as f:
+        json.dump({"header": header, "rows": rows}, f, indent=1)
+    with open(os.path.join(out, "device_check.md"), "w", encoding="utf-8") as f:
+        f.write(markdown(rows, header))
 
 
 if __name__ == "__main__":

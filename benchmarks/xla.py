@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 import warnings
 
 import torch
@@ -74,7 +73,7 @@ def _exe_only(compiled, inputs):
     with torch.no_grad():
         compiled(*inputs)
     arrays = [to_jax(t) for t in inputs]
-    key = (tuple((tuple(x.shape), str(x.dtype)) for x in arrays), ())
+    key = (tuple((tuple(x.shape), str(x.dtype)) for x in arrays), (), str(inputs[0].device))
     exe = stage._executables[key]
 
     def run():

@@ -76,6 +76,9 @@ class XlaStage(Stage):
         self._exe_keys: dict[tuple, str] = {}  # their cache keys
         self._jitted = jax.jit(fn)
         self._executables: dict[tuple, Any] = {}
+        # XLA runs where its inputs are: CPU tensors on a GPU host run on the host's CPU, CUDA tensors on the
+        # GPU; each place compiles its own executable and holds its own copy of the weights
+        self._placed_params: dict[str, dict] = {}
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -131,18 +134,35 @@ class XlaStage(Stage):
                                    "backend takes tensors and numbers only")
         if self.module is None:
             self._check_loaded(arrays, scalars)
-        key = (tuple((tuple(x.shape), str(x.dtype)) for x in arrays), tuple(sorted(scalars.items())))
+        place = next((str(a.device) for a in args if isinstance(a, torch.Tensor)), "")
+        key = (tuple((tuple(x.shape), str(x.dtype)) for x in arrays), tuple(sorted(scalars.items())), place)
         exe = self._executables.get(key)
         if exe is None:
             exe = self._compile(key, arrays, scalars)
         if key in self._untried:   # read from fxopt's cache and not run yet: a bad entry recompiles once
             return self._first_run_of_cached(key, exe, arrays, scalars)
-        return self._call(exe, arrays)
+        return self._call(exe, arrays, self._placed_params.get(place, self.params))
 
-    def _call(self, exe: Any, arrays: list) -> tuple:
-        """Run ``exe`` on the weights and ``arrays``; returns the outputs as torch tensors (numbers as is)."""
+    def _params_at(self, place: str, arrays: list) -> dict:
+        """The weights on the device of ``arrays`` (the torch device string ``place``): ``self.params`` when
+        that is JAX's default device, else a copy put there once and kept."""
+        import jax
+
+        if place in self._placed_params:
+            return self._placed_params[place]
+        device = next(iter(arrays[0].devices())) if arrays and hasattr(arrays[0], "devices") else None
+        if device is None or device == jax.devices()[0]:
+            params = self.params
+        else:
+            params = {k: jax.device_put(v, device) for k, v in self.params_np.items()}
+        self._placed_params[place] = params
+        return params
+
+    def _call(self, exe: Any, arrays: list, params: dict) -> tuple:
+        """Run ``exe`` on the weights ``params`` and ``arrays``; returns the outputs as torch tensors
+        (numbers as is)."""
         lower = _lower()
-        return tuple(lower.to_torch(o) if hasattr(o, "dtype") else o for o in exe(self.params, *arrays))
+        return tuple(lower.to_torch(o) if hasattr(o, "dtype") else o for o in exe(params, *arrays))
 
     def _first_run_of_cached(self, key: tuple, exe: Any, arrays: list, scalars: dict) -> tuple:
         """Run an executable read from the cache for the first time; when it fails (an entry XLA:CPU cannot
@@ -150,15 +170,16 @@ class XlaStage(Stage):
         from fxopt.backends.xla import cache
 
         self._untried.discard(key)
+        params = self._params_at(key[2], arrays)
         try:
-            return self._call(exe, arrays)
+            return self._call(exe, arrays, params)
         except Exception as exc:  # noqa: BLE001 - any failure of a cached executable: compile instead
             _LOG.warning("fxopt: xla partition '%s': the cached executable failed (%s); compiling it again",
                          self.name, str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
             cache.drop_executable(self._exe_keys.pop(key))
             del self._executables[key]
             self.compile_count -= 1
-            return self._call(self._compile(key, arrays, scalars, use_cache=False), arrays)
+            return self._call(self._compile(key, arrays, scalars, use_cache=False), arrays, params)
 
     def _check_loaded(self, arrays: list, scalars: dict) -> None:
 
@@ -189,7 +210,9 @@ class XlaStage(Stage):
         from fxopt.backends.xla import cache
 
         exe_key = None
-        if self.module is None and self.exported is not None:   # a loaded module: its executable may be cached
+        params = self._params_at(key[2], arrays)
+        on_default = params is self.params   # fxopt's executable cache loads onto JAX's default device only
+        if self.module is None and self.exported is not None and on_default:   # a loaded module: may be cached
             exe_key = cache.executable_key(self.exported.mlir_module_serialized, arrays)
             t0 = time.perf_counter()
             in_tree = jax.tree_util.tree_structure(((self.params, *arrays), {}))
@@ -202,7 +225,7 @@ class XlaStage(Stage):
                                              "dir": cache.enable()})
         try:
             jitted = self._jitted if not scalars or self.module is None else jax.jit(self._bound(scalars))
-            exe, event = cache.compile_counted(lambda: jitted.lower(self.params, *arrays).compile())
+            exe, event = cache.compile_counted(lambda: jitted.lower(params, *arrays).compile())
         except InputError:
             raise
         except Exception as exc:  # noqa: BLE001 - XLA/JAX failures are the backend's
@@ -222,6 +245,7 @@ class XlaStage(Stage):
         self._executables[key] = exe
         self.compile_count += 1   # one per input signature made runnable, compiled here or read from the cache
         event["signature"] = [list(shape) for shape, _ in key[0]]
+        event["place"] = key[2]
         self.compile_events.append(event)
         _LOG.info("fxopt: %s", cache.describe(event, self.name))
         return exe
@@ -275,11 +299,12 @@ class XlaStage(Stage):
         files = artifact.write_partition(directory, safe_stem(self.name), self.exported, self.params_np)
         here = jax.default_backend()
         plats = list(info["platforms"])
+        ran = sorted({(key[2].split(":")[0] or here) for key in self.signatures})   # torch device types
         done = []
         if self.module is not None:
             done.append(f"lowered ATen→JAX ({self.op_count} ops)")
         if self.signatures:
-            done.append(f"XLA-compiled for {here} ({len(self.signatures)} shape signature"
+            done.append(f"XLA-compiled for {', '.join(ran)} ({len(self.signatures)} shape signature"
                         f"{'s' if len(self.signatures) != 1 else ''}) and run")
         done.append(f"jax.export serialized (platforms {', '.join(plats)})")
         done.append("StableHLO text written")
@@ -287,10 +312,10 @@ class XlaStage(Stage):
         left = []
         if not self.signatures:
             left.append(f"XLA compile for {here} on first call")
-        others = [p for p in plats if p != here]
+        others = [p for p in plats if p != here and p not in ran]
         if others:
             left.append(f"XLA compile for {'/'.join(others)} on first call (exported here, not compiled or "
-                        "run: no such device on this host)")
+                        "run here)")
         avals = [f"{a.dtype}[{', '.join(str(d) for d in a.shape)}]"
                  for a in self.exported.in_avals[len(jax.tree_util.tree_leaves(self.params_np)):]]
         return {"files": files, "steps": {"done_here": done, "left_for_target": left}, **info,
