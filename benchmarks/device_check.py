@@ -182,7 +182,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rounds = 5 if args.quick else 20
     device_name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor() or "cpu"
     header = (f"device_check {time.strftime('%Y-%m-%d')}: {device_name}; torch {torch.__version__}, "
-              f"jax {jax.__version__} (default backend {jax.default_backend()})")
+              f"jax {jax.__version__} (default backend {jax.default_backend()}); float32 matmul precision "
+              f"{torch.get_float32_matmul_precision()}, cudnn.allow_tf32 {torch.backends.cudnn.allow_tf32}")
     print(header, flush=True)
     start = time.perf_counter()
     rows: list[dict] = []

@@ -9,9 +9,9 @@ rule serves every overload of that op), or a Python function that FX graphs call
 
 Semantics follow PyTorch exactly where the tests can tell: type promotion through
 ``torch._prims_common.elementwise_dtypes`` (the rules PyTorch's own references use), integer division
-rounding modes, negative dims, keepdim, int64 results of index-producing ops. Matmuls and convolutions run at
-:data:`MATMUL_PRECISION` (``HIGHEST``: true float32 on GPU/TPU too, like PyTorch's default; set
-``"default"`` to let XLA use TF32/bf16 passes).
+rounding modes, negative dims, keepdim, int64 results of index-producing ops. Float32 matmuls and
+convolutions run at the precision PyTorch would use on a GPU, read from its flags when the graph is traced
+(:func:`matmul_precision`, :func:`conv_precision`); :data:`MATMUL_PRECISION` overrides both.
 
 :data:`CHECKS` maps a target to a static check ``(node) -> reason | None`` for nodes a rule exists for but
 cannot lower (``as_strided`` with a non-contiguous layout, ``index`` with a boolean mask); rules that find out
@@ -37,8 +37,9 @@ import fxopt.ir.ops  # noqa: F401  (registers torch.ops.fxopt.*, whose rules are
 aten = torch.ops.aten
 _K = _pc.ELEMENTWISE_TYPE_PROMOTION_KIND
 
-#: Precision of dot products and convolutions ("highest" = full float32, as PyTorch computes by default).
-MATMUL_PRECISION = "highest"
+#: Precision of dot products and convolutions: None follows PyTorch's flags (see :func:`matmul_precision`);
+#: "highest" forces full float32 everywhere, "default" lets XLA use TF32/bf16 passes everywhere.
+MATMUL_PRECISION: str | None = None
 
 RULES: dict[Any, Callable] = {}
 CHECKS: dict[Any, Callable] = {}
@@ -429,13 +430,38 @@ def _lerp(a, b, w, **_):
 
 
 # ============================================================================================ matmuls
-def _prec():
+def _forced():
+    """The lax precision :data:`MATMUL_PRECISION` forces, or ``...`` when it is None (follow PyTorch)."""
+    if MATMUL_PRECISION is None:
+        return ...
     return lax.Precision.HIGHEST if MATMUL_PRECISION == "highest" else None
+
+
+def matmul_precision():
+    """The lax precision of float32 matmuls: PyTorch's ``torch.get_float32_matmul_precision()`` ("highest",
+    its default: full float32; "high": TF32 or bf16x3; "medium": bf16), unless :data:`MATMUL_PRECISION` is
+    set. XLA:CPU computes float32 either way; GPUs and TPUs take the cheaper passes when allowed."""
+    forced = _forced()
+    if forced is not ...:
+        return forced
+    return {"highest": lax.Precision.HIGHEST, "high": lax.Precision.HIGH}.get(
+        torch.get_float32_matmul_precision(), lax.Precision.DEFAULT)
+
+
+def conv_precision():
+    """The lax precision of float32 convolutions: TF32 allowed when PyTorch lets cuDNN use it
+    (``torch.backends.cudnn.allow_tf32``, True by default, so eager CUDA convolutions are TF32), else full
+    float32; :data:`MATMUL_PRECISION` overrides."""
+    forced = _forced()
+    if forced is not ...:
+        return forced
+    return lax.Precision.DEFAULT if torch.backends.cudnn.allow_tf32 else lax.Precision.HIGHEST
+
 
 
 def _matmul(a, b):
     compute, result = promote(_K.DEFAULT, a, b)
-    return _as(jnp.matmul(_as(a, compute), _as(b, compute), precision=_prec()), result)
+    return _as(jnp.matmul(_as(a, compute), _as(b, compute), precision=matmul_precision()), result)
 
 
 RULES[aten.mm] = lambda a, b, **_: _matmul(a, b)
@@ -489,7 +515,7 @@ def _convolution(x, w, bias, stride, padding, dilation, transposed, output_paddi
     if not transposed:
         out = lax.conv_general_dilated(
             x, w, window_strides=stride, padding=[(p, p) for p in padding], rhs_dilation=dilation,
-            dimension_numbers=_CONV_DIMS[nsp], feature_group_count=groups, precision=_prec())
+            dimension_numbers=_CONV_DIMS[nsp], feature_group_count=groups, precision=conv_precision())
     else:
         # transposed conv = conv of the stride-dilated input with the flipped kernel, weights regrouped from
         # (Cin, Cout/g, k...) to (Cout, Cin/g, k...), padding d*(k-1)-p (+ output_padding on the high side)
@@ -501,7 +527,7 @@ def _convolution(x, w, bias, stride, padding, dilation, transposed, output_paddi
                 for k, p, d, op in zip(ks, padding, dilation, output_padding)]
         out = lax.conv_general_dilated(
             x, wg, window_strides=[1] * nsp, padding=pads, lhs_dilation=stride, rhs_dilation=dilation,
-            dimension_numbers=_CONV_DIMS[nsp], feature_group_count=groups, precision=_prec())
+            dimension_numbers=_CONV_DIMS[nsp], feature_group_count=groups, precision=conv_precision())
     if bias is not None:
         out = out + _as(bias, compute).reshape((1, -1) + (1,) * nsp)
     if unbatched:
@@ -535,7 +561,7 @@ def _tiled_grouped_mm(rows, weights, ends):
     source = jnp.where(offset < sizes[slot_group], starts[slot_group] + offset, n)   # n: the zero row
     tiles = jnp.concatenate([rows, jnp.zeros((1, rows.shape[1]), rows.dtype)])[source].reshape(k, t, -1)
     tile_weights = weights[slot_group.reshape(k, t)[:, 0]]
-    out = jnp.einsum("kti,kio->kto", tiles, tile_weights, precision=_prec()).reshape(k * t, -1)
+    out = jnp.einsum("kti,kio->kto", tiles, tile_weights, precision=matmul_precision()).reshape(k * t, -1)
     row = jnp.arange(n, dtype=jnp.int32)
     row_group = jnp.minimum(jnp.sum(row[:, None] >= ends[None, :], axis=1), groups - 1)
     picked = out[padded_start[row_group] + row - starts[row_group]]
@@ -544,7 +570,7 @@ def _tiled_grouped_mm(rows, weights, ends):
 
 def _ragged_grouped_mm(rows, weights, ends):
     sizes = jnp.diff(ends, prepend=jnp.zeros((1,), jnp.int32))
-    return lax.ragged_dot(rows, weights, sizes, precision=_prec())
+    return lax.ragged_dot(rows, weights, sizes, precision=matmul_precision())
 
 
 @rule(torch.ops.fxopt.grouped_mm.default)
@@ -1496,7 +1522,7 @@ def _adaptive_avg_pool2d(x, output_size, **_):   # two small averaging matmuls, 
     xf = _opmath(x)
     mh = jnp.asarray(_adaptive_matrix(h, oh), xf.dtype)
     mw = jnp.asarray(_adaptive_matrix(w, ow), xf.dtype)
-    out = jnp.einsum("...hw,oh,pw->...op", xf, mh, mw, precision=_prec())
+    out = jnp.einsum("...hw,oh,pw->...op", xf, mh, mw, precision=lax.Precision.HIGHEST)
     return out.astype(x.dtype)
 
 
@@ -1505,7 +1531,7 @@ def _adaptive_avg_pool1d(x, output_size, **_):
     (o,) = _per_dim(output_size, 1)
     xf = _opmath(x)
     m = jnp.asarray(_adaptive_matrix(x.shape[-1], o), xf.dtype)
-    return jnp.einsum("...w,ow->...o", xf, m, precision=_prec()).astype(x.dtype)
+    return jnp.einsum("...w,ow->...o", xf, m, precision=lax.Precision.HIGHEST).astype(x.dtype)
 
 
 def _scale(in_size, out_size, scale, align_corners=False):
@@ -1557,7 +1583,7 @@ def _upsample_bilinear2d(x, output_size, align_corners, scales_h=None, scales_w=
     xf = _opmath(x)
     mh = jnp.asarray(_linear_matrix(h, oh, scales_h, align_corners), xf.dtype)
     mw = jnp.asarray(_linear_matrix(w, ow, scales_w, align_corners), xf.dtype)
-    return jnp.einsum("...hw,oh,pw->...op", xf, mh, mw, precision=_prec()).astype(x.dtype)
+    return jnp.einsum("...hw,oh,pw->...op", xf, mh, mw, precision=lax.Precision.HIGHEST).astype(x.dtype)
 
 
 @rule(aten.upsample_bilinear2d.vec)
