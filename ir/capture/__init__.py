@@ -28,7 +28,7 @@ from fxopt.errors import InputError
 from fxopt.ir import cost, loops, numerics, provenance
 from fxopt.ir.program import Program, delete_attr, fetch_attr, set_attr  # noqa: F401 - set_attr re-exported
 from fxopt.ir import serialize
-from fxopt.ir.capture import attention_layout, blocks, library_ops, pt2_check
+from fxopt.ir.capture import attention_layout, blocks, core_export, library_ops, pt2_check
 from fxopt.ir.capture.library_modules import static_library_modules
 from fxopt.ir.capture.library_outputs import plain_outputs
 from fxopt.ir.capture.module_conversions import HINT as CONVERSION_HINT, no_op_conversions
@@ -384,6 +384,9 @@ def _export(model: torch.nn.Module, inputs: tuple, kwargs: dict, dynamic_shapes:
         # On failure torch.export prints the partial graph to stderr; the one-line error replaces it.
         with _quiet_torch_logs(), eval_mode(model), torch.no_grad(), no_op_conversions(), \
                 contextlib.redirect_stderr(io.StringIO()):
+            ep = core_export.export_to_core(model, inputs, kwargs, dynamic_shapes)
+            if ep is not None:   # one trace straight to core ATen (core_export.py)
+                return ep
             ep = torch.export.export(model, inputs, kwargs or None, dynamic_shapes=dynamic_shapes, strict=False)
     except InputError:
         raise

@@ -46,6 +46,7 @@ from torch._subclasses.fake_tensor import FakeTensor
 
 from fxopt.errors import InputError
 from fxopt.ir import numerics
+from fxopt.ir.capture import core_export
 from fxopt.ir.program import fetch_attr, set_attr
 
 ENV_SWITCH = "FXOPT_BLOCK_CAPTURE"
@@ -371,6 +372,7 @@ def _opaque(groups: list[list[_Call]], learn_layouts: bool) -> Iterator[tuple[di
     shapes or constants than recorded does."""
     by_id: dict[int, _Call] = {}
     used: set[int] = set()
+    passes: dict[int, int | None] = {}   # call id -> the trace pass that made it
     seen: dict[int, list] = {}
     patched: list[tuple[torch.nn.Module, bool, Any]] = []
     for group in groups:
@@ -381,7 +383,7 @@ def _opaque(groups: list[list[_Call]], learn_layouts: bool) -> Iterator[tuple[di
                                       for t in call.out_leaves if isinstance(t, torch.Tensor)]
             module = call.module
             patched.append((module, "forward" in module.__dict__, module.__dict__.get("forward")))
-            module.forward = _stand_in(call_id, call, used, seen if learn_layouts else None)
+            module.forward = _stand_in(call_id, call, used, passes, seen if learn_layouts else None)
     # The stand-ins read no weights: hidden from the export, the blocks' weights are not lifted into the
     # model's graph (torch.export's signature handling is quadratic in their number); stitching binds them.
     hidden = [(m, m.__dict__["_parameters"], m.__dict__["_buffers"])
@@ -402,20 +404,31 @@ def _opaque(groups: list[list[_Call]], learn_layouts: bool) -> Iterator[tuple[di
             _OUTPUT_SPECS.pop(call_id, None)
 
 
-def _stand_in(call_id: int, call: _Call, used: set[int], seen: dict[int, list] | None) -> Callable:
+def _trace_pass() -> int | None:
+    """Which trace is running: torch.export's ATen-IR path (core_export.py) runs the model twice, once to
+    collect metadata without a proxy mode and once with one; a block is called once in each."""
+    mode = torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.PROXY)
+    return id(mode) if mode is not None else None
+
+
+def _stand_in(call_id: int, call: _Call, used: set[int], passes: dict[int, int | None],
+              seen: dict[int, list] | None) -> Callable:
     recorded = [_leaf_key(x) for x in call.in_leaves]
 
     def forward(*args: Any, **kwargs: Any) -> Any:
         leaves, spec = pytree.tree_flatten((args, kwargs))
-        if spec != call.in_spec or [_leaf_key(x) for x in leaves] != recorded or call_id in used:
+        this_pass = _trace_pass()
+        twice = call_id in used and passes.get(call_id) == this_pass
+        if spec != call.in_spec or [_leaf_key(x) for x in leaves] != recorded or twice:
             strides = _same_but_layout(leaves, call.in_leaves) if spec == call.in_spec else None
-            if strides is None or seen is None or call_id in used:
+            if strides is None or seen is None or twice:
                 # called otherwise than in the recording run (its weights are hidden, so it cannot be
                 # traced in place either): the caller exports again without this group
                 raise _CallMismatch(f"{call.path} was called otherwise while exporting than in the eager run",
                                     call.path)
             seen[call_id] = strides   # only the layouts differ: its block is exported for export's layouts
         used.add(call_id)
+        passes[call_id] = this_pass
         outs = iter(BLOCK_OP(call_id, [x for x in leaves if isinstance(x, torch.Tensor)]))
         flat = [next(outs) if isinstance(x, torch.Tensor) else x for x in call.out_leaves]
         return pytree.tree_unflatten(flat, call.out_spec)
@@ -585,7 +598,8 @@ def capture_blockwise(model: torch.nn.Module, inputs: tuple, kwargs: dict, sourc
     if not candidates:
         return "no repeated submodules"
     ran: set[int] = set()
-    with _recording(model, candidates, ran) as calls, _as_when_exporting(), _buffers_kept(model):
+    with _recording(model, candidates, ran) as calls, _as_when_exporting(), _buffers_kept(model), \
+            core_export.watch_attention(model):
         try:
             expected = run_eager()
         except Exception as exc:  # noqa: BLE001 - whole-model export reports the model's own error
