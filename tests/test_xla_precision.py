@@ -37,7 +37,7 @@ def torch_flags():
 def test_convolutions_allow_tf32_as_cudnn_does_by_default(torch_flags):
     torch.backends.cudnn.allow_tf32 = True
     text = _conv_hlo()
-    assert "stablehlo.convolution" in text and "HIGHEST" not in text
+    assert "stablehlo.convolution" in text and "precision HIGH>" in text and "HIGHEST" not in text
 
 
 def test_convolutions_are_full_float32_when_cudnn_tf32_is_off(torch_flags):
@@ -52,7 +52,8 @@ def test_matmuls_are_full_float32_at_pytorchs_default(torch_flags):
 
 def test_matmuls_follow_set_float32_matmul_precision(torch_flags):
     torch.set_float32_matmul_precision("medium")
-    assert "HIGHEST" not in _matmul_hlo()
+    text = _matmul_hlo()
+    assert "HIGHEST" not in text and "precision HIGH>" not in text
 
 
 def test_the_module_setting_overrides_pytorchs_flags(torch_flags, monkeypatch):

@@ -439,8 +439,9 @@ def _forced():
 
 def matmul_precision():
     """The lax precision of float32 matmuls: PyTorch's ``torch.get_float32_matmul_precision()`` ("highest",
-    its default: full float32; "high": TF32 or bf16x3; "medium": bf16), unless :data:`MATMUL_PRECISION` is
-    set. XLA:CPU computes float32 either way; GPUs and TPUs take the cheaper passes when allowed."""
+    its default: ``HIGHEST``, full float32; "high": ``HIGH``, TF32; "medium": ``DEFAULT``, bf16), unless
+    :data:`MATMUL_PRECISION` is set. XLA:CPU computes float32 either way; GPUs and TPUs take the cheaper
+    passes when allowed."""
     forced = _forced()
     if forced is not ...:
         return forced
@@ -449,13 +450,13 @@ def matmul_precision():
 
 
 def conv_precision():
-    """The lax precision of float32 convolutions: TF32 allowed when PyTorch lets cuDNN use it
-    (``torch.backends.cudnn.allow_tf32``, True by default, so eager CUDA convolutions are TF32), else full
-    float32; :data:`MATMUL_PRECISION` overrides."""
+    """The lax precision of float32 convolutions: ``HIGH`` (JAX's "tensorfloat32": TF32 on GPUs, three bf16
+    passes on TPUs) when PyTorch lets cuDNN use TF32 (``torch.backends.cudnn.allow_tf32``, True by default,
+    so eager CUDA convolutions are TF32), else full float32; :data:`MATMUL_PRECISION` overrides."""
     forced = _forced()
     if forced is not ...:
         return forced
-    return lax.Precision.DEFAULT if torch.backends.cudnn.allow_tf32 else lax.Precision.HIGHEST
+    return lax.Precision.HIGH if torch.backends.cudnn.allow_tf32 else lax.Precision.HIGHEST
 
 
 
