@@ -180,6 +180,8 @@ def _inline(graph: torch.fx.Graph, node: torch.fx.Node, sub: torch.fx.GraphModul
     when ``sub`` holds something this path does not inline."""
     env: dict[torch.fx.Node, Any] = {}
     placeholders = [p for p in sub.graph.nodes if p.op == "placeholder"]
+    if len(placeholders) != len(args):   # e.g. a number input traced as a constant: binding would misalign
+        return False
     env.update(zip(placeholders, args))
     result: Any = None
     with graph.inserting_before(node):
