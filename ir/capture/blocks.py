@@ -610,6 +610,9 @@ def capture_blockwise(model: torch.nn.Module, inputs: tuple, kwargs: dict, sourc
     saved = sum(_leaves(c.module) for group in groups for c in group[1:])
     if saved < MIN_SAVED_FRACTION * len(ran):
         return f"the repeats hold {saved} of the {len(ran)} leaf modules that ran"
+    # Every graph exported from here on is checked against eager outputs (each instance against its recorded
+    # call, the stitched graph against the model's run), so these exports may take the one-trace path.
+    export = core_export.allowing(export)
     # The model's export first, every group opaque: it tells the layouts export calls the blocks with.
     exported = _export_opaque(model, inputs, kwargs, source, export, groups, learn_layouts=True)
     if isinstance(exported, str):

@@ -11,6 +11,8 @@ thread: exporting zoo:resnet50 to core ATen took 1.27 s the public way and 0.67 
 
 :func:`export_to_core` returns None, and the caller takes the public export + ``run_decompositions``, when:
 
+- the caller did not allow it (:func:`allowing`): only block-wise capture does, because it checks every
+  graph against eager outputs and falls back to whole-model export on any difference;
 - shapes are dynamic: decompositions run during the trace add guards of their own, which can contradict
   the dynamic dims (seen on zoo:ocr's decoder step: "Constraints violated (cache0)"), after the trace's
   cost was paid;
@@ -30,22 +32,39 @@ import importlib
 import operator
 import os
 import weakref
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
+from torch._guards import detect_fake_mode
+from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils import _pytree as pytree
 
 ENV_SWITCH = "FXOPT_CORE_EXPORT"
 _ATTENTION = "scaled_dot_product"
-_ASSERT_METADATA = torch.ops.aten._assert_tensor_metadata.default
 
 
 _calls_attention: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()
+_allowed = 0
 
 
 def enabled() -> bool:
-    """Whether the one-trace path is on (``FXOPT_CORE_EXPORT`` unset or not ``0``)."""
-    return os.environ.get(ENV_SWITCH, "1") != "0"
+    """Whether the one-trace path may run now: inside :func:`allowing`, unless ``FXOPT_CORE_EXPORT=0``."""
+    return _allowed > 0 and os.environ.get(ENV_SWITCH, "1") != "0"
+
+
+def allowing(export: Callable) -> Callable:
+    """``export`` run with the one-trace path allowed. Only callers that check every graph against eager
+    outputs use it (block-wise capture): this path skips checks the public one makes (a ``Module.to()``
+    inside forward that changes weights is an error there, a wrong graph here) and has given wrong values
+    once (an ONNX-imported bidirectional GRU, 2026-12-04)."""
+    def allowed(*args: Any, **kwargs: Any) -> Any:
+        global _allowed
+        _allowed += 1
+        try:
+            return export(*args, **kwargs)
+        finally:
+            _allowed -= 1
+    return allowed
 
 
 class _AttentionWatch(torch.overrides.TorchFunctionMode):
@@ -129,15 +148,10 @@ def decompose_locally(ep: torch.export.ExportedProgram) -> bool:
     """Replace, in ``ep``'s graph, every op :func:`needs_decomposition` by its core-ATen decomposition;
     returns False (the graph may be half rewritten: discard ``ep``) when the graph is one this path leaves to
     ``run_decompositions``."""
-    from torch._guards import detect_fake_mode
-    from torch.fx.experimental.proxy_tensor import make_fx
-
     gm = ep.graph_module
     graph = gm.graph
     if _unsupported(graph):
         return False
-    for node in [n for n in graph.nodes if n.target is _ASSERT_METADATA and not n.users]:
-        graph.erase_node(node)   # checks of what the vals record; the public path's second trace drops them too
     todo = [n for n in graph.nodes if n.op == "call_function" and needs_decomposition(n.target)]
     if not todo:
         gm.recompile()
