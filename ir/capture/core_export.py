@@ -28,6 +28,7 @@ thread: exporting zoo:resnet50 to core ATen took 1.27 s the public way and 0.67 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import operator
 import os
@@ -107,14 +108,10 @@ def export_to_core(model: torch.nn.Module, inputs: tuple, kwargs: dict | None,
     return ep if decompose_locally(ep) else None
 
 
+@functools.cache
 def _decompositions() -> dict:
-    global _TABLE
-    if _TABLE is None:
-        _TABLE = torch.export.default_decompositions()
-    return _TABLE
-
-
-_TABLE: dict | None = None
+    """torch's core-ATen decomposition table (built once: it is the same for every export)."""
+    return torch.export.default_decompositions()
 
 
 def needs_decomposition(target: Any) -> bool:
@@ -154,7 +151,6 @@ def decompose_locally(ep: torch.export.ExportedProgram) -> bool:
         return False
     todo = [n for n in graph.nodes if n.op == "call_function" and needs_decomposition(n.target)]
     if not todo:
-        gm.recompile()
         return True
     fake_mode = detect_fake_mode([n.meta.get("val") for n in graph.nodes if n.op == "placeholder"])
     if fake_mode is None:
