@@ -63,7 +63,8 @@ class GraphFingerprint:
     ``(name, op, target, args, kwargs)`` holding its own args/kwargs objects. FX replaces those objects
     whenever a node's inputs change, so a node whose args and kwargs are the very same objects as before is
     unchanged. Only nodes whose argument objects were replaced are compared value by value (nodes by name,
-    tensors by identity). This costs ~25 ms instead of ~0.3 s at 50k nodes."""
+    tensors by identity). Two fingerprints and their comparison took 10-20 ms at 50k nodes, against
+    0.11-0.13 s with every node's arguments keyed (2026-12-04, garbage collections aside)."""
 
     __slots__ = ("header", "graphs", "weights")
 
