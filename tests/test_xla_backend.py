@@ -312,3 +312,27 @@ def test_routed_experts_with_data_dependent_sizes_run_split_across_cpu_and_xla()
     assert {s.device for s in compiled.stages} == {"cpu", "xla"}
     for inputs in (x, torch.randn(32, 8)):
         _close(compiled(inputs), model(inputs), program)
+
+
+def test_cpu_tensors_on_a_host_with_an_accelerator_are_said_to_run_on_the_cpu(monkeypatch, caplog):
+    import jax
+
+    model = torch.nn.Linear(4, 3).eval()
+    x = torch.randn(2, 4)
+    compiled = fxopt.compile(fxopt.capture(model, (x,)), "xla")
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")   # what jax says on a GPU host
+    with caplog.at_level("WARNING", logger="fxopt.xla"):
+        got = compiled(x)
+        compiled(x)
+    lines = [r.getMessage() for r in caplog.records if "runs on the CPU" in r.getMessage()]
+    assert len(lines) == 1 and "JAX device is gpu" in lines[0]   # once per partition and place
+    torch.testing.assert_close(got, model(x))
+
+
+def test_cpu_tensors_on_a_cpu_host_say_nothing(caplog):
+    model = torch.nn.Linear(4, 3).eval()
+    x = torch.randn(2, 4)
+    compiled = fxopt.compile(fxopt.capture(model, (x,)), "xla")
+    with caplog.at_level("WARNING", logger="fxopt.xla"):
+        compiled(x)
+    assert not [r for r in caplog.records if "runs on the CPU" in r.getMessage()]

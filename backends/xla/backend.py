@@ -151,6 +151,10 @@ class XlaStage(Stage):
         if place in self._placed_params:
             return self._placed_params[place]
         device = next(iter(arrays[0].devices())) if arrays and hasattr(arrays[0], "devices") else None
+        if device is not None and device.platform == "cpu" and jax.default_backend() != "cpu":
+            _LOG.warning("fxopt: xla partition '%s' was given CPU tensors on a host whose JAX device is %s: it "
+                         "runs on the CPU; move the inputs there (e.g. .to('cuda')) to run it on the %s",
+                         self.name, jax.default_backend(), jax.default_backend())
         if device is None or device == jax.devices()[0]:
             params = self.params
         else:
