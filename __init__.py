@@ -31,6 +31,8 @@ _LAZY: dict[str, str] = {
     "load": "fxopt.backends.base:load",   # not through api: loading an artifact imports no capture, no zoo
     "export": "fxopt.api:export",
     "ExportReport": "fxopt.api:ExportReport",
+    "GenerationSpec": "fxopt.ir.capture.generation:GenerationSpec",   # capture(..., decode=GenerationSpec(...))
+    "as_generate": "fxopt.ir.capture.generation:as_generate",
     "Fields": "fxopt.ir.fields:Fields",   # what a loaded artifact returns for a model library's output class
     "optimize_many": "fxopt.passes.dedupe:optimize_many",
     "fleet": "fxopt.tools.fleet:fleet",

@@ -26,16 +26,17 @@ register_model_source("zoo", zoo.resolve)   # "zoo:NAME", "zoo:NAME{small=true}"
 
 
 def capture(model: Any, example_inputs: Any = None, *, example_kwargs: dict | None = None,
-            dynamic_shapes: Any = None, trust_pickle: bool = False) -> Program:
+            dynamic_shapes: Any = None, trust_pickle: bool = False, decode: Any = None) -> Program:
     """Capture ``model`` (nn.Module, ``.pt2`` path, ``file.py:Attr``, ``module:Attr`` or ``zoo:NAME``) with
     torch.export into a flat core-ATen :class:`~fxopt.ir.Program`. ``example_inputs`` is a tuple of positional
     inputs (default: the model's ``example_inputs()``), ``example_kwargs`` a dict of keyword inputs (a Hugging
     Face batch: ``example_kwargs=tokenizer(text, return_tensors="pt")``); ``dynamic_shapes`` as for
     ``torch.export.export``.
     ``file.py:Attr`` and ``module:Attr`` import (run) that Python file; a ``.pt2`` whose parts need a full
-    unpickler (which can run code) is refused unless ``trust_pickle``."""
+    unpickler (which can run code) is refused unless ``trust_pickle``. ``decode``: a ``GenerationSpec``
+    (or dict) to capture a Hugging Face model's greedy ``generate`` as a decode loop (docs/decode-loop.md)."""
     return _capture(model, example_inputs, example_kwargs=example_kwargs, dynamic_shapes=dynamic_shapes,
-                    trust_pickle=trust_pickle)
+                    trust_pickle=trust_pickle, decode=decode)
 
 
 def optimize(program: Program, passes: str | Iterable[Any] | None = None, *, target: str = "reference",

@@ -53,9 +53,13 @@ def plan_of(program: Program) -> dict:
     region = loops.decode_region(program)
     if region is None:
         raise InputError(f"'{program.name}' has no decode loop; compile it with the reference backend")
-    return {**region["plan"], "batch": region["batch"], "bos_id": region["bos_id"],
+    plan = {**region["plan"], "batch": region["batch"], "bos_id": region["bos_id"],
             "eos_id": region["eos_id"], "n_state": len(region["state"]),
             "dynamic_batch": bool(region.get("dynamic_batch"))}
+    for key in ("first_token", "generation"):     # set by capture for encoders that emit the first token
+        if region.get(key) is not None:
+            plan[key] = region[key]
+    return plan
 
 
 class DecodeCompiled(Compiled):
@@ -95,15 +99,15 @@ class DecodeCompiled(Compiled):
         self._parts = [piece(part_name(k)) for k in range(len(plan["parts"] or []))]
 
     def run_flat(self, flat_inputs: list) -> tuple:
-        """Decode with early stop; returns ``(tokens [batch, max_len],)``."""
+        """Decode with early stop; returns ``(tokens [batch, max_len],)`` (``[batch, 1 + max_len]`` when the
+        encoder emits the first token)."""
         p = self.plan
         memory = list(_as_tuple(self._encode(*flat_inputs)))
         state = list(_as_tuple(self._init(*memory)))
-        batch = memory[0].shape[0] if memory else p["batch"]
-        token = torch.full((batch,), p["bos_id"], dtype=torch.long)
-        finished = torch.zeros(batch, dtype=torch.bool)
-        calls, steps, chunks = 2, 0, []
-        if p["variant"] == "loop":
+        token, finished, chunks = loops.start(memory, p["bos_id"], p["eos_id"], p.get("first_token"))
+        head, calls, steps = len(chunks), 2, 0
+        running = not bool(finished.all())
+        if running and p["variant"] == "loop":
             eos = torch.full_like(token, p["eos_id"])
             for _ in range(p["max_len"]):
                 out = _as_tuple(self._step(token, *state, *memory))
@@ -114,7 +118,7 @@ class DecodeCompiled(Compiled):
                 calls, steps = calls + 1, steps + 1
                 if bool(finished.all()):
                     break
-        else:
+        elif running:
             for (start, stop), part in zip(p["parts"], self._parts):
                 out = _as_tuple(part(token, finished, *state, *memory))
                 chunks.append(out[0])
@@ -123,7 +127,8 @@ class DecodeCompiled(Compiled):
                 if bool(finished.all()):
                     break
         self.last_calls, self.last_steps = calls, steps
-        return (loops.pad(torch.cat(chunks, 1), p["max_len"], p["eos_id"]),)
+        done = torch.cat(chunks, 1) if chunks else token.new_empty((token.shape[0], 0))
+        return (loops.pad(done, head + p["max_len"], p["eos_id"]),)
 
     def write_partitions(self, directory: str) -> list[dict]:
         """Write ``graph.json`` + ``graph.safetensors``; returns one manifest entry per piece."""

@@ -287,6 +287,17 @@ class GraphBuilder:
         finished = self.call(aten.bitwise_or.Tensor, (finished, is_eos))
         return token, finished
 
+    def start(self, region: dict, memory: list, batch: Any) -> tuple[torch.fx.Node, torch.fx.Node, list]:
+        """The token fed at step 0, the initial ``finished`` and the output columns before step 0's: BOS,
+        all unfinished and none; or, when encode emitted the first token (``region["first_token"]``, a
+        memory index), that token, ``token == eos`` and its column."""
+        index = region.get("first_token")
+        if index is None:
+            return self.full(batch, region["bos_id"], torch.long), self.full(batch, False, torch.bool), []
+        token = memory[index]
+        finished = self.call(aten.eq.Scalar, (token, region["eos_id"]))
+        return token, finished, [self.call(aten.unsqueeze.default, (token, 1))]
+
 
 def _meta_key(a: Any) -> Any:
     if isinstance(a, torch.fx.Node):
@@ -340,7 +351,8 @@ def build_full(region: dict, max_len: int) -> torch.fx.GraphModule:
     """One flat graph: encoder, init_state and ``max_len`` steps with exact per-step shapes.
 
     Takes the decode-loop region (its ``encode``/``init_state``/``step`` Programs) and the step count;
-    returns a GraphModule taking the encoder's flat inputs and returning ``(tokens [B, max_len],)``.
+    returns a GraphModule taking the encoder's flat inputs and returning ``(tokens [B, max_len],)``
+    (``[B, 1 + max_len]`` when encode emits the first token).
     """
     b = GraphBuilder(batch_hint=_batch_hint(region))
     enc = region["encode"]
@@ -348,12 +360,11 @@ def build_full(region: dict, max_len: int) -> torch.fx.GraphModule:
     memory = b.inline(enc.graph_module, inputs, "encode.")
     state = b.inline(region["init_state"].graph_module, memory, "init_state.")
     batch = b.batch_size(region, memory[0])
-    token = b.full(batch, region["bos_id"], torch.long)
-    finished = b.full(batch, False, torch.bool)
+    token, finished, head = b.start(region, memory, batch)
     eos_full = b.full(batch, region["eos_id"], torch.long)
     cols, *_ = _steps(b, region, region["step"].graph_module, token, finished, state, memory, 0, max_len,
                       eos_full)
-    b.output([b.call(aten.cat.default, (cols, 1))])
+    b.output([b.call(aten.cat.default, (head + cols, 1))])
     return b.module("the full unroll")
 
 
@@ -411,7 +422,8 @@ def build_top(region: dict, parts: Sequence[tuple[int, int]] | None, max_len: in
     step (``parts=None``: the ``loop`` variant) or one partition graph per ``(start, stop)`` in ``parts``.
 
     Submodules are named ``decode_encode``, ``decode_init``, ``decode_step`` / ``decode_part{k}``. Returns a
-    GraphModule taking the encoder's flat inputs and returning ``(tokens [B, max_len],)`` (every step runs).
+    GraphModule taking the encoder's flat inputs and returning ``(tokens [B, max_len],)`` (every step runs;
+    ``[B, 1 + max_len]`` when encode emits the first token).
     """
     b = GraphBuilder(pass_name, batch_hint=_batch_hint(region))
     enc = region["encode"]
@@ -419,9 +431,7 @@ def build_top(region: dict, parts: Sequence[tuple[int, int]] | None, max_len: in
     memory = b.call_module(ENCODE, enc.graph_module, inputs)
     state = b.call_module(INIT, region["init_state"].graph_module, memory)
     batch, eos_id = b.batch_size(region, memory[0]), region["eos_id"]
-    token = b.full(batch, region["bos_id"], torch.long)
-    finished = b.full(batch, False, torch.bool)
-    chunks = []
+    token, finished, chunks = b.start(region, memory, batch)
     if parts is None:
         eos_full = b.full(batch, eos_id, torch.long)
         for _ in range(max_len):

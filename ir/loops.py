@@ -32,6 +32,9 @@ from fxopt.ir.program import Program
 REGION_KIND = "decode_loop"
 PROTOCOL_METHODS = ("encode", "init_state", "step")
 PROTOCOL_ATTRS = ("max_len", "bos_id", "eos_id")
+# optional int attribute: the index in encode's flat output of a LongTensor [B] that encode already emitted
+# (a causal LM's first token, from its prompt): output column 0, fed to step 0 in place of bos_id
+FIRST_TOKEN_ATTR = "first_token_memory"
 PROBE_STEPS = 3
 
 
@@ -45,6 +48,24 @@ def is_decode_loop(model: Any) -> bool:
         return False
     return all(isinstance(getattr(model, a, None), int) and not isinstance(getattr(model, a), bool)
                for a in PROTOCOL_ATTRS)
+
+
+def first_token_index(model: Any) -> int | None:
+    """The protocol module's ``first_token_memory`` (an int), or None when it has none."""
+    index = getattr(model, FIRST_TOKEN_ATTR, None)
+    return index if isinstance(index, int) and not isinstance(index, bool) else None
+
+
+def start(memory: Any, bos_id: int, eos_id: int, first_token: int | None) -> tuple:
+    """``(token fed at step 0, finished, head columns)`` of the greedy loop: BOS, nothing finished and no
+    column; or, with ``first_token`` (an index into the flat ``memory``), that emitted token, ``token ==
+    eos_id`` and its ``[B, 1]`` column."""
+    flat = [x for x in pytree.tree_leaves(memory) if isinstance(x, torch.Tensor)]
+    if first_token is None:
+        batch = batch_of(memory)
+        return torch.full((batch,), bos_id, dtype=torch.long), torch.zeros(batch, dtype=torch.bool), []
+    token = flat[first_token]
+    return token, token == eos_id, [token.unsqueeze(1)]
 
 
 def decode_region(program: Program) -> "DecodeLoopRegion | None":
@@ -86,25 +107,27 @@ def greedy(model: Any, *inputs: Any, max_len: int | None = None) -> torch.Tensor
     """The reference greedy loop of the protocol, in plain Python with early stop.
 
     Takes a protocol module and ``encode``'s inputs; returns tokens ``LongTensor [batch, max_len]`` (BOS
-    excluded; ``eos_id`` after a row's first EOS, and for every step not run once all rows finished).
+    excluded; ``eos_id`` after a row's first EOS, and for every step not run once all rows finished), with
+    encode's emitted token in front (``[batch, 1 + max_len]``) when the module has ``first_token_memory``.
     """
     steps = model.max_len if max_len is None else max_len
     with torch.no_grad():
         memory = model.encode(*inputs)
         state = model.init_state(memory)
-        batch = batch_of(memory)
-        token = torch.full((batch,), model.bos_id, dtype=torch.long)
-        finished = torch.zeros(batch, dtype=torch.bool)
+        token, finished, head = start(memory, model.bos_id, model.eos_id, first_token_index(model))
         eos = torch.full_like(token, model.eos_id)
         out = []
         for _ in range(steps):
+            if bool(finished.all()):
+                break
             logits, state = model.step(token, state, memory)
             token = torch.where(finished, eos, logits.argmax(-1))
             finished = finished | (token == model.eos_id)
             out.append(token)
             if bool(finished.all()):
                 break
-    return pad(torch.stack(out, 1), steps, model.eos_id)
+    tokens = torch.stack(out, 1) if out else token.new_empty((token.shape[0], 0))
+    return torch.cat(head + [pad(tokens, steps, model.eos_id)], 1)
 
 
 def pad(tokens: torch.Tensor, max_len: int, eos_id: int) -> torch.Tensor:

@@ -199,7 +199,7 @@ def _inputs_for(model: torch.nn.Module, example_inputs: Any, name: str, default:
 
 # ---------------------------------------------------------------------------------------------- capture
 def capture(model: Any, example_inputs: Any = None, *, example_kwargs: dict | None = None,
-            dynamic_shapes: Any = None, trust_pickle: bool = False) -> Program:
+            dynamic_shapes: Any = None, trust_pickle: bool = False, decode: Any = None) -> Program:
     """Capture ``model`` as a flat, core-ATen :class:`Program`.
 
     Takes an nn.Module (or spec string, see :func:`resolve_model`), its example inputs (a tuple of
@@ -207,8 +207,11 @@ def capture(model: Any, example_inputs: Any = None, *, example_kwargs: dict | No
     ``model(**batch)``: ``example_kwargs=batch``) and optional ``torch.export`` ``dynamic_shapes``, or ``"batch"``:
     dim 0 of every input tensor as ``Dim.AUTO`` (symbolic where the model allows it, static where it
     hard-codes the size). ``trust_pickle``: read a ``.pt2`` whose parts need a full unpickler (which can run
-    code; see :func:`resolve_model`). Returns a Program whose nodes carry ``val``, ``provenance`` and
-    ``cost``. Raises :class:`InputError` with one line when the model cannot be captured.
+    code; see :func:`resolve_model`). ``decode``: a
+    :class:`~fxopt.ir.capture.generation.GenerationSpec` (or a dict of its fields) to capture a Hugging
+    Face model's greedy ``generate`` as a decode loop (``example_inputs``: ``(input_ids[,
+    attention_mask])``). Returns a Program whose nodes carry ``val``, ``provenance`` and ``cost``. Raises
+    :class:`InputError` with one line when the model cannot be captured.
     """
     if isinstance(model, (str, os.PathLike)) and os.fspath(model).endswith(".onnx"):
         # local: onnx_import imports this module (ONNX in: converted, then exported as below)
@@ -220,6 +223,8 @@ def capture(model: Any, example_inputs: Any = None, *, example_kwargs: dict | No
     if example_kwargs is not None and example_inputs is None:
         example_inputs = ()    # keywords only: the model's own example_inputs() is not wanted
     resolved, inputs, name = resolve_model(model, example_inputs, trust_pickle)
+    if decode is not None:
+        return _capture_generation(resolved, inputs, example_kwargs, decode, name, model, dynamic_shapes)
     kwargs = dict(example_kwargs or {})
     source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else name
     original = resolved if isinstance(resolved, torch.nn.Module) else None
@@ -239,6 +244,29 @@ def capture(model: Any, example_inputs: Any = None, *, example_kwargs: dict | No
                 "first to silence this")
         warnings.warn(note, stacklevel=3)
         program.notes.append(note)
+    return program
+
+
+def _capture_generation(model: Any, inputs: Any, kwargs: dict | None, decode: Any, name: str, spec: Any,
+                        dynamic_shapes: Any) -> Program:
+    """Capture ``model``'s greedy generation under ``decode`` as a decode-loop Program (see
+    :mod:`fxopt.ir.capture.generation`); its region records the resolved settings as ``generation``."""
+    from fxopt.ir.capture import decoder, generation   # local: decoder imports this module
+
+    if not isinstance(model, torch.nn.Module):
+        raise InputError(f"{name}: decode= needs an nn.Module (a Hugging Face generation model)")
+    if kwargs:
+        inputs = tuple(_as_tuple(inputs or ())) + tuple(kwargs[k] for k in ("input_ids", "input_features",
+                                                                            "attention_mask") if k in kwargs)
+    if dynamic_shapes not in (None, "batch"):
+        raise InputError(f"{name}: decode= takes dynamic_shapes None or 'batch', got {dynamic_shapes!r}")
+    inputs = _as_tuple(inputs)
+    loop = generation.generation_loop(model, inputs, decode, name)
+    source = os.fspath(spec) if isinstance(spec, (str, os.PathLike)) else name
+    program = decoder.capture_decoder(loop, inputs, name=name, source=source,
+                                      dynamic_batch=dynamic_shapes == "batch")
+    loops.decode_region(program)["generation"] = dict(loop.settings)
+    provenance.mark_unowned(program.graph, "capture")
     return program
 
 

@@ -16,7 +16,8 @@ import torch.utils._pytree as pytree
 
 from fxopt.errors import InputError
 from fxopt.ir import decode_graphs, loops_batch
-from fxopt.ir.loops import PROBE_STEPS, REGION_KIND, DecodeLoopRegion, batch_of, is_decode_loop, plan_for
+from fxopt.ir.loops import (PROBE_STEPS, REGION_KIND, DecodeLoopRegion, batch_of, first_token_index, is_decode_loop,
+                            plan_for)
 from fxopt.ir.program import Program
 from torch.export import Dim
 
@@ -52,7 +53,7 @@ def probe(model: Any, inputs: tuple, name: str = "model") -> dict:
             raise InputError(f"{name}: init_state returned a {type(state).__name__}; the decode-loop protocol "
                              "needs a tuple of tensors")
         flat_state, _ = _tensors(state, "state", name)
-        token = torch.full((batch,), model.bos_id, dtype=torch.long)
+        token = _first_token(model, flat_mem, batch, name)
         states, tokens, growth = [flat_state], [token], None
         for t in range(min(PROBE_STEPS, model.max_len)):
             try:
@@ -75,6 +76,21 @@ def probe(model: Any, inputs: tuple, name: str = "model") -> dict:
             tokens.append(token)
     return {"memory": flat_mem, "batch": batch, "states": states, "tokens": tokens,
             "growth": growth or [[0] * x.dim() for x in flat_state]}
+
+
+def _first_token(model: Any, flat_mem: list, batch: int, name: str) -> torch.Tensor:
+    """The token fed at step 0: BOS, or the memory tensor ``first_token_memory`` names (checked to be a
+    LongTensor [batch])."""
+    index = first_token_index(model)
+    if index is None:
+        return torch.full((batch,), model.bos_id, dtype=torch.long)
+    if not 0 <= index < len(flat_mem):
+        raise InputError(f"{name}: first_token_memory={index} but encode returns {len(flat_mem)} tensors")
+    token = flat_mem[index]
+    if token.dtype != torch.long or list(token.shape) != [batch]:
+        raise InputError(f"{name}: memory[{index}] (first_token_memory) is {_text(token)}; the first token must "
+                         f"be int64[{batch}]")
+    return token
 
 
 def _check_chain(old: list, new: list, growth: list | None, t: int, name: str) -> list:
@@ -183,6 +199,8 @@ def capture_decoder(model: torch.nn.Module, example_inputs: Any = None, *, name:
         encode=encode, init_state=init, step=step,
         plan=plan_for("loop", None, int(model.max_len)),
     )
+    if first_token_index(model) is not None:
+        region["first_token"] = first_token_index(model)
     if batch is not None:
         batch.record(region, step)
     gm = decode_graphs.build_top(region, None, region["max_len"], pass_name="capture")
@@ -217,18 +235,40 @@ def _capture_step(model, info: dict, memory: Any, capture_program, name: str, ba
     t = min(2, model.max_len - 1, len(info["states"]) - 1)
     state = tuple(info["states"][t])
     token = info["tokens"][t]
-    dims: dict[tuple, Any] = {}
-    state_shapes = []
-    for i, (x, g) in enumerate(zip(info["states"][0], info["growth"])):
-        spec = {}
-        for d, grow in enumerate(g):
-            if grow:
-                lo, hi = int(x.shape[d]), int(x.shape[d]) + grow * (model.max_len - 1)
-                key = (lo, grow)
-                if key not in dims:
-                    dims[key] = Dim(f"cache{len(dims)}", min=lo, max=max(hi, lo + 1))
-                spec[d] = dims[key]
-        state_shapes.append(spec or None)
+
+    def shapes(make_dim) -> list:
+        dims: dict[tuple, Any] = {}
+        out = []
+        for x, g in zip(info["states"][0], info["growth"]):
+            spec = {}
+            for d, grow in enumerate(g):
+                if grow:
+                    lo, hi = int(x.shape[d]), int(x.shape[d]) + grow * (model.max_len - 1)
+                    if (lo, grow) not in dims:
+                        dims[(lo, grow)] = make_dim(f"cache{len(dims)}", lo, max(hi, lo + 1))
+                    spec[d] = dims[(lo, grow)]
+            out.append(spec or None)
+        return out
+
+    try:
+        return _export_step(model, token, state, memory, shapes(lambda n, lo, hi: Dim(n, min=lo, max=hi)),
+                            capture_program, name, batch)
+    except InputError as exc:
+        if "Constraints violated" not in str(exc):
+            raise
+    # A named Dim is refused when torch cannot prove a guard over its whole range, even one that always
+    # holds: after a cache grows by torch.cat, viewing it through expand + reshape (grouped-query attention's
+    # repeat_kv) guards Min(8*(s+1), 16*(s+1)) == 8*(s+1). Dim.DYNAMIC keeps the length symbolic (it still
+    # refuses specialisation to a constant) and lets export relate caches whose lengths differ by a constant
+    # (an attention mask one longer than the KV cache).
+    return _export_step(model, token, state, memory, shapes(lambda n, lo, hi: Dim.DYNAMIC(min=lo, max=hi)),
+                        capture_program, name, batch)
+
+
+def _export_step(model, token, state, memory, state_shapes: list, capture_program, name: str, batch) -> Program:
+    """Export ``model.step`` at ``(token, state, memory)`` with ``state_shapes`` (per state tensor its
+    dynamic dims, or None); InputError (one line) when it fails."""
+    dims = any(state_shapes)
     dynamic = (None, tuple(state_shapes), pytree.tree_map(lambda _: None, memory)) if dims else None
     if batch is not None:
         dynamic = batch.step_shapes(state_shapes, memory)
@@ -250,7 +290,7 @@ def _cache_symbols(step: Program, n_state: int, batch=None) -> dict:
         for d, size in enumerate(getattr(val, "shape", ())):
             if batch is not None and d == 0 and batch.state_dims[i]:
                 continue
-            if isinstance(size, torch.SymInt):
+            if isinstance(size, torch.SymInt) and size.node.expr.is_Symbol:   # not a derived ``s0 + 1``
                 out.setdefault(str(size.node.expr), [i, d])
     return out
 
