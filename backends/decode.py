@@ -34,7 +34,7 @@ from fxopt.errors import InputError
 from fxopt.ir import loops, serialize
 from fxopt.ir.program import Program
 
-from fxopt.ir.decode_graphs import ENCODE, INIT, STEP, part_name
+from fxopt.ir.decode_graphs import ENCODE, INIT, STEP, part_name, piece_names
 from fxopt.backends.base import read_manifest
 
 RUNTIME = "decode-partitions"
@@ -78,8 +78,7 @@ class DecodeCompiled(Compiled):
         self.extra = {**self.extra, "runtime": RUNTIME, "decode": self.plan}
         self.last_calls = 0
         self.last_steps = 0
-        names = [ENCODE, INIT] + ([STEP] if plan["variant"] == "loop"
-                                  else [part_name(k) for k in range(len(plan["parts"] or []))])
+        names = piece_names(plan)
         missing = [n for n in names if not hasattr(graph_module, n)]
         if missing or plan["variant"] not in ("loop", "partitioned"):
             raise InputError(f"decode artifact '{self.name}': plan {plan['variant']!r} needs submodule "
@@ -143,6 +142,54 @@ class DecodeCompiled(Compiled):
                                     f"driven by the {RUNTIME} runtime (early stop on the host)"],
                       "left_for_target": []},
         } for n in names]
+
+
+# manifest keys a piece shares with the whole artifact (kept once, at the top)
+_SHARED_KEYS = ("dynamic_dims", "source", "capture_notes", "target", "backend_options")
+
+
+class PiecewiseDecode(DecodeCompiled):
+    """The decode runtime over pieces another backend compiled (an accelerator's artifacts, one per
+    piece): the host runs the same loop as :class:`DecodeCompiled` and checks EOS between calls.
+
+    ``pieces``: ``{piece name: Compiled}`` for every name of :func:`piece_names`; each is called with the
+    piece's flat inputs and returns its flat outputs. Saving writes every piece's partitions into the one
+    directory (their entries tagged ``"piece"``), and the manifest's ``pieces`` keeps each piece's own
+    manifest keys (``stitch``, input and output specs, a backend's own keys such as Neuron's ``buckets``)
+    so the owning backend's loader can rebuild it."""
+
+    def __init__(self, pieces: dict[str, Compiled], plan: dict, backend: str, **kwargs):
+        """``pieces`` and ``plan`` as above; ``backend``: the name the artifact is loaded with."""
+        Compiled.__init__(self, **kwargs)
+        self.backend = backend
+        self.plan = dict(plan)
+        names = piece_names(self.plan)
+        missing = [n for n in names if n not in pieces]
+        if missing or self.plan["variant"] not in ("loop", "partitioned"):
+            raise InputError(f"decode artifact '{self.name}': plan {self.plan['variant']!r} needs piece "
+                             f"{missing[0] if missing else '?'}; re-create it with `fxopt run`")
+        self.pieces = {n: pieces[n] for n in names}
+        self.extra = {**self.extra, "runtime": RUNTIME, "decode": self.plan,
+                      "pieces": {n: {**{k: v for k, v in c.extra.items() if k not in _SHARED_KEYS},
+                                     "inputs": c.input_specs, "outputs": c.output_specs}
+                                 for n, c in self.pieces.items()}}
+        self.last_calls = 0
+        self.last_steps = 0
+
+        def runner(compiled: Compiled):
+            return lambda *args: compiled.run_flat(list(args))
+
+        self._encode = runner(self.pieces[ENCODE])
+        self._init = runner(self.pieces[INIT])
+        self._step = runner(self.pieces[STEP]) if STEP in self.pieces else None
+        self._parts = [runner(self.pieces[n]) for n in names[2:]] if self.plan["variant"] == "partitioned" else []
+
+    def write_partitions(self, directory: str) -> list[dict]:
+        """Every piece's partition entries (files written into ``directory``), each tagged with its piece."""
+        entries = []
+        for name, piece in self.pieces.items():
+            entries += [{**entry, "piece": name} for entry in piece.write_partitions(directory)]
+        return entries
 
 
 def _as_tuple(out) -> tuple:

@@ -44,8 +44,9 @@ import torch.fx
 from fxopt.backends import neuron_sdk
 from fxopt.backends.base import BackendDefaults, io_specs
 from fxopt.backends.neuron_buckets import BucketPlan, bucket_key, example_at, parse_sizes, plan_buckets
-from fxopt.backends.partitioned import (PartitionedCompiled, Stage, StagePlan, compile_partitioned,
-                                        load_partitioned, plan_stages, record_values, safe_file, safe_stem)
+from fxopt.backends import decode
+from fxopt.backends.partitioned import (PartitionedCompiled, Stage, StagePlan, compile_decode, compile_partitioned,
+                                        load_decode, load_partitioned, plan_stages, record_values, safe_file, safe_stem)
 from fxopt.ir.targets import NEURON_DEVICES, data_source, is_bookkeeping, neuron_operators, packet_name, support_table
 from fxopt.ir.targets import neuron_device as _generation
 from fxopt.errors import BackendError, InputError
@@ -530,6 +531,8 @@ class NeuronBackend(BackendDefaults):
         """Compile ``program`` (left unmodified): op check, one TorchScript trace per accelerator partition and
         bucket, CPU partitions eager. Returns a runnable :class:`NeuronCompiled`. Raises BackendError for an
         unsupported op (without ``split``) or a failed trace, InputError for buckets the program cannot take."""
+        if decode.uses_runtime(program):   # each piece of a decode loop, compiled as a program of its own
+            return compile_decode(program, BACKEND, TARGET, self.compile)
         prog = program.copy()
         prog.ensure_compiled()
         plans = plan_stages(prog, TARGET)  # BackendError for decode loops / another target, before any work
@@ -557,6 +560,8 @@ class NeuronBackend(BackendDefaults):
 
     def load(self, directory: str, manifest: dict) -> NeuronCompiled:
         """Rebuild the artifact in ``directory`` (see :meth:`TorchScriptStage.load` for how partitions load)."""
+        if manifest.get("runtime") == decode.RUNTIME:
+            return load_decode(directory, manifest, BACKEND, self.load)
         pc = load_partitioned(directory, manifest, BACKEND, TorchScriptStage.load)
         bplan = BucketPlan.from_json(manifest.get("buckets") or {"sizes": {}, "inputs": [], "outputs": []})
         for key in ("backend_options", "buckets", "runtime_settings", "target", "dynamic_dims"):

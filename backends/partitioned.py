@@ -33,7 +33,7 @@ from fxopt.backends.base import Compiled, capture_notes, common_kwargs, io_specs
 from fxopt.backends.fast_graph import fast_forward
 from fxopt.backends.reinplace import inplace_plan
 from fxopt.errors import BackendError, InputError
-from fxopt.ir import serialize
+from fxopt.ir import loops, serialize
 from fxopt.ir.program import Program, fetch_attr
 from fxopt.ir.nodes import packet_name
 from fxopt.ir.partitions import accelerator_work, node_flops, partition_module, partitions_region, placements
@@ -43,7 +43,7 @@ from safetensors.torch import load_file
 from fxopt.backends import decode
 
 __all__ = ["StagePlan", "Stage", "TorchStage", "PartitionedCompiled", "plan_stages", "compile_partitioned",
-           "load_partitioned", "record_values", "safe_file", "CONSTANTS_FILE", "MIN_ACCELERATOR_FRACTION",
+           "load_partitioned", "compile_decode", "load_decode", "record_values", "safe_file", "CONSTANTS_FILE", "MIN_ACCELERATOR_FRACTION",
            "WORK_KEYS", "work_summary", "no_accelerator_work"]
 
 CONSTANTS_FILE = "constants.safetensors"
@@ -146,12 +146,12 @@ def plan_stages(program: Program, target: str) -> list[StagePlan]:
     """The stages of ``program`` for a backend of ``target``: its ``split`` partitions when it has them
     (their device must be ``"cpu"`` or ``target``), else the whole graph as one ``target`` stage.
 
-    Raises BackendError for decode-loop programs (only the reference backend runs those) and for a program
-    split for another target."""
+    Raises BackendError for decode-loop programs (:func:`compile_decode` compiles their pieces) and for a
+    program split for another target."""
 
     if decode.uses_runtime(program):
-        raise BackendError(f"program '{program.name}' has a decode loop (unroll partitions), which only the "
-                           "reference backend runs; use --backend reference, or unroll{mode=full}")
+        raise BackendError(f"program '{program.name}' has a decode loop: its backend compiles each piece "
+                           "(compile_decode)")
     region = partitions_region(program, required=False)
     records = region["partitions"] if region is not None else [_whole_graph_record(program, target)]
     for rec in records:
@@ -274,7 +274,8 @@ def compile_partitioned(program: Program, backend: str, target: str,
                         compile_stage: Callable[[StagePlan], Stage], extra: dict | None = None
                         ) -> PartitionedCompiled:
     """Compile ``program`` (left unmodified) for ``backend``: accelerator stages by ``compile_stage``, CPU
-    stages as :class:`TorchStage`; returns the runnable :class:`PartitionedCompiled`."""
+    stages as :class:`TorchStage`; returns the runnable :class:`PartitionedCompiled`. Decode-loop programs
+    go through :func:`compile_decode` instead."""
     prog = program.copy()
     prog.ensure_compiled()
     stages: list[Stage] = []
@@ -294,6 +295,91 @@ def compile_partitioned(program: Program, backend: str, target: str,
         passes=[r.spec for r in prog.reports if r.status == "ran"],
         extra={"dynamic_dims": prog.dynamic_dims, "source": prog.source, **capture_notes(prog), "target": target,
                **(extra or {})})
+
+
+def compile_decode(program: Program, backend: str, target: str,
+                   compile_piece: Callable[[Program], PartitionedCompiled]) -> "decode.PiecewiseDecode":
+    """Compile a decode-loop ``program`` (``unroll`` partitions) for an accelerator backend: each piece
+    (encoder, init, each partition) becomes a Program of its own, with the example inputs it gets when the
+    program runs on its example, and is compiled by ``compile_piece`` (the backend's own ``compile``). A
+    piece the backend refuses runs with PyTorch eager on the host, said in one note line per piece (and in
+    the artifact's ``accelerator_warning`` when no piece runs on ``target``). Returns the
+    :class:`~fxopt.backends.decode.PiecewiseDecode` the host drives, checking EOS between calls. Raises
+    BackendError for the step loop (its step changes shape every step: unroll first)."""
+    plan = decode.plan_of(program)
+    if plan["variant"] == "loop":
+        raise BackendError(f"program '{program.name}' is a decode step loop, whose step graph changes shape every "
+                           f"step; {target} compiles fixed shapes: run unroll first (partitions, the default of "
+                           f"--backend {target}'s pipeline) or unroll{{mode=full}}")
+    prog = program.copy()
+    prog.ensure_compiled()
+    names = decode.piece_names(plan)
+    examples = _piece_inputs(prog, set(names))
+    split = (loops.decode_region(prog) or {}).get("piece_partitions") or {}   # split's plan per piece
+    pieces: dict[str, PartitionedCompiled] = {}
+    notes: list[str] = []
+    works: list[dict] = []
+    for name in names:
+        piece = Program(graph_module=getattr(prog.graph_module, name), example_inputs=tuple(examples[name]),
+                        name=f"{prog.name}.{name}", source=prog.source, target=target,
+                        regions=[split[name]] if name in split else [])
+        works.append(accelerator_work(piece, target, is_bookkeeping))
+        try:
+            compiled = compile_piece(piece)
+        except (InputError, BackendError) as exc:
+            notes.append(f"decode piece {name} runs with PyTorch eager on the host: {target} refused it "
+                         f"({str(exc).splitlines()[0][:200]})")
+            compiled = _host_only(piece, backend, target)
+        for stage in compiled.stages:          # unique file stems: every piece names its stages main, ...
+            stage.name = f"{name}_{stage.name}"
+        pieces[name] = compiled
+    on_target = [n for n, c in pieces.items() if any(st.device != "cpu" for st in c.stages)]
+    flops = sum(w.get("flops", 0.0) for w in works)
+    work = {"accelerator_ops": sum(w["accelerator_ops"] for w in works), "total_ops": sum(w["total_ops"] for w in works),
+            "accelerator_flops_fraction": (sum(w["accelerator_flops_fraction"] * w.get("flops", 0.0) for w in works)
+                                           / flops if flops else 0.0)}
+    why = notes[0] if notes else next((c.extra["accelerator_warning"] for c in reversed(pieces.values())
+                                      if c.extra.get("accelerator_warning")), "no piece has an op for it")
+    why = why.split(": ", 1)[1] if why.startswith(f"no {target} partition: ") else why
+    idle = None if on_target else f"no {target} partition in any decode piece: {why}"
+    inputs, outputs = io_specs(prog)
+    first = pieces[names[0]].extra
+    return decode.PiecewiseDecode(
+        pieces, plan, backend, name=prog.name, in_spec=prog.in_spec, out_spec=prog.out_spec, input_specs=inputs,
+        output_specs=outputs, trace=prog.trace_json(), passes=[r.spec for r in prog.reports if r.status == "ran"],
+        extra={"dynamic_dims": prog.dynamic_dims, "source": prog.source, **capture_notes(prog), "target": target,
+               **({"backend_options": first["backend_options"]} if "backend_options" in first else {}),
+               **work, "accelerator_warning": idle, "decode_pieces_on_target": on_target,
+               **({"notes": notes} if notes else {})})
+
+
+def _piece_inputs(program: Program, names: set[str]) -> dict[str, list]:
+    """``{submodule name: its flat example inputs}`` from one run of ``program`` on its example inputs
+    (the first call of each named submodule)."""
+    seen: dict[str, list] = {}
+
+    class _Recorder(torch.fx.Interpreter):
+        def call_module(self, target, args, kwargs):
+            if target in names and target not in seen:
+                seen[target] = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
+            return super().call_module(target, args, kwargs)
+
+    with torch.no_grad():
+        _Recorder(program.graph_module).run(*program.flat_example_inputs())
+    return seen
+
+
+def _host_only(piece: Program, backend: str, target: str) -> PartitionedCompiled:
+    """``piece`` as one PyTorch-eager stage (what runs a piece the accelerator refused)."""
+    piece.ensure_compiled()
+    record = _whole_graph_record(piece, "cpu")
+    module = partition_module(piece, record, {n.name: n for n in piece.graph.nodes})
+    stage = TorchStage(module, "main", "cpu", record["inputs"], record["outputs"])
+    refs, constants = _output_refs(piece)
+    inputs, outputs = io_specs(piece)
+    return PartitionedCompiled([stage], [p.name for p in piece.placeholders()], refs, constants, backend,
+                               name=piece.name, in_spec=None, out_spec=None, input_specs=inputs,
+                               output_specs=outputs, extra={"target": target})
 
 
 def work_summary(work: dict) -> dict:
@@ -447,6 +533,29 @@ def load_partitioned(directory: str, manifest: dict, backend: str,
     if kept:
         kwargs["extra"] = kept
     return PartitionedCompiled(stages, stitch["placeholders"], stitch["outputs"], constants, backend, **kwargs)
+
+
+def load_decode(directory: str, manifest: dict, backend: str,
+                load_piece: Callable[[str, dict], Compiled]) -> "decode.PiecewiseDecode":
+    """Rebuild a saved :class:`~fxopt.backends.decode.PiecewiseDecode`: each piece by ``load_piece``
+    (the backend's own ``load``) from a manifest of its tagged partition entries and its keys in
+    ``manifest["pieces"]``."""
+    pieces_meta = manifest.get("pieces")
+    if not isinstance(pieces_meta, dict) or not isinstance(manifest.get("decode"), dict):
+        raise InputError(f"{directory}: decode manifest without 'pieces' or 'decode'; re-create the artifact")
+    pieces = {}
+    for name, meta in pieces_meta.items():
+        if not isinstance(meta, dict):
+            raise InputError(f"{directory}: decode piece {name!r} is not an object; the artifact is corrupt")
+        entries = [e for e in manifest["partitions"] if isinstance(e, dict) and e.get("piece") == name]
+        piece_manifest = {**{k: v for k, v in manifest.items() if k not in ("runtime", "decode", "pieces")},
+                          **meta, "partitions": entries, "in_spec": None, "out_spec": None, "in_structure": None,
+                          "out_structure": None, "program": f"{manifest.get('program', 'model')}.{name}"}
+        pieces[name] = load_piece(directory, piece_manifest)
+    kwargs = common_kwargs(manifest)
+    kwargs["extra"] = {k: manifest[k] for k in ("dynamic_dims", "source", "target", "accelerator_warning",
+                                                 "decode_pieces_on_target") if k in manifest}
+    return decode.PiecewiseDecode(pieces, manifest["decode"], backend, **kwargs)
 
 
 def safe_stem(name: str) -> str:

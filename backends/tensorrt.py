@@ -33,8 +33,9 @@ import torch
 
 from fxopt.backends.onnx_export import OnnxExport, export_module, onnx_ops, unsupported_nodes
 from fxopt.backends.base import BackendDefaults
-from fxopt.backends.partitioned import (PartitionedCompiled, Stage, StagePlan, compile_partitioned,
-                                        load_partitioned, plan_stages, record_values, safe_file, safe_stem)
+from fxopt.backends import decode
+from fxopt.backends.partitioned import (PartitionedCompiled, Stage, StagePlan, compile_decode, compile_partitioned,
+                                        load_decode, load_partitioned, plan_stages, record_values, safe_file, safe_stem)
 from fxopt.errors import BackendError, InputError
 from fxopt.ir import numerics, serialize
 from fxopt.ir.program import Program
@@ -294,12 +295,16 @@ class TensorRTBackend(BackendDefaults):
         """Compile ``program`` (left unmodified): every tensorrt partition exported, checked and run as
         described in the module docstring; returns the runnable artifact. Raises BackendError when a
         partition cannot be exported, has an op TensorRT rejects, or does not reproduce PyTorch."""
+        if decode.uses_runtime(program):   # each piece of a decode loop, compiled as a program of its own
+            return compile_decode(program, self.name, "tensorrt", self.compile)
         values = _example_values(program)
         return compile_partitioned(program, self.name, "tensorrt", lambda plan: self.compile_stage(plan, values),
                                    extra={"backend_options": self.options()})
 
     def load(self, directory: str, manifest: dict) -> PartitionedCompiled:
         """Load a saved tensorrt artifact (TensorRT partitions run with onnxruntime)."""
+        if manifest.get("runtime") == decode.RUNTIME:
+            return load_decode(directory, manifest, self.name, self.load)
         return load_partitioned(directory, manifest, self.name, OnnxStage.load)
 
     # one partition

@@ -99,6 +99,15 @@ def part_name(index: int) -> str:
     return f"decode_part{index}"
 
 
+def piece_names(plan: dict) -> list[str]:
+    """The submodule names a decode plan (``region["plan"]``) runs: encoder, init, then the step
+    (``loop``) or each partition (``partitioned``); none for ``full``."""
+    if plan["variant"] == "full":
+        return []
+    return [ENCODE, INIT] + ([STEP] if plan["variant"] == "loop"
+                             else [part_name(k) for k in range(len(plan["parts"] or []))])
+
+
 class GraphBuilder:
     """Builds one FX graph while propagating fake values in a single static FakeTensorMode.
 

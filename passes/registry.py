@@ -37,13 +37,15 @@ DEFAULT_PIPELINES: dict[str, str] = {
     # pipelines requests, so the cost policy places by throughput (the busiest of CPU, NeuronCore and link
     # per request; docs/passes/split.md "Objectives"); policy=support sent ops there even when the estimate
     # said the host alone was several times faster.
-    "xla": "canonicalize,fold-constants,dedupe,moe,dce,split{target=xla,policy=support}",
-    "neuron": "canonicalize,fold-constants,dedupe,moe,dce,split{target=neuron,objective=throughput}",
+    # unroll first on accelerators (a no-op, said in one note, for programs without a decode loop): a decode
+    # loop becomes fixed-shape partitions, each compiled by the backend, the host checking EOS between them.
+    "xla": "unroll,canonicalize,fold-constants,dedupe,moe,dce,split{target=xla,policy=support}",
+    "neuron": "unroll,canonicalize,fold-constants,dedupe,moe,dce,split{target=neuron,objective=throughput}",
     # TensorRT runs on a separate GPU: the cost policy weighs transfers, by throughput (the busiest of CPU,
     # GPU and link per request, as a pipelined server runs; docs/passes/split.md "Objectives"); embedding bags
     # become gathers + sums first (their ONNX export is a Loop TensorRT rejects); sorts are made stable, as
     # ONNX TopK sorts.
-    "tensorrt": "canonicalize,stable-sort,fold-constants,dedupe,moe,decompose-embedding-bag,dce,"
+    "tensorrt": "unroll,canonicalize,stable-sort,fold-constants,dedupe,moe,decompose-embedding-bag,dce,"
                 "split{target=tensorrt,objective=throughput}",
 }
 

@@ -21,7 +21,9 @@ from typing import Any, Callable
 import torch
 
 from fxopt.backends.base import BackendDefaults
-from fxopt.backends.partitioned import (PartitionedCompiled, Stage, StagePlan, compile_partitioned,
+from fxopt.backends import decode
+from fxopt.backends.partitioned import (PartitionedCompiled, Stage, StagePlan, compile_decode, compile_partitioned,
+                                        load_decode,
                                         load_partitioned, safe_stem)
 from fxopt.errors import BackendError, InputError
 from fxopt.ir.program import Program
@@ -355,8 +357,10 @@ class XlaBackend(BackendDefaults):
     def compile(self, program: Program) -> PartitionedCompiled:
         """Compile ``program`` (left unmodified): its ``split{target=xla}`` partitions, or the whole graph as
         one XLA partition. Returns a runnable, savable :class:`PartitionedCompiled`. Raises InputError
-        (one line, naming the op, node and source line) for an op without a lowering outside a split."""
-
+        (one line, naming the op, node and source line) for an op without a lowering outside a split. A
+        decode loop's pieces are compiled one by one (:func:`~fxopt.backends.partitioned.compile_decode`)."""
+        if decode.uses_runtime(program):
+            return compile_decode(program, self.name, "xla", self.compile)
         whole = partitions_region(program, required=False) is None
         plats, dyn = self.platform_tuple(), self.dynamic
         return compile_partitioned(program, self.name, "xla",
@@ -366,6 +370,8 @@ class XlaBackend(BackendDefaults):
     def load(self, directory: str, manifest: dict) -> PartitionedCompiled:
         """Load a saved xla artifact: ``jax-xla`` partitions from their ``jax.export`` files, CPU
         partitions as PyTorch graphs. Returns a :class:`PartitionedCompiled`."""
+        if manifest.get("runtime") == decode.RUNTIME:
+            return load_decode(directory, manifest, self.name, self.load)
         return load_partitioned(directory, manifest, self.name, XlaStage.load)
 
 

@@ -122,7 +122,10 @@ def _settings(model: torch.nn.Module, spec: GenerationSpec, name: str) -> dict:
     suppress = getattr(gen, "suppress_tokens", None)
     begin = getattr(gen, "begin_suppress_tokens", None)
     return {
-        "encoder_decoder": encdec, "max_new_tokens": spec.max_new_tokens, "eos_token_id": eos,
+        "encoder_decoder": encdec,
+        # Whisper's own generate (WhisperGenerationMixin) returns the tokens after the decoder start only
+        "returns_start": not (encdec and getattr(config, "model_type", "") == "whisper"),
+        "max_new_tokens": spec.max_new_tokens, "eos_token_id": eos,
         "pad_token_id": eos if pad is None else pad, "decoder_start_token_id": start,
         "min_length": int(getattr(gen, "min_length", 0) or 0),
         "min_new_tokens": int(pick("min_new_tokens") or 0),
@@ -362,8 +365,8 @@ def as_generate(tokens: torch.Tensor, settings: dict, input_ids: torch.Tensor | 
 
     Takes the program's output, the resolved ``settings`` (``program.regions[0]["generation"]``, or a
     loaded artifact's ``plan["generation"]``) and, for a causal LM, the prompt ``input_ids``; returns the
-    prompt (or the decoder start token) followed by the new tokens, ``pad_token_id`` after each row's EOS,
-    cut after the first step at which every row has finished."""
+    prompt (or the decoder start token; Whisper's generate leaves it out) followed by the new tokens,
+    ``pad_token_id`` after each row's EOS, cut after the first step at which every row has finished."""
     eos, pad = settings["eos_token_id"], settings["pad_token_id"]
     new = tokens
     if eos is not None:
@@ -374,6 +377,8 @@ def as_generate(tokens: torch.Tensor, settings: dict, input_ids: torch.Tensor | 
         if done.numel():
             new = new[:, : int(done[0]) + 1]
     if settings["encoder_decoder"]:
+        if not settings.get("returns_start", True):
+            return new
         head = torch.full((tokens.shape[0], 1), settings["decoder_start_token_id"], dtype=torch.long)
     else:
         if input_ids is None:

@@ -28,6 +28,7 @@ import torch.fx
 from fxopt.ir.targets import (DEFAULT_PROFILES, NEURON_DEVICES, TARGETS, data_source, packet_name,
                               support_table)
 from fxopt.errors import InputError
+from fxopt.ir import decode_graphs, loops
 from fxopt.ir.gc_pause import collections_paused
 from fxopt.ir.device_files import is_profile_path, resolve_profile
 from fxopt.ir.devices import PROFILES, DeviceProfile, get_profile
@@ -130,7 +131,11 @@ class Split(Pass):
                 self.price_acc or DEFAULT_PRICES.get(acc_name, 1.0))
 
     def run(self, program: Program) -> PassResult:
-        """Place and partition ``program``; modified only when placements, partitions or the region change."""
+        """Place and partition ``program``; modified only when placements, partitions or the region change.
+        A decode loop in partitions (``unroll``) is split piece by piece (see :meth:`run_pieces`)."""
+        region = loops.decode_region(program)
+        if region is not None and region["plan"]["variant"] == "partitioned":
+            return self.run_pieces(program, region)
         target, _ = self.resolve(program)
         acc = self.accelerator_profile(target)
         cpu = self.host_profile()
@@ -160,6 +165,28 @@ class Split(Pass):
                                if not (isinstance(r, dict) and r.get("kind") == REGION_KIND)]
             program.regions.append(plan["region"])
         return PassResult(modified=changed, details=plan["details"], notes=notes)
+
+
+    def run_pieces(self, program: Program, region: dict) -> PassResult:
+        """Split each piece of a partitioned decode loop (encoder, init, each partition of steps) as a program
+        of its own: the pieces' nodes get their placements, and ``region["piece_partitions"]`` maps each
+        piece's submodule name to its partitions region, which an accelerator backend compiles the piece by.
+        The top graph, which only calls the pieces and checks EOS, stays on the host."""
+        pieces = region.setdefault("piece_partitions", {})
+        changed, details, notes = False, {}, []
+        for name in decode_graphs.piece_names(region["plan"]):
+            piece = Program(graph_module=getattr(program.graph_module, name), example_inputs=(),
+                            name=f"{program.name}.{name}", source=program.source, target=program.target)
+            piece.regions = [pieces[name]] if name in pieces else []
+            result = self.run(piece)
+            changed = changed or result.modified
+            pieces[name] = next(r for r in piece.regions if isinstance(r, dict) and r.get("kind") == REGION_KIND)
+            details[name] = {k: v for k, v in result.details.items() if isinstance(v, (int, float, str))}
+            notes += [f"{name}: {note}" for note in result.notes]
+        stale = set(pieces) - set(decode_graphs.piece_names(region["plan"]))
+        for name in stale:
+            del pieces[name]
+        return PassResult(modified=changed or bool(stale), details={"decode_pieces": details}, notes=notes)
 
 
 def _resolve(spec: str, option: str) -> DeviceProfile:
