@@ -378,10 +378,27 @@ def as_generate(tokens: torch.Tensor, settings: dict, input_ids: torch.Tensor | 
             new = new[:, : int(done[0]) + 1]
     if settings["encoder_decoder"]:
         if not settings.get("returns_start", True):
-            return new
+            return _whisper_rows(new, eos, pad)
         head = torch.full((tokens.shape[0], 1), settings["decoder_start_token_id"], dtype=torch.long)
     else:
         if input_ids is None:
             raise InputError("as_generate: a causal LM's output starts with its prompt; pass input_ids")
         head = input_ids
     return torch.cat([head, new], 1)
+
+
+def _whisper_rows(tokens: torch.Tensor, eos: int | None, pad: int | None) -> torch.Tensor:
+    """What Whisper's generate makes of its new tokens ``[B, n]``: per row, as many trailing tokens cut as the
+    row holds pad tokens (one fewer when pad is EOS) when it ends in pad, then a final EOS cut; the rows
+    right-padded with pad to the longest (WhisperGenerationMixin's short-form post-processing)."""
+    rows = []
+    for row in tokens:
+        if pad is not None and row.numel() and int(row[-1]) == pad:
+            cut = int((row == pad).sum()) - (1 if pad == eos else 0)
+            row = row[: row.numel() - cut] if cut else row
+        if eos is not None and row.numel() and int(row[-1]) == eos:
+            row = row[:-1]
+        rows.append(row)
+    width = max((r.numel() for r in rows), default=0)
+    fill = pad if pad is not None else 0
+    return torch.stack([torch.cat([r, r.new_full((width - r.numel(),), fill)]) for r in rows]) if rows else tokens

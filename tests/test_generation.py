@@ -1,0 +1,67 @@
+"""GenerationSpec on Hugging Face causal LMs (GPT-2, Llama): tokens equal ``generate`` in every variant
+(tests/generation_tests.py), and the settings fxopt cannot reproduce are refused in one line."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+import fxopt  # noqa: E402
+from fxopt.errors import InputError  # noqa: E402
+
+import generation_cases as cases  # noqa: E402
+from generation_tests import GenerationTests, case_params, make_case  # noqa: E402
+
+
+@pytest.fixture(scope="module", params=case_params(["gpt2", "llama"]))
+def case(request):
+    return make_case(request)
+
+
+class TestCausalLM(GenerationTests):
+    """GPT-2 (learned positions) and Llama (rotary, grouped-query attention, whose step needs Dim.DYNAMIC)."""
+
+
+def test_dict_spec_captures_like_a_generation_spec():
+    model, inputs = cases.gpt2(), cases.prompt("gpt2", 1)
+    program = fxopt.capture(model, inputs, decode={"max_new_tokens": 4})
+    got = fxopt.as_generate(program.run_flat(program.flat_example_inputs())[0],
+                            program.regions[0]["generation"], inputs[0])
+    with torch.no_grad():
+        assert torch.equal(got, model.generate(inputs[0], do_sample=False, max_new_tokens=4))
+
+
+@pytest.mark.parametrize("setting, value", [("num_beams", 2), ("repetition_penalty", 1.3),
+                                            ("no_repeat_ngram_size", 2)])
+def test_settings_that_change_greedy_decoding_are_refused_naming_them(setting, value):
+    model = cases.gpt2()
+    setattr(model.generation_config, setting, value)
+    with pytest.raises(InputError, match=f"generation_config.{setting}={value}") as err:
+        fxopt.capture(model, cases.prompt("gpt2", 1), decode={"max_new_tokens": 4})
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"max_new_tokens": 1}, "max_new_tokens must be an int >= 2"),
+    ({"max_new_tokens": 4, "eos_token_id": [1, 2]}, "eos_token_id=\\[1, 2\\] has 2 ids"),
+    ({"max_new_tokens": 4, "beams": 2}, "unknown field 'beams'"),
+    ({"eos_token_id": 1}, "max_new_tokens is required"),
+])
+def test_bad_specs_are_one_line_errors(spec, message):
+    with pytest.raises(InputError, match=message):
+        fxopt.capture(cases.gpt2(), cases.prompt("gpt2", 1), decode=spec)
+
+
+def test_a_model_that_is_not_a_generation_model_is_refused():
+    with pytest.raises(InputError, match="needs a Hugging Face generation model"):
+        fxopt.capture(torch.nn.Linear(4, 4), (torch.zeros(1, 4, dtype=torch.long),), decode={"max_new_tokens": 4})
+
+
+def test_the_user_model_is_left_as_it_was():
+    model = cases.llama()
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cases.capture(model, cases.prompt("llama", 4), {})
+    assert model.training and all(m.training for m in model.modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
