@@ -201,7 +201,7 @@ def _cache_tensors(cache: Any) -> list[torch.Tensor]:
 
 
 def _dynamic_cache(flat: list, config: Any):
-    from transformers import DynamicCache
+    from transformers import DynamicCache   # local: transformers is optional and slow to import
 
     return DynamicCache([(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)], config=config)
 
@@ -255,7 +255,7 @@ class _CausalLM(_Generation):
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
         """generate's first forward over the prompt; returns ``(token, *state)``."""
-        from transformers import DynamicCache
+        from transformers import DynamicCache   # local: transformers is optional and slow to import
 
         if attention_mask is not None:
             position = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
@@ -301,8 +301,8 @@ class _EncoderDecoder(_Generation):
         self.input_name = getattr(model, "main_input_name", "input_ids")
 
     def _call(self, token_column, encoder_states, mask, self_flat, cross_flat):
-        from transformers import DynamicCache, EncoderDecoderCache
-        from transformers.modeling_outputs import BaseModelOutput
+        from transformers import DynamicCache, EncoderDecoderCache   # local: transformers is optional and slow to import
+        from transformers.modeling_outputs import BaseModelOutput   # local: transformers is optional and slow to import
 
         config = self.model.config
         cache = EncoderDecoderCache(_dynamic_cache(self_flat, config) if self_flat else DynamicCache(config=config),
