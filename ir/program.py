@@ -141,6 +141,18 @@ class Program:
         """Number of nodes in the graph (all kinds)."""
         return len(self.graph.nodes)
 
+    def num_nodes_with_submodules(self) -> int:
+        """Nodes of the graph plus those of every submodule graph it calls (each graph once): the size of what
+        runs. A decode loop's step loop or ``unroll`` partitions hold most of their nodes in submodules."""
+        seen: set[str] = set()
+        total = len(self.graph.nodes)
+        for node in self.graph.nodes:
+            if node.op == "call_module" and node.target not in seen:
+                seen.add(node.target)
+                sub = fetch_attr(self.graph_module, node.target)
+                total += len(sub.graph.nodes) if isinstance(sub, torch.fx.GraphModule) else 0
+        return total
+
     def op_histogram(self) -> dict[str, int]:
         """Count of call_function nodes per target name, most frequent first."""
         counts: dict[str, int] = {}

@@ -178,7 +178,7 @@ class PassManager:
         fingerprint = graph_fingerprint(prog)
         for index, p in enumerate(self.passes):
             report = PassReport(index=index, name=p.name, spec=p.spec(), status="ran",
-                                nodes_before=prog.num_nodes(), flops_before=totals[0], bytes_before=totals[1])
+                                nodes_before=prog.num_nodes_with_submodules(), flops_before=totals[0], bytes_before=totals[1])
             if self.bisect_limit is not None and index >= self.bisect_limit:
                 report.status = "skipped"
                 report.nodes_after = report.nodes_before
@@ -207,7 +207,7 @@ class PassManager:
             report.modified = result.modified
             report.details = dict(result.details)
             report.notes = list(result.notes)
-            report.nodes_after = prog.num_nodes()
+            report.nodes_after = prog.num_nodes_with_submodules()
             report.flops_after, report.bytes_after = totals
             if not code_changed:
                 report.verified = "unchanged" if self.verify else "off"
