@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -370,17 +371,34 @@ def _load_spec(original: str | None, structure: str | None = None):
 
 
 def steps_summary(manifest: dict) -> tuple[list[str], list[str]]:
-    """``(done here, left for the target host)``: the partitions' steps from an artifact manifest, each
-    prefixed with its partition name when there are several partitions."""
-    done: list[str] = []
-    left: list[str] = []
+    """``(done here, left for the target host)``: the partitions' steps from an artifact manifest. With several
+    partitions, each step is said once with the partitions that took it (``weights saved (all 5
+    partitions)``, ``lowered ATen→JAX (2 of 5 partitions)``; a step taken by one partition names it), and the
+    details in parentheses that differ per partition are left to the manifest."""
     partitions = manifest.get("partitions") or []
+    if len(partitions) <= 1:
+        steps = (partitions[0].get("steps") or {}) if partitions else {}
+        return list(steps.get("done_here", [])), list(steps.get("left_for_target", []))
+    return _grouped_steps(partitions, "done_here"), _grouped_steps(partitions, "left_for_target")
+
+
+def _grouped_steps(partitions: list[dict], key: str) -> list[str]:
+    groups: dict[str, list] = {}
     for part in partitions:
-        steps = part.get("steps") or {}
-        prefix = f"{part.get('name', '?')}: " if len(partitions) > 1 else ""
-        done += [prefix + s for s in steps.get("done_here", [])]
-        left += [prefix + s for s in steps.get("left_for_target", [])]
-    return done, left
+        for text in (part.get("steps") or {}).get(key, []):
+            short = re.sub(r"\s*\([^()]*\)", "", text).strip() or text
+            entry = groups.setdefault(short, [text, []])
+            if part.get("name", "?") not in entry[1]:
+                entry[1].append(part.get("name", "?"))
+    out = []
+    for short, (text, names) in groups.items():
+        if len(names) == 1:
+            out.append(f"{text} ({names[0]})")
+        else:
+            share = (("both" if len(names) == 2 else f"all {len(names)}") if len(names) == len(partitions)
+                     else f"{len(names)} of {len(partitions)}")
+            out.append(f"{short} ({share} partitions)")
+    return out
 
 
 # ------------------------------------------------------------------------------------------ loading

@@ -10,7 +10,7 @@ import torch
 
 import fxopt
 from fxopt.backends import base
-from fxopt.backends.partitioned import (PartitionedCompiled, Stage, TorchStage, compile_partitioned,
+from fxopt.backends.partitioned import (PartitionedCompiled, TorchStage, compile_partitioned,
                                         load_partitioned, plan_stages, safe_file)
 from fxopt.errors import BackendError, InputError
 
@@ -123,3 +123,29 @@ def test_backend_options_are_parsed_and_checked():
         base.get_backend("test-echo{scale=x}")
     with pytest.raises(InputError, match="backend 'reference' takes no options"):
         base.get_backend("reference{a=1}")
+
+
+def test_steps_summary_says_each_step_once_with_the_partitions_that_took_it():
+    steps = lambda *done: {"done_here": list(done), "left_for_target": []}   # noqa: E731
+    manifest = {"partitions": [
+        {"name": "p0", "steps": steps("graph serialized", "weights saved (safetensors)")},
+        {"name": "p1", "steps": steps("graph serialized", "weights saved (safetensors)",
+                                      "lowered ATen→JAX (412 ops)")},
+        {"name": "p2", "steps": steps("graph serialized", "weights saved (safetensors)",
+                                      "lowered ATen→JAX (9 ops)")}]}
+    done, left = base.steps_summary(manifest)
+    assert done == ["graph serialized (all 3 partitions)", "weights saved (all 3 partitions)",
+                    "lowered ATen→JAX (2 of 3 partitions)"]
+    assert left == []
+
+
+def test_steps_summary_of_one_partition_keeps_its_details():
+    manifest = {"partitions": [{"name": "p0", "steps": {"done_here": ["weights saved (safetensors)"],
+                                                        "left_for_target": ["neuronx-cc compile"]}}]}
+    assert base.steps_summary(manifest) == (["weights saved (safetensors)"], ["neuronx-cc compile"])
+
+
+def test_steps_summary_names_the_one_partition_that_took_a_step():
+    manifest = {"partitions": [{"name": "cpu0", "steps": {"done_here": ["graph serialized"]}},
+                               {"name": "xla1", "steps": {"done_here": ["graph serialized", "jitted (XLA)"]}}]}
+    assert base.steps_summary(manifest)[0] == ["graph serialized (both partitions)", "jitted (XLA) (xla1)"]
