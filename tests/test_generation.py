@@ -65,3 +65,46 @@ def test_the_user_model_is_left_as_it_was():
     cases.capture(model, cases.prompt("llama", 4), {})
     assert model.training and all(m.training for m in model.modules())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+GPT2_FILE = '''
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+
+def model():
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_inner=64,
+                                      n_positions=64, bos_token_id=0, eos_token_id=0)).eval()
+'''
+
+
+def test_cli_decode_compiles_generate_for_xla_and_the_artifact_reproduces_its_tokens(tmp_path, capsys):
+    from fxopt.tools.cli import main
+
+    path = tmp_path / "lm.py"
+    path.write_text(GPT2_FILE)
+    out = tmp_path / "art"
+    code = main(["run", f"{path}:model", "--input", "int64[2,6]:3..100", "--decode", "max_len=6",
+                 "--backend", "xla", "-o", str(out)])
+    assert code == 0, capsys.readouterr().err
+    loaded = fxopt.load(str(out))
+    ids = torch.randint(3, 100, (2, 6))
+    from fxopt.ir.capture import resolve_model
+    model = resolve_model(f"{path}:model", ())[0]
+    with torch.no_grad():
+        expected = model.generate(ids, do_sample=False, max_new_tokens=6)
+    program = fxopt.capture(model, (ids,), decode={"max_new_tokens": 6})
+    assert torch.equal(fxopt.as_generate(loaded(ids), program.regions[0]["generation"], ids), expected)
+
+
+@pytest.mark.parametrize("value, message", [("max_len=1", "max_new_tokens must be >= 2"),
+                                            ("eos_token_id=2", "give max_new_tokens"),
+                                            ("beams=2", "expected KEY=INT"),
+                                            ("max_len=x", "expected an integer")])
+def test_cli_bad_decode_settings_are_usage_errors(value, message, capsys):
+    from fxopt.tools.cli import main
+
+    assert main(["run", "zoo:ranking", "--decode", value]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

@@ -77,6 +77,32 @@ _POSITIVE_INT = NumberArg(int, lambda v: v >= 1, "a positive integer", "positive
 _FRACTION = NumberArg(float, lambda v: 0.0 <= v <= 1.0, "a number from 0 to 1", "fraction")
 
 
+class _DecodeType:
+    """argparse ``type=`` for ``--decode``: ``max_new_tokens=20,eos_token_id=2`` (``max_len`` is the same as
+    ``max_new_tokens``) -> the dict of a GenerationSpec's fields (ints)."""
+
+    __name__ = "decode settings"
+    KEYS = ("max_new_tokens", "eos_token_id", "pad_token_id", "decoder_start_token_id", "min_new_tokens")
+
+    def __call__(self, text: str) -> dict:
+        out: dict = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            key, eq, value = part.partition("=")
+            key = {"max_len": "max_new_tokens"}.get(key.strip(), key.strip())
+            if not eq or key not in self.KEYS:
+                raise argparse.ArgumentTypeError(f"expected KEY=INT with KEY one of max_len, {', '.join(self.KEYS)}; "
+                                                 f"got {part!r}")
+            try:
+                out[key] = int(value)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{key}: expected an integer, got {value!r}") from None
+        if "max_new_tokens" not in out:
+            raise argparse.ArgumentTypeError("give max_new_tokens (or max_len), e.g. --decode max_new_tokens=20")
+        if out["max_new_tokens"] < 2:
+            raise argparse.ArgumentTypeError(f"max_new_tokens must be >= 2, got {out['max_new_tokens']}")
+        return out
+
+
 class _PriceType:
     """argparse ``type=`` for ``--price``: ``cpu=0.17,neuron=0.29`` (US$/h; the accelerator as ``acc`` or its
     target's name) -> ``{"cpu": float, "acc": float, "acc_name": str | None}`` (missing ones absent)."""
@@ -234,6 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "the final check of the compiled artifact against the captured model still runs")
     run.add_argument("--bisect-limit", metavar="N", type=_NON_NEGATIVE_INT,
                      help="run only the first N passes of the pipeline (to find a pass that breaks a model)")
+    run.add_argument("--decode", metavar="max_new_tokens=N[,eos_token_id=ID,...]", type=_DecodeType(),
+                     help="capture a Hugging Face model's greedy generate as a decode loop (tokens equal "
+                          "model.generate(do_sample=False)); inputs: --input for input_ids [and attention_mask], "
+                          "positional (docs/decode-loop.md)")
     run.add_argument("--dynamic-batch", action="store_true",
                      help="capture dim 0 of the inputs as symbolic where the model allows (one artifact for "
                           "any batch; needed for bucketing, e.g. --backend 'neuron{buckets=1;4;16}')")
@@ -394,16 +424,17 @@ def _swallow_stderr(enabled: bool):
 
 
 def capture_model(spec: str, debug: bool = False, dynamic_batch: bool = False, trust_pickle: bool = False,
-                  inputs: Any = None):
+                  inputs: Any = None, decode: dict | None = None):
     """``fxopt.capture(spec, inputs)`` with torch's stderr chatter discarded unless ``debug``; with
     ``dynamic_batch``, dim 0 of the inputs is captured symbolic where the model allows; ``trust_pickle``
     lets a ``.pt2`` that needs a full unpickler be read; ``inputs`` (see :func:`model_request`) replaces the
-    model's own example inputs. Returns the captured Program (raises InputError when the model cannot be
-    captured)."""
+    model's own example inputs; ``decode`` (a GenerationSpec's fields) captures the model's greedy generate.
+    Returns the captured Program (raises InputError when the model cannot be captured)."""
     from fxopt.api import capture
 
     with _swallow_stderr(not debug):
-        return capture(spec, inputs, dynamic_shapes="batch" if dynamic_batch else None, trust_pickle=trust_pickle)
+        return capture(spec, inputs, dynamic_shapes="batch" if dynamic_batch else None, trust_pickle=trust_pickle,
+                       decode=decode)
 
 
 def _stdout_console():
@@ -487,9 +518,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     start_all = time.perf_counter()
     with Progress() as progress:
         with progress.stage(f"capturing {args.model}") as st:
-            program = capture_model(model_spec, args.debug, args.dynamic_batch, args.trust_pickle, inputs)
+            program = capture_model(model_spec, args.debug, args.dynamic_batch, args.trust_pickle, inputs,
+                                    getattr(args, "decode", None))
             expected = program.run_flat(program.flat_example_inputs())
-            st["done"] = f"captured {program.name}: {program.num_nodes()} nodes"
+            st["done"] = f"captured {program.name}: {program.num_nodes_with_submodules()} nodes"
         for note in program.notes:
             progress.done(f"warning: {note}")
         timings["capture"] = st["seconds"]
@@ -680,6 +712,7 @@ def _run_cache(args: argparse.Namespace, model_spec: str, pipeline: list, backen
     options = {"spec": model_spec, "target": target, "input": [s.text() for s in (getattr(args, "input", None) or [])],
                "inputs_file": file_sha256(inputs_file) if inputs_file else None,
                "batch": getattr(args, "deploy_batch", None), "dynamic_batch": args.dynamic_batch,
+               "decode": getattr(args, "decode", None),
                "trust_pickle": args.trust_pickle, "viz": getattr(args, "viz", False),
                "min_accelerator_fraction": getattr(args, "min_accelerator_fraction", None)}
     passes = ",".join(p.spec() for p in pipeline)
