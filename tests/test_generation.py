@@ -108,3 +108,36 @@ def test_cli_bad_decode_settings_are_usage_errors(value, message, capsys):
     assert main(["run", "zoo:ranking", "--decode", value]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_cli_lengths_chooses_boundaries_and_reports_the_expected_calls(tmp_path, capsys):
+    from fxopt.tools.cli import main
+
+    path = tmp_path / "lm.py"
+    path.write_text(GPT2_FILE)
+    lengths = tmp_path / "lengths.json"
+    lengths.write_text("[2, 2, 2, 3, 3, 8]")
+    code = main(["run", f"{path}:model", "--input", "int64[1,6]:3..100", "--decode", "max_len=8",
+                 "--lengths", str(lengths), "--passes", "unroll", "--no-cache", "-o", str(tmp_path / "art")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    line = next(x for x in out.splitlines() if x.startswith("decode loop: "))
+    assert "7 steps unrolled into" in line and "expected per request from the lengths" in line
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lengths", "{lengths}"], "the pipeline has no unroll pass"),
+    (["--lengths", "{lengths}", "--passes", "unroll{{mode=full}}"], "unroll{mode=full} makes one graph"),
+    (["--lengths", "{missing}", "--passes", "unroll"], "no such file"),
+])
+def test_cli_bad_lengths_fail_before_capture(tmp_path, argv, message, capsys):
+    from fxopt.tools.cli import main
+
+    lengths = tmp_path / "lengths.json"
+    lengths.write_text("[2, 3]")
+    argv = [a.format(lengths=lengths, missing=tmp_path / "nope.json") for a in argv]
+    path = tmp_path / "lm.py"
+    path.write_text(GPT2_FILE.replace("def model():", "def model():\n    raise AssertionError('captured')"))
+    assert main(["run", f"{path}:model", "--decode", "max_len=4", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1

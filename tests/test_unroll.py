@@ -242,6 +242,28 @@ def test_auto_boundaries_fit_the_length_histogram(tmp_path):
     assert torch.equal(decode.compile(out)(*inputs), ref)
 
 
+def test_decode_line_says_steps_partitions_nodes_and_expected_calls(tmp_path):
+    from fxopt.tools.report import decode_line
+
+    program = captured("gru", 8)[2]
+    lengths = tmp_path / "lengths.json"
+    lengths.write_text(json.dumps([2] * 80 + [9] * 20))
+    auto = fxopt.optimize(program, f"unroll{{boundaries=auto,lengths={lengths},partition=3,call_overhead_us=1}}")
+    d = auto.reports[0].details
+    line = decode_line(auto.reports)
+    assert line.startswith(f"decode loop: 9 steps unrolled into {len(d['steps_per_partition'])} partitions of "
+                           + "/".join(map(str, d["steps_per_partition"])))
+    assert f"{d['graphs']} graphs to compile" in line
+    assert f"{d['expected']['steps']:g} steps in {d['expected']['calls']:g} partition calls" in line
+    assert "(even partitions of 3: " in line and "partition calls)" in line
+    even = fxopt.optimize(program, "unroll{partition=3}")
+    assert "3 partitions of 3x3 steps" in decode_line(even.reports)
+    full = fxopt.optimize(program, "unroll{mode=full}")
+    assert decode_line(full.reports) == (f"decode loop: 9 steps unrolled into one graph "
+                                         f"({full.reports[0].details['nodes_per_graph'][0]} nodes), 1 graph to compile")
+    assert decode_line(fxopt.optimize(program, "dce").reports) is None
+
+
 def test_lengths_file_formats(tmp_path):
     csv_file = tmp_path / "l.csv"
     csv_file.write_text("length,count\n2,3\n5,1\n40,1\n")

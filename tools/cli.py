@@ -159,6 +159,41 @@ def with_prices(pipeline: list, prices: dict | None, target: str) -> list:
     return [dataclasses.replace(p, **changes) if p.name == "split" else p for p in pipeline]
 
 
+# The device profile unroll's boundaries=auto costs steps with, per target, when --passes leaves it default.
+_LENGTHS_DEVICE = {"reference": "cpu", "xla": "cpu", "tensorrt": "t4"}
+
+
+def with_lengths(pipeline: list, lengths: str | None, target: str) -> list:
+    """``pipeline`` with every partitioned ``unroll`` pass choosing its boundaries from the output-length
+    histogram in ``lengths`` (``--lengths``; explicit ``boundaries=10:30`` are kept and costed against it);
+    unchanged when ``lengths`` is None. The file is read here, before capture. Raises InputError when the
+    pipeline has no partitioned unroll pass or the file is not a list of lengths."""
+    import dataclasses
+
+    from fxopt.errors import InputError
+    from fxopt.passes.unroll.boundaries import read_lengths
+
+    if not lengths:
+        return pipeline
+    unrolls = [p for p in pipeline if p.name == "unroll"]
+    if not unrolls:
+        raise InputError("--lengths sets unroll's boundaries, but the pipeline has no unroll pass; add unroll to "
+                         "--passes")
+    if all(p.mode == "full" for p in unrolls):
+        raise InputError("--lengths chooses partition boundaries, but unroll{mode=full} makes one graph; drop "
+                         "mode=full or --lengths")
+    read_lengths(lengths, 1)   # a missing or malformed file fails now, not after the capture
+    default_device = type(unrolls[0])().device
+
+    def changed(p):
+        if p.name != "unroll" or p.mode == "full":
+            return p
+        device = _LENGTHS_DEVICE.get(target, p.device) if p.device == default_device else p.device
+        return dataclasses.replace(p, boundaries=p.boundaries or "auto", lengths=lengths, device=device)
+
+    return [changed(p) for p in pipeline]
+
+
 class _InputSpecType:
     """argparse ``type=`` for ``--input``: parsed (and checked) before torch is imported."""
 
@@ -264,6 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="capture a Hugging Face model's greedy generate as a decode loop (tokens equal "
                           "model.generate(do_sample=False)); inputs: --input for input_ids [and attention_mask], "
                           "positional (docs/decode-loop.md)")
+    run.add_argument("--lengths", metavar="FILE",
+                     help="a histogram of output lengths (a JSON list, or CSV) of real requests: unroll chooses "
+                          "its partition boundaries for it (boundaries=auto) and reports the expected steps "
+                          "and partition calls per request")
     run.add_argument("--dynamic-batch", action="store_true",
                      help="capture dim 0 of the inputs as symbolic where the model allows (one artifact for "
                           "any batch; needed for bucketing, e.g. --backend 'neuron{buckets=1;4;16}')")
@@ -506,6 +545,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                          f"not '{backend}'")
     spec = args.passes if args.passes is not None else default_pipeline(target)
     pipeline = with_prices(build_pipeline(spec), getattr(args, "price", None), target)
+    pipeline = with_lengths(pipeline, getattr(args, "lengths", None), target)
     if args.output:
         check_output_dir(args.output)
     cache = _run_cache(args, model_spec, pipeline, backend, target)
@@ -586,6 +626,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         console.print(report.pass_table(reports, title=title))
     else:
         console.print(Text(f"{title} (empty pipeline)"))
+    decode = report.decode_line(reports)
+    if decode:
+        console.print(Text(decode), soft_wrap=True)
     if args.bisect_limit is not None:
         ran = min(args.bisect_limit, len(reports))
         console.print(Text(f"bisect: ran the first {ran} of {len(reports)} passes (--bisect-limit "
@@ -713,6 +756,7 @@ def _run_cache(args: argparse.Namespace, model_spec: str, pipeline: list, backen
                "inputs_file": file_sha256(inputs_file) if inputs_file else None,
                "batch": getattr(args, "deploy_batch", None), "dynamic_batch": args.dynamic_batch,
                "decode": getattr(args, "decode", None),
+               "lengths_file": file_sha256(args.lengths) if getattr(args, "lengths", None) else None,
                "trust_pickle": args.trust_pickle, "viz": getattr(args, "viz", False),
                "min_accelerator_fraction": getattr(args, "min_accelerator_fraction", None)}
     passes = ",".join(p.spec() for p in pipeline)

@@ -155,6 +155,42 @@ def pass_table(reports: Iterable[Any], title: str | None = None) -> Table:
     return table
 
 
+def decode_line(reports: Iterable[Any]) -> str | None:
+    """One line on what ``unroll`` built, from the last unroll report that built something: the steps
+    unrolled, the partitions and the nodes of each graph, the graphs the backend compiles, and with a lengths
+    histogram the expected steps and partition calls per request. None when no unroll built a decode loop."""
+    built = [r for r in reports if r.name == "unroll" and r.details.get("variant") and r.details.get("graphs")]
+    if not built:
+        return None
+    d = built[-1].details
+    nodes = d.get("nodes_per_graph", [])
+    if d["variant"] == "full":
+        return (f"decode loop: {d['max_len']} steps unrolled into one graph ({nodes[0] if nodes else '?'} nodes), "
+                "1 graph to compile")
+    steps = d.get("steps_per_partition", [])
+    text = (f"decode loop: {sum(steps)} steps unrolled into {len(steps)} partitions of {_listed(steps)} steps "
+            f"({_listed(nodes)} nodes), {d['graphs']} graphs to compile (encoder and partitions)")
+    expected = d.get("expected")
+    if expected:
+        text += (f"; expected per request from the lengths: {expected['steps']:g} steps in "
+                 f"{_calls(expected['calls'])}")
+        even = d.get("expected_even")
+        if even:
+            text += f" (even partitions of {even['partition']}: {even['steps']:g} steps, {_calls(even['calls'])})"
+    return text
+
+
+def _calls(count: float) -> str:
+    return f"{count:g} partition call" + ("" if count == 1 else "s")
+
+
+def _listed(values: list) -> str:
+    """``[8, 8, 8]`` -> ``3x8``; otherwise the values joined by ``/``."""
+    if values and len(set(values)) == 1 and len(values) > 1:
+        return f"{len(values)}x{values[0]}"
+    return "/".join(str(v) for v in values)
+
+
 # ------------------------------------------------------------------------------------------ fxopt passes
 def default_text(value: Any) -> str:
     """An option's default as ``fxopt passes`` prints it (``(required)`` when it has none)."""
