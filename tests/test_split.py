@@ -295,3 +295,25 @@ def test_split_keeps_data_dependent_sizes_off_tensorrt():
             assert node.meta["placement"] == "cpu"
     x = torch.randn(6)
     torch.testing.assert_close(fxopt.compile(after, "tensorrt")(x), _Positives()(x))
+
+
+class _ReturnsAPositionId(torch.nn.Module):
+    """Returns a value computed from nothing but a shape (as the next position id of a prompt is)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        next_position = torch.arange(0, x.shape[1]).unsqueeze(0)[:, -1:] + 1
+        return self.fc(x).relu(), next_position
+
+
+def test_a_constant_only_the_output_reads_joins_the_accelerator_partition():
+    program = fxopt.capture(_ReturnsAPositionId(), (torch.randn(2, 8),))
+    work, _ = _split(program, target="xla", policy="support")
+    parts = partitions_region(work)["partitions"]
+    assert [p["device"] for p in parts] == ["xla"]          # Before: a cpu partition of its own for arange
+    flat = work.flat_example_inputs()
+    out = run_partitions(work, flat)
+    assert _same(out, program.run_flat(flat)) and out[1].tolist() == [[8]]

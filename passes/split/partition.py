@@ -103,7 +103,9 @@ def form_partitions(is_call: list, inputs: list, users: list, device: list, *, l
 
 def _attach_lazy(n, is_call, users, lazy, parts: list[Part], host: str) -> list[Part]:
     """Put each lazy (constant) node in the first partition that reads it; walking backwards handles chains
-    of constants. A constant only the graph output reads goes to the first host partition."""
+    of constants. A constant only the graph output reads goes to the first host partition, or, when every
+    partition is on the accelerator, to the last one: a partition of its own would be one more call per run
+    for a value that costs nothing."""
     if not lazy:
         return parts
     part_of: dict = {i: k for k, p in enumerate(parts) for i in p.members}
@@ -113,9 +115,10 @@ def _attach_lazy(n, is_call, users, lazy, parts: list[Part], host: str) -> list[
             part_of[i] = min(readers)
         else:
             k = next((k for k, p in enumerate(parts) if p.device == host), None)
-            if k is None:
+            if k is None and parts:
+                k = len(parts) - 1
+            elif k is None:
                 parts.insert(0, Part(host, []))
-                part_of = {j: kk + 1 for j, kk in part_of.items()}
                 k = 0
             part_of[i] = k
     new = [Part(p.device, []) for p in parts]
