@@ -201,9 +201,22 @@ class Compiled:
         self.passes = passes or []
         self.extra = extra or {}
 
+    #: whether :meth:`run_flat_native` may return (and take) a runtime's own arrays instead of tensors
+    native = False
+
     def run_flat(self, flat_inputs: list) -> tuple:  # pragma: no cover - abstract
         """Run on flat inputs; returns flat outputs."""
         raise NotImplementedError
+
+    def run_flat_native(self, flat_inputs: list) -> tuple:
+        """As :meth:`run_flat`, but outputs may stay in the runtime's own arrays (e.g. jax.Arrays on the
+        device) and inputs may be such arrays: for a host loop handing one call's outputs to the next (the
+        pieces of a decode loop). :meth:`to_host` turns one into a torch tensor. Default: :meth:`run_flat`."""
+        return self.run_flat(flat_inputs)
+
+    def to_host(self, value: Any) -> Any:
+        """A value :meth:`run_flat_native` returned, as a torch tensor (default: unchanged)."""
+        return value
 
     def write_partitions(self, directory: str) -> list[dict]:  # pragma: no cover - abstract
         """Write partition files into ``directory``; returns the manifest's partition entries."""

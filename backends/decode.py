@@ -176,13 +176,49 @@ class PiecewiseDecode(DecodeCompiled):
         self.last_calls = 0
         self.last_steps = 0
 
+        # a piece's outputs go to the next piece in its runtime's own arrays (XLA: jax.Arrays on the device),
+        # so the KV cache never makes a round trip through torch; only tokens and flags come to the host
+        native = next((c for c in self.pieces.values() if c.native), None)
+        self._host = native.to_host if native is not None else (lambda value: value)
+
+        use_native = self.plan["variant"] == "partitioned"   # the step loop's host code works on tensors
+
         def runner(compiled: Compiled):
-            return lambda *args: compiled.run_flat(list(args))
+            if compiled.native and use_native:
+                return lambda *args: compiled.run_flat_native(list(args))
+            return lambda *args: compiled.run_flat([self._host(a) for a in args])
 
         self._encode = runner(self.pieces[ENCODE])
         self._init = runner(self.pieces[INIT])
         self._step = runner(self.pieces[STEP]) if STEP in self.pieces else None
         self._parts = [runner(self.pieces[n]) for n in names[2:]] if self.plan["variant"] == "partitioned" else []
+
+    def run_flat(self, flat_inputs: list) -> tuple:
+        """Decode with early stop, as :class:`DecodeCompiled` does, over the pieces; returns ``(tokens,)``."""
+        p = self.plan
+        if p["variant"] != "partitioned":
+            return super().run_flat(flat_inputs)
+        memory = list(_as_tuple(self._encode(*flat_inputs)))
+        state = list(_as_tuple(self._init(*memory)))
+        host = self._host
+        tensors = [m for m in memory if not isinstance(m, (bool, int, float, type(None)))]
+        if p.get("first_token") is None:   # only the batch size is read: a stand-in, not the memory itself
+            batch = torch.empty((int(tensors[0].shape[0]), 0))
+            token, finished, chunks = loops.start([batch], p["bos_id"], p["eos_id"], None)
+        else:
+            token, finished, chunks = loops.start([host(tensors[p["first_token"]])], p["bos_id"], p["eos_id"], 0)
+        head, calls, steps = len(chunks), 2, 0
+        if not bool(finished.all()):
+            for (start, stop), part in zip(p["parts"], self._parts):
+                out = _as_tuple(part(token, finished, *state, *memory))
+                chunks.append(host(out[0]))
+                token, finished, state = out[1], host(out[2]), list(out[3:])
+                calls, steps = calls + 1, steps + (stop - start)
+                if bool(finished.all()):
+                    break
+        self.last_calls, self.last_steps = calls, steps
+        done = torch.cat(chunks, 1) if chunks else torch.empty((host(token).shape[0], 0), dtype=torch.long)
+        return (loops.pad(done, head + p["max_len"], p["eos_id"]),)
 
     def write_partitions(self, directory: str) -> list[dict]:
         """Every piece's partition entries (files written into ``directory``), each tagged with its piece."""

@@ -81,9 +81,21 @@ class Stage:
         self.inputs = list(inputs)
         self.outputs = list(outputs)
 
+    #: whether :meth:`run_native` takes and returns the runtime's own arrays (XLA: jax.Arrays)
+    native = False
+
     def run(self, args: list) -> tuple:  # pragma: no cover - abstract
         """Run on the input values (torch tensors, in ``inputs`` order); returns the output tensors."""
         raise NotImplementedError
+
+    def run_native(self, args: list) -> tuple:
+        """Run on torch tensors or this runtime's own arrays; returns outputs in the runtime's own form, so
+        the next partition of the same runtime takes them without a conversion. Default: :meth:`run`."""
+        return self.run(args)
+
+    def to_host(self, value: Any) -> Any:
+        """A value :meth:`run_native` returned, as a torch tensor (default: unchanged)."""
+        return value
 
     def write(self, directory: str) -> dict:  # pragma: no cover - abstract
         """Write this stage's files into ``directory``; returns the manifest entry's backend keys: at least
@@ -234,8 +246,26 @@ class PartitionedCompiled(Compiled):
         self.constants = dict(constants)
         self.extra = {**self.extra, "stitch": {"placeholders": self.placeholders, "outputs": self.output_refs}}
 
+    @property
+    def native(self) -> bool:
+        """Whether :meth:`run_flat_native` may take and return a runtime's own arrays (some stage does)."""
+        return any(stage.native for stage in self.stages)
+
+    def to_host(self, value: Any) -> Any:
+        """A value :meth:`run_flat_native` returned, as a torch tensor."""
+        for stage in self.stages:
+            if stage.native:
+                return stage.to_host(value)
+        return value
+
     def run_flat(self, flat_inputs: list) -> tuple:
-        """Run every stage in order; returns the flat outputs."""
+        """Run every stage in order; returns the flat outputs (torch tensors)."""
+        return tuple(self.to_host(v) for v in self.run_flat_native(flat_inputs))
+
+    def run_flat_native(self, flat_inputs: list) -> tuple:
+        """Run every stage in order, values passing between partitions of one runtime in its own arrays
+        (converted only where a PyTorch partition reads them); returns the flat outputs, each a torch tensor
+        or the runtime's own array (see :meth:`to_host`)."""
         env: dict[str, Any] = dict(zip(self.placeholders, flat_inputs))
         for stage in self.stages:
             try:
@@ -243,7 +273,7 @@ class PartitionedCompiled(Compiled):
             except KeyError as exc:
                 raise BackendError(f"partition '{stage.name}' reads {exc}, which no earlier partition "
                                    "makes; the artifact is inconsistent, re-create it") from None
-            values = stage.run(args)
+            values = stage.run_native(args) if stage.native else stage.run([self.to_host(a) for a in args])
             if len(values) != len(stage.outputs):
                 raise BackendError(f"partition '{stage.name}' returned {len(values)} values, expected "
                                    f"{len(stage.outputs)}")

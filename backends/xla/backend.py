@@ -121,22 +121,38 @@ class XlaStage(Stage):
                    op_count=entry.get("ops"))
 
     # ------------------------------------------------------------------ running
+    native = True   # run_native hands jax.Arrays on, so a chain of XLA partitions keeps its values on device
+
     def run(self, args: list) -> tuple:
         """Run on torch tensors (in ``inputs`` order): to_jax, the executable compiled for this shape/dtype
         signature (compiled on first use), to_torch. Returns the output tensors."""
         lower = _lower()
+        return tuple(lower.to_torch(o) for o in self.run_native(args))
+
+    def to_host(self, value: Any) -> Any:
+        """A jax.Array as a torch tensor (anything else unchanged)."""
+        return _lower().to_torch(value)
+
+    def run_native(self, args: list) -> tuple:
+        """As :meth:`run`, on torch tensors or jax.Arrays (an earlier XLA partition's outputs, passed on
+        without a round trip through torch); returns jax.Arrays (numbers as is)."""
+        lower = _lower()
         arrays, scalars = [], {}
+        place = ""
         for i, (name, a) in enumerate(zip(self.inputs, args)):
             if isinstance(a, torch.Tensor):
                 arrays.append(lower.to_jax(a))
+                place = place or str(a.device)
             elif isinstance(a, (bool, int, float)):  # a SymInt crossing partitions: static for XLA
                 scalars[i] = a
+            elif lower.is_jax_array(a):
+                arrays.append(a)
+                place = place or lower.torch_place(a)
             else:
                 raise BackendError(f"partition '{self.name}' input '{name}' is {type(a).__name__}; the XLA "
                                    "backend takes tensors and numbers only")
         if self.module is None:
             self._check_loaded(arrays, scalars)
-        place = next((str(a.device) for a in args if isinstance(a, torch.Tensor)), "")
         key = (tuple((tuple(x.shape), str(x.dtype)) for x in arrays), tuple(sorted(scalars.items())), place)
         exe = self._executables.get(key)
         if exe is None:
@@ -165,10 +181,9 @@ class XlaStage(Stage):
         return params
 
     def _call(self, exe: Any, arrays: list, params: dict) -> tuple:
-        """Run ``exe`` on the weights ``params`` and ``arrays``; returns the outputs as torch tensors
-        (numbers as is)."""
-        lower = _lower()
-        return tuple(lower.to_torch(o) if hasattr(o, "dtype") else o for o in exe(params, *arrays))
+        """Run ``exe`` on the weights ``params`` and ``arrays``; returns its outputs (jax.Arrays, numbers as
+        is)."""
+        return tuple(exe(params, *arrays))
 
     def _first_run_of_cached(self, key: tuple, exe: Any, arrays: list, scalars: dict) -> tuple:
         """Run an executable read from the cache for the first time; when it fails (an entry XLA:CPU cannot

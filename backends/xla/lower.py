@@ -169,6 +169,22 @@ def to_jax(t: torch.Tensor) -> jax.Array:
     return jnp.asarray(to_numpy(t))
 
 
+def is_jax_array(value: Any) -> bool:
+    """True for a jax.Array."""
+    return isinstance(value, jax.Array)
+
+
+def torch_place(a: jax.Array) -> str:
+    """The torch device string of where ``a`` lives (``cpu``, ``cuda:0``, ...): the key a partition keeps
+    its executables and weights under, the same whether it is given torch tensors or jax.Arrays."""
+    device = next(iter(a.devices()))
+    if device.platform == "cpu":
+        return "cpu"
+    index = getattr(device, "local_hardware_id", None)
+    index = device.id if index is None else index
+    return f"cuda:{index}" if device.platform in ("gpu", "cuda", "rocm") else f"{device.platform}:{index}"
+
+
 def to_torch(a: Any) -> Any:
     """A jax.Array as a torch tensor of the same dtype and shape (DLPack where possible, else numpy);
     Python numbers and None pass through."""
