@@ -33,6 +33,7 @@ _LAZY: dict[str, str] = {
     "ExportReport": "fxopt.api:ExportReport",
     "GenerationSpec": "fxopt.ir.capture.generation:GenerationSpec",   # capture(..., decode=GenerationSpec(...))
     "as_generate": "fxopt.ir.capture.generation:as_generate",
+    "LoopSpec": "fxopt.ir.capture.loop_spec:LoopSpec",   # capture(..., decode=LoopSpec(step=model.step, ...))
     "Fields": "fxopt.ir.fields:Fields",   # what a loaded artifact returns for a model library's output class
     "optimize_many": "fxopt.passes.dedupe:optimize_many",
     "fleet": "fxopt.tools.fleet:fleet",

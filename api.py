@@ -34,7 +34,8 @@ def capture(model: Any, example_inputs: Any = None, *, example_kwargs: dict | No
     ``torch.export.export``.
     ``file.py:Attr`` and ``module:Attr`` import (run) that Python file; a ``.pt2`` whose parts need a full
     unpickler (which can run code) is refused unless ``trust_pickle``. ``decode``: a ``GenerationSpec``
-    (or dict) to capture a Hugging Face model's greedy ``generate`` as a decode loop (docs/decode-loop.md)."""
+    (or dict) to capture a Hugging Face model's greedy ``generate`` as a decode loop, or a ``LoopSpec`` (or
+    a dict with a ``step``) naming the pieces of a greedy loop the model's forward runs (docs/decode-loop.md)."""
     return _capture(model, example_inputs, example_kwargs=example_kwargs, dynamic_shapes=dynamic_shapes,
                     trust_pickle=trust_pickle, decode=decode)
 

@@ -78,29 +78,60 @@ _FRACTION = NumberArg(float, lambda v: 0.0 <= v <= 1.0, "a number from 0 to 1", 
 
 
 class _DecodeType:
-    """argparse ``type=`` for ``--decode``: ``max_new_tokens=20,eos_token_id=2`` (``max_len`` is the same as
-    ``max_new_tokens``) -> the dict of a GenerationSpec's fields (ints)."""
+    """argparse ``type=`` for ``--decode``. ``max_new_tokens=20,eos_token_id=2`` (``max_len`` is the same as
+    ``max_new_tokens``) -> a GenerationSpec's fields (ints); with ``step=METHOD`` -> a LoopSpec's fields
+    (``step``/``init_state``/``encode`` method names, ``max_len``/``bos_id``/``eos_id`` ints)."""
 
     __name__ = "decode settings"
     KEYS = ("max_new_tokens", "eos_token_id", "pad_token_id", "decoder_start_token_id", "min_new_tokens")
+    LOOP_NAMES = ("step", "init_state", "encode")
+    LOOP_INTS = ("max_len", "bos_id", "eos_id")
 
     def __call__(self, text: str) -> dict:
-        out: dict = {}
+        pairs = []
         for part in filter(None, (p.strip() for p in text.split(","))):
             key, eq, value = part.partition("=")
-            key = {"max_len": "max_new_tokens"}.get(key.strip(), key.strip())
-            if not eq or key not in self.KEYS:
-                raise argparse.ArgumentTypeError(f"expected KEY=INT with KEY one of max_len, {', '.join(self.KEYS)}; "
-                                                 f"got {part!r}")
-            try:
-                out[key] = int(value)
-            except ValueError:
-                raise argparse.ArgumentTypeError(f"{key}: expected an integer, got {value!r}") from None
+            if not eq:
+                raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {part!r}")
+            pairs.append((key.strip(), value.strip(), part))
+        if any(key == "step" for key, _, _ in pairs):
+            return self._loop(pairs)
+        return self._generation(pairs)
+
+    def _loop(self, pairs: list) -> dict:
+        out: dict = {}
+        for key, value, part in pairs:
+            if key in self.LOOP_NAMES:
+                if not value.isidentifier():
+                    raise argparse.ArgumentTypeError(f"{key}: expected a method name, got {value!r}")
+                out[key] = value
+            elif key in self.LOOP_INTS:
+                out[key] = self._int(key, value)
+            else:
+                raise argparse.ArgumentTypeError(f"with step=, expected KEY=VALUE with KEY one of "
+                                                 f"{', '.join(self.LOOP_NAMES + self.LOOP_INTS)}; got {part!r}")
+        return out
+
+    def _generation(self, pairs: list) -> dict:
+        out: dict = {}
+        for key, value, part in pairs:
+            key = {"max_len": "max_new_tokens"}.get(key, key)
+            if key not in self.KEYS:
+                raise argparse.ArgumentTypeError(f"expected KEY=INT with KEY one of max_len, {', '.join(self.KEYS)} "
+                                                 f"(or step=METHOD for a model's own loop); got {part!r}")
+            out[key] = self._int(key, value)
         if "max_new_tokens" not in out:
             raise argparse.ArgumentTypeError("give max_new_tokens (or max_len), e.g. --decode max_new_tokens=20")
         if out["max_new_tokens"] < 2:
             raise argparse.ArgumentTypeError(f"max_new_tokens must be >= 2, got {out['max_new_tokens']}")
         return out
+
+    @staticmethod
+    def _int(key: str, value: str) -> int:
+        try:
+            return int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{key}: expected an integer, got {value!r}") from None
 
 
 class _PriceType:
@@ -298,7 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--decode", metavar="max_new_tokens=N[,eos_token_id=ID,...]", type=_DecodeType(),
                      help="capture a Hugging Face model's greedy generate as a decode loop (tokens equal "
                           "model.generate(do_sample=False)); inputs: --input for input_ids [and attention_mask], "
-                          "positional (docs/decode-loop.md)")
+                          "positional; or, for a model whose forward runs its own greedy loop, name its "
+                          "methods: step=METHOD[,init_state=METHOD,encode=METHOD,max_len=N,bos_id=ID,eos_id=ID] "
+                          "(docs/decode-loop.md)")
     run.add_argument("--lengths", metavar="FILE",
                      help="a histogram of output lengths (a JSON list, or CSV) of real requests: unroll chooses "
                           "its partition boundaries for it (boundaries=auto) and reports the expected steps "

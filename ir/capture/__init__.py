@@ -38,7 +38,8 @@ _LOG = logging.getLogger(__name__)
 
 _DATA_DEPENDENT_HINT = (
     "the model branches on tensor values (data-dependent control flow); rewrite the branch with "
-    "torch.cond / torch.where, or, for a decode loop, follow the decode-loop protocol (docs/decode-loop.md)"
+    "torch.cond / torch.where, or, for a greedy decode loop, name its pieces with decode=fxopt.LoopSpec(step=..., "
+    "init_state=..., encode=...) (docs/decode-loop.md)"
 )
 
 
@@ -210,7 +211,8 @@ def capture(model: Any, example_inputs: Any = None, *, example_kwargs: dict | No
     code; see :func:`resolve_model`). ``decode``: a
     :class:`~fxopt.ir.capture.generation.GenerationSpec` (or a dict of its fields) to capture a Hugging
     Face model's greedy ``generate`` as a decode loop (``example_inputs``: ``(input_ids[,
-    attention_mask])``). Returns a Program whose nodes carry ``val``, ``provenance`` and ``cost``. Raises
+    attention_mask])``), or a :class:`~fxopt.ir.capture.loop_spec.LoopSpec` (or a dict with a ``step``)
+    naming the pieces of the greedy loop the model's own forward runs. Returns a Program whose nodes carry ``val``, ``provenance`` and ``cost``. Raises
     :class:`InputError` with one line when the model cannot be captured.
     """
     if isinstance(model, (str, os.PathLike)) and os.fspath(model).endswith(".onnx"):
@@ -224,6 +226,10 @@ def capture(model: Any, example_inputs: Any = None, *, example_kwargs: dict | No
         example_inputs = ()    # keywords only: the model's own example_inputs() is not wanted
     resolved, inputs, name = resolve_model(model, example_inputs, trust_pickle)
     if decode is not None:
+        from fxopt.ir.capture import loop_spec   # local: loop_spec is only wanted with decode=
+
+        if loop_spec.is_loop_spec(decode):
+            return _capture_loop_spec(resolved, inputs, decode, name, model, dynamic_shapes)
         return _capture_generation(resolved, inputs, example_kwargs, decode, name, model, dynamic_shapes)
     kwargs = dict(example_kwargs or {})
     source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else name
@@ -266,6 +272,27 @@ def _capture_generation(model: Any, inputs: Any, kwargs: dict | None, decode: An
     program = decoder.capture_decoder(loop, inputs, name=name, source=source,
                                       dynamic_batch=dynamic_shapes == "batch")
     loops.decode_region(program)["generation"] = dict(loop.settings)
+    provenance.mark_unowned(program.graph, "capture")
+    return program
+
+
+def _capture_loop_spec(model: Any, inputs: Any, decode: Any, name: str, spec: Any, dynamic_shapes: Any) -> Program:
+    """Capture a model whose forward runs its own greedy loop, from the pieces ``decode`` (a LoopSpec) names
+    (see :mod:`fxopt.ir.capture.loop_spec`); the captured loop must emit the tokens the model's forward
+    emits on the example inputs (InputError otherwise)."""
+    from fxopt.ir.capture import decoder, loop_spec   # local: decoder imports this module
+
+    if dynamic_shapes not in (None, "batch"):
+        raise InputError(f"{name}: decode= takes dynamic_shapes None or 'batch', got {dynamic_shapes!r}")
+    inputs = _as_tuple(inputs)
+    loop = loop_spec.loop_module(model, decode, name)
+    source = os.fspath(spec) if isinstance(spec, (str, os.PathLike)) else name
+    program = decoder.capture_decoder(loop, inputs, name=name, source=source,
+                                      dynamic_batch=dynamic_shapes == "batch")
+    tokens = program.run_flat(program.flat_example_inputs())[0]
+    note = loop_spec.check_against_forward(model, loop, tokens, inputs, name)
+    if note:
+        program.notes.append(note)
     provenance.mark_unowned(program.graph, "capture")
     return program
 
