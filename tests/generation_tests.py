@@ -112,3 +112,16 @@ class GenerationTests:
         assert out.pop("transformers") is False
         for backend, tokens in out.items():
             case.check(torch.tensor(tokens))
+
+
+def check_dynamic_batch(name: str) -> None:
+    """One capture with ``dynamic_shapes="batch"`` at batch 4: its unroll partitions decode batches 1 and
+    3 (rows of the padded prompt) with exactly ``generate``'s tokens."""
+    model = cases.BUILDERS[name]()
+    inputs = cases.prompt(name, 4)
+    program = fxopt.capture(model, inputs, decode={"max_new_tokens": cases.NEW}, dynamic_shapes="batch")
+    compiled = fxopt.compile(fxopt.optimize(program, "unroll{partition=3}"), "reference")
+    for batch in (1, 3):
+        rows = tuple(t[:batch] for t in inputs)
+        got = cases.as_generate(program, compiled(*rows), rows)
+        assert torch.equal(got, cases.generate(model, rows)), f"{name} at batch {batch}"

@@ -141,3 +141,9 @@ def test_cli_bad_lengths_fail_before_capture(tmp_path, argv, message, capsys):
     assert main(["run", f"{path}:model", "--decode", "max_len=4", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_a_dynamic_batch_capture_decodes_other_batches_exactly():
+    from generation_tests import check_dynamic_batch
+
+    check_dynamic_batch("llama")

@@ -16,3 +16,9 @@ def case(request):
 
 class TestEncoderDecoder(GenerationTests):
     """The encoder and the first decoder call in encode; the self-attention cache grows, the cross one not."""
+
+
+def test_a_dynamic_batch_capture_decodes_other_batches_exactly():
+    from generation_tests import check_dynamic_batch
+
+    check_dynamic_batch("bart")
