@@ -230,6 +230,10 @@ def _output_refs(program: Program) -> tuple[list[dict], dict[str, torch.Tensor]]
 
 
 # ------------------------------------------------------------------------------------------ runtime
+def _unchanged(value: Any) -> Any:
+    return value
+
+
 class PartitionedCompiled(Compiled):
     """Stages run in order, values passed by name; callable like the original model."""
 
@@ -253,10 +257,11 @@ class PartitionedCompiled(Compiled):
 
     def to_host(self, value: Any) -> Any:
         """A value :meth:`run_flat_native` returned, as a torch tensor."""
-        for stage in self.stages:
-            if stage.native:
-                return stage.to_host(value)
-        return value
+        convert = self.__dict__.get("_to_host")
+        if convert is None:   # the first native stage's conversion (one runtime per artifact), found once
+            convert = next((stage.to_host for stage in self.stages if stage.native), _unchanged)
+            self._to_host = convert
+        return convert(value)
 
     def run_flat(self, flat_inputs: list) -> tuple:
         """Run every stage in order; returns the flat outputs (torch tensors)."""
