@@ -194,3 +194,29 @@ def test_xla_pieces_keep_the_state_on_the_device_between_calls(monkeypatch):
     assert torch.equal(compiled(x), _padded(model(x), model.eos, 10))
     assert compiled.last_calls >= 4 and converted      # Before: every float state and memory tensor, every call
     assert all(d in ("int64", "bool") for d in converted), converted   # Expected: tokens and finished flags only
+
+
+class _WithBosColumn(Captioner):
+    def forward(self, x):
+        tokens = super().forward(x)
+        return torch.cat([torch.full((x.shape[0], 1), BOS), tokens], 1)
+
+
+class _ReturnsScores(Captioner):
+    def forward(self, x):
+        return super().forward(x).float()
+
+
+def test_a_forward_that_returns_the_bos_column_too_is_compared_after_it():
+    model, x = _early_eos_model()
+    bos_model = _WithBosColumn(eos=model.eos)
+    program = fxopt.capture(bos_model, (x,), decode=_spec(bos_model))
+    assert not program.notes
+
+
+def test_a_forward_that_does_not_return_tokens_is_not_compared_and_says_so():
+    model, x = _early_eos_model()
+    scores = _ReturnsScores(eos=model.eos)
+    program = fxopt.capture(scores, (x,), decode=_spec(scores))
+    assert program.notes == ["LoopSpec: _ReturnsScores's forward does not return tokens [batch, steps], so the "
+                             "captured loop was not compared with it"]

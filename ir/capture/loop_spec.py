@@ -163,16 +163,27 @@ def check_against_forward(model: torch.nn.Module, loop: torch.nn.Module, tokens:
             or out.shape[0] != tokens.shape[0]):
         return (f"LoopSpec: {name}'s forward does not return tokens [batch, steps], so the captured loop was "
                 "not compared with it")
-    if out.shape[1] == tokens.shape[1] + 1 or (out.shape[1] > 0 and bool((out[:, 0] == loop.bos_id).all())
-                                               and out.shape[1] <= tokens.shape[1] + 1):
-        out = out[:, 1:]
+    candidates = [out]   # forward's tokens as they are, or after a leading BOS column
+    if out.shape[1] > 0 and bool((out[:, 0] == loop.bos_id).all()):
+        candidates.insert(0 if out.shape[1] == tokens.shape[1] + 1 else 1, out[:, 1:])
+    mismatches = [_first_difference(tokens, c, loop.eos_id) for c in candidates]
+    if all(m is not None for m in mismatches):
+        row, step, ours, theirs = mismatches[0]
+        raise InputError(f"{name}: LoopSpec: the captured loop emits {ours} at row {row}, step {step}, where the "
+                         f"model's forward emits {theirs}; check step, init_state, bos_id and eos_id against the "
+                         "loop in forward")
+    return None
+
+
+def _first_difference(tokens: torch.Tensor, out: torch.Tensor, eos_id: int) -> tuple | None:
+    """``(row, step, ours, theirs)`` of the first token where ``out`` differs from ``tokens`` before or at a
+    row's first EOS (in the columns both have); None when they agree."""
     n = min(out.shape[1], tokens.shape[1])
     ours = tokens[:, :n]
-    after_eos = (ours == loop.eos_id).long().cumsum(1) - (ours == loop.eos_id).long() > 0
+    is_eos = (ours == eos_id).long()
+    after_eos = is_eos.cumsum(1) - is_eos > 0
     differ = (ours != out[:, :n].to(ours.dtype)) & ~after_eos
-    if bool(differ.any()):
-        row, step = (int(v) for v in differ.nonzero()[0])
-        raise InputError(f"{name}: LoopSpec: the captured loop emits {int(ours[row, step])} at row {row}, step "
-                         f"{step}, where the model's forward emits {int(out[row, step])}; check step, init_state, "
-                         "bos_id and eos_id against the loop in forward")
-    return None
+    if not bool(differ.any()):
+        return None
+    row, step = (int(v) for v in differ.nonzero()[0])
+    return row, step, int(ours[row, step]), int(out[row, step])
