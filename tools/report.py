@@ -168,8 +168,9 @@ def decode_line(reports: Iterable[Any]) -> str | None:
         return (f"decode loop: {d['max_len']} steps unrolled into one graph ({nodes[0] if nodes else '?'} nodes), "
                 "1 graph to compile")
     steps = d.get("steps_per_partition", [])
+    each = " each" if len(set(nodes)) == 1 and len(nodes) > 1 else ""
     text = (f"decode loop: {sum(steps)} steps unrolled into {len(steps)} partitions of {_listed(steps)} steps "
-            f"({_listed(nodes)} nodes), {d['graphs']} graphs to compile (encoder and partitions)")
+            f"({_listed(nodes)} nodes{each}), {d['graphs']} graphs to compile (encoder and partitions)")
     expected = d.get("expected")
     if expected:
         text += (f"; expected per request from the lengths: {expected['steps']:g} steps in "
@@ -185,9 +186,9 @@ def _calls(count: float) -> str:
 
 
 def _listed(values: list) -> str:
-    """``[8, 8, 8]`` -> ``3x8``; otherwise the values joined by ``/``."""
-    if values and len(set(values)) == 1 and len(values) > 1:
-        return f"{len(values)}x{values[0]}"
+    """``[8, 8, 8]`` -> ``8``; otherwise the values joined by ``/``."""
+    if values and len(set(values)) == 1:
+        return str(values[0])
     return "/".join(str(v) for v in values)
 
 
