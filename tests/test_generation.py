@@ -147,3 +147,13 @@ def test_a_dynamic_batch_capture_decodes_other_batches_exactly():
     from generation_tests import check_dynamic_batch
 
     check_dynamic_batch("llama")
+
+
+def test_xla_full_unroll_is_one_accelerator_graph_with_generates_tokens():
+    pytest.importorskip("jax")
+    model, inputs = cases.gpt2(), cases.prompt("gpt2", 4)
+    settings = cases.early_eos("gpt2", model, inputs)
+    program = cases.capture(model, inputs, settings)
+    compiled = fxopt.compile(fxopt.optimize(program, "unroll{mode=full},split{target=xla,policy=support}"), "xla")
+    assert [s.runtime for s in compiled.stages] == ["jax-xla"]     # encoder and every step: one XLA executable
+    assert torch.equal(cases.as_generate(program, compiled(*inputs), inputs), cases.generate(model, inputs, **settings))
