@@ -33,7 +33,7 @@ from fxopt.backends.base import Compiled, capture_notes, common_kwargs, io_specs
 from fxopt.backends.fast_graph import fast_forward
 from fxopt.backends.reinplace import inplace_plan
 from fxopt.errors import BackendError, InputError
-from fxopt.ir import loops, serialize
+from fxopt.ir import loops, loops_batch, serialize
 from fxopt.ir.program import Program, fetch_attr
 from fxopt.ir.nodes import packet_name
 from fxopt.ir.partitions import accelerator_work, node_flops, partition_module, partitions_region, placements
@@ -358,6 +358,8 @@ def compile_decode(program: Program, backend: str, target: str,
         piece = Program(graph_module=getattr(prog.graph_module, name), example_inputs=tuple(examples[name]),
                         name=f"{prog.name}.{name}", source=prog.source, target=target,
                         regions=[split[name]] if name in split else [])
+        if prog.dynamic_dims:   # a dynamic-batch decode loop: each piece names its own symbolic dims
+            piece.dynamic_dims = loops_batch.input_dims(piece)
         works.append(accelerator_work(piece, target, is_bookkeeping))
         try:
             compiled = compile_piece(piece)

@@ -40,3 +40,19 @@ def test_default_pipeline_says_when_no_piece_does_accelerator_work(captured, bac
     compiled = fxopt.compile(fxopt.optimize(program, target=backend), backend)
     assert compiled.extra["accelerator_warning"].startswith(f"no {backend} partition in any decode piece")
     assert torch.equal(compiled(x), expected)
+
+
+def test_neuron_buckets_a_dynamic_batch_decode_loop_piece_by_piece(tmp_path):
+    model, x = _early_eos_model()
+    program = fxopt.capture(model, (x,), decode=_spec(model), dynamic_shapes="batch")
+    optimized = fxopt.optimize(program, "unroll{partition=4},split{target=neuron,policy=support}")
+    compiled = fxopt.compile(optimized, "neuron{buckets=1;4;8}")
+    assert not compiled.extra.get("notes")          # Before: every piece refused ("an expression") and on the host
+    sizes = {name: list((piece.get("buckets") or {}).get("sizes", {}).values())
+             for name, piece in compiled.extra["pieces"].items()}
+    assert sizes == {name: [[1, 4, 8]] for name in sizes} and len(sizes) == 5
+    compiled.save(str(tmp_path / "art"))
+    loaded = fxopt.load(str(tmp_path / "art"))
+    for batch in (1, 3, 6):
+        rows = torch.randn(batch, 6, generator=torch.Generator().manual_seed(batch))
+        assert torch.equal(loaded(rows), _padded(model(rows), model.eos, 10)), batch
