@@ -395,11 +395,25 @@ def steps_summary(manifest: dict) -> tuple[list[str], list[str]]:
     return _grouped_steps(partitions, "done_here"), _grouped_steps(partitions, "left_for_target")
 
 
+def _without_details(text: str) -> str:
+    """``text`` without its parenthesised details: every ``" (...)"`` group (nesting allowed) is cut, while
+    a parenthesis inside a word (``file(s)``) is kept."""
+    out, depth = [], 0
+    for i, ch in enumerate(text):
+        if depth:
+            depth += {"(": 1, ")": -1}.get(ch, 0)
+        elif ch == "(" and i > 0 and text[i - 1] == " ":
+            depth = 1
+        else:
+            out.append(ch)
+    return re.sub(r"\s+", " ", "".join(out)).strip()
+
+
 def _grouped_steps(partitions: list[dict], key: str) -> list[str]:
     groups: dict[str, list] = {}
     for part in partitions:
         for text in (part.get("steps") or {}).get(key, []):
-            short = re.sub(r"\s*\([^()]*\)", "", text).strip() or text
+            short = _without_details(text) or text
             entry = groups.setdefault(short, [text, []])
             if part.get("name", "?") not in entry[1]:
                 entry[1].append(part.get("name", "?"))

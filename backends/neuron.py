@@ -328,8 +328,8 @@ class TorchScriptStage(Stage):
         else:
             how = ("torch_neuron.trace for Inf1" if self.neuron_device == "inf1"
                    else f"torch_neuronx.trace --target {self.neuron_device}")
-            left = [f"neuron compile ({how}) of "
-                    f"{len(self.traces)} TorchScript file(s) on an SDK host: scripts in manifest.json",
+            left = [f"neuron compile ({how}) of the TorchScript on an SDK host ({len(self.traces)} file(s), "
+                    "scripts in manifest.json)",
                     "numerics check on Neuron hardware"]
         return {"done_here": done, "left_for_target": left}
 

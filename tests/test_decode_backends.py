@@ -56,3 +56,14 @@ def test_neuron_buckets_a_dynamic_batch_decode_loop_piece_by_piece(tmp_path):
     for batch in (1, 3, 6):
         rows = torch.randn(batch, 6, generator=torch.Generator().manual_seed(batch))
         assert torch.equal(loaded(rows), _padded(model(rows), model.eos, 10)), batch
+
+
+def test_buckets_line_counts_the_traces_of_every_bucketed_piece():
+    from fxopt.tools.report import buckets_line
+
+    piece = {"buckets": {"sizes": {"s0": [1, 4, 8]}}}
+    manifest = {"pieces": {"decode_encode": piece, "decode_init": {}, "decode_part0": piece}}
+    assert buckets_line(manifest) == "buckets: 3 graphs, 2 bucketed (1/4/8): 7 traces to compile"
+    two = {"buckets": {"sizes": {"s0": [1, 4], "s1": [16, 32, 64]}}}
+    assert buckets_line(two) == "buckets: 1 graph, 1 bucketed (1/4 x 16/32/64): 6 traces to compile"
+    assert buckets_line({"buckets": {"sizes": {"s0": [2]}}}) is None and buckets_line({}) is None

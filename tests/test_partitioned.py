@@ -149,3 +149,12 @@ def test_steps_summary_names_the_one_partition_that_took_a_step():
     manifest = {"partitions": [{"name": "cpu0", "steps": {"done_here": ["graph serialized"]}},
                                {"name": "xla1", "steps": {"done_here": ["graph serialized", "jitted (XLA)"]}}]}
     assert base.steps_summary(manifest)[0] == ["graph serialized (both partitions)", "jitted (XLA) (xla1)"]
+
+
+def test_steps_summary_groups_steps_whose_details_nest_parentheses():
+    traced = lambda n: {"done_here": [f"traced ({n} bucket shape(s): s0-1, s0-4)"],   # noqa: E731
+                        "left_for_target": [f"compile of {n} TorchScript file(s)"]}
+    manifest = {"partitions": [{"name": "a", "steps": traced(3)}, {"name": "b", "steps": traced(2)}]}
+    assert base.steps_summary(manifest) == (["traced (both partitions)"],
+                                            ["compile of 3 TorchScript file(s) (a)",
+                                             "compile of 2 TorchScript file(s) (b)"])

@@ -253,11 +253,11 @@ def test_decode_line_says_steps_partitions_nodes_and_expected_calls(tmp_path):
     line = decode_line(auto.reports)
     assert line.startswith(f"decode loop: 9 steps unrolled into {len(d['steps_per_partition'])} partitions of "
                            + "/".join(map(str, d["steps_per_partition"])))
-    assert f"{d['graphs']} graphs to compile" in line
+    assert f"{len(d['steps_per_partition']) + 2} graphs to compile (encoder, initial state and partitions)" in line
     assert f"{d['expected']['steps']:g} steps in {d['expected']['calls']:g} partition calls" in line
     assert "(even partitions of 3: " in line and "partition calls)" in line
     even = fxopt.optimize(program, "unroll{partition=3}")
-    assert "3 partitions of 3 steps (" in decode_line(even.reports) and " nodes each), 4 graphs" in decode_line(even.reports)
+    assert "3 partitions of 3 steps (" in decode_line(even.reports) and " nodes each), 5 graphs" in decode_line(even.reports)
     full = fxopt.optimize(program, "unroll{mode=full}")
     assert decode_line(full.reports) == (f"decode loop: 9 steps unrolled into one graph "
                                          f"({full.reports[0].details['nodes_per_graph'][0]} nodes), 1 graph to compile")

@@ -659,9 +659,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         console.print(report.pass_table(reports, title=title))
     else:
         console.print(Text(f"{title} (empty pipeline)"))
-    decode = report.decode_line(reports)
-    if decode:
-        console.print(Text(decode), soft_wrap=True)
+    for line in (report.decode_line(reports), report.buckets_line(manifest)):
+        if line:
+            console.print(Text(line), soft_wrap=True)
     if args.bisect_limit is not None:
         ran = min(args.bisect_limit, len(reports))
         console.print(Text(f"bisect: ran the first {ran} of {len(reports)} passes (--bisect-limit "

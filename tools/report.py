@@ -170,7 +170,8 @@ def decode_line(reports: Iterable[Any]) -> str | None:
     steps = d.get("steps_per_partition", [])
     each = " each" if len(set(nodes)) == 1 and len(nodes) > 1 else ""
     text = (f"decode loop: {sum(steps)} steps unrolled into {len(steps)} partitions of {_listed(steps)} steps "
-            f"({_listed(nodes)} nodes{each}), {d['graphs']} graphs to compile (encoder and partitions)")
+            f"({_listed(nodes)} nodes{each}), {len(steps) + 2} graphs to compile (encoder, initial state and "
+            "partitions)")
     expected = d.get("expected")
     if expected:
         text += (f"; expected per request from the lengths: {expected['steps']:g} steps in "
@@ -179,6 +180,26 @@ def decode_line(reports: Iterable[Any]) -> str | None:
         if even:
             text += f" (even partitions of {even['partition']}: {even['steps']:g} steps, {_calls(even['calls'])})"
     return text
+
+
+def buckets_line(manifest: dict) -> str | None:
+    """One line on a bucketed artifact's compile count (Neuron ``buckets``/``seq_buckets``), from its
+    manifest: each graph is traced once per combination of bucket sizes, a decode loop's pieces each on
+    their own. None when nothing is bucketed."""
+    graphs = [p.get("buckets") for p in (manifest.get("pieces") or {}).values()] or [manifest.get("buckets")]
+    sizes = [list((b or {}).get("sizes", {}).values()) for b in graphs]
+    bucketed = [s for s in sizes if any(len(v) > 1 for v in s)]
+    if not bucketed:
+        return None
+    total = 0
+    for per_symbol in sizes:
+        count = 1
+        for values in per_symbol:
+            count *= len(values)
+        total += count
+    shown = "; ".join(sorted({" x ".join("/".join(map(str, v)) for v in s) for s in bucketed}))
+    return (f"buckets: {len(graphs)} graph{'s' if len(graphs) != 1 else ''}, {len(bucketed)} bucketed ({shown}): "
+            f"{total} traces to compile")
 
 
 def _calls(count: float) -> str:
