@@ -17,3 +17,12 @@ def test_train_then_export_trains_exports_and_reloads_an_artifact_that_matches(t
     assert "check: the xla artifact reproduces the model" in done.stdout
     assert (out / "manifest.json").is_file()
     assert "reloaded" in done.stdout and "warning" not in done.stderr.lower()
+
+
+def test_generate_on_xla_matches_generate_compiled_and_reloaded(tmp_path):
+    out = tmp_path / "gen"
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "generate_on_xla.py"), "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "tokens equal generate's on new prompts: True" in done.stdout
+    assert "tokens equal generate's: True" in done.stdout and (out / "manifest.json").is_file()
