@@ -500,7 +500,8 @@ def capture_model(spec: str, debug: bool = False, dynamic_batch: bool = False, t
     """``fxopt.capture(spec, inputs)`` with torch's stderr chatter discarded unless ``debug``; with
     ``dynamic_batch``, dim 0 of the inputs is captured symbolic where the model allows; ``trust_pickle``
     lets a ``.pt2`` that needs a full unpickler be read; ``inputs`` (see :func:`model_request`) replaces the
-    model's own example inputs; ``decode`` (a GenerationSpec's fields) captures the model's greedy generate.
+    model's own example inputs; ``decode`` (a GenerationSpec's fields, or a LoopSpec's with a ``step``)
+    captures the model's greedy generate, or the greedy loop its forward runs.
     Returns the captured Program (raises InputError when the model cannot be captured)."""
     from fxopt.api import capture
 
