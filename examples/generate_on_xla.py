@@ -20,7 +20,7 @@ import fxopt
 
 def tiny_gpt2():
     """A 2-layer GPT-2 with a 256-token vocabulary, seeded."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2Config, GPT2LMHeadModel   # local: transformers is optional; fxopt imports without it
 
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=256, n_embd=32, n_layer=2, n_head=4, n_inner=64, n_positions=64,
