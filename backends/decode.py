@@ -101,9 +101,10 @@ class DecodeCompiled(Compiled):
         """Decode with early stop; returns ``(tokens [batch, max_len],)`` (``[batch, 1 + max_len]`` when the
         encoder emits the first token)."""
         p = self.plan
+        host = self._host
         memory = list(_as_tuple(self._encode(*flat_inputs)))
         state = list(_as_tuple(self._init(*memory)))
-        token, finished, chunks = loops.start(memory, p["bos_id"], p["eos_id"], p.get("first_token"))
+        token, finished, chunks = self._start(memory)
         head, calls, steps = len(chunks), 2, 0
         running = not bool(finished.all())
         if running and p["variant"] == "loop":
@@ -120,14 +121,27 @@ class DecodeCompiled(Compiled):
         elif running:
             for (start, stop), part in zip(p["parts"], self._parts):
                 out = _as_tuple(part(token, finished, *state, *memory))
-                chunks.append(out[0])
-                token, finished, state = out[1], out[2], list(out[3:])
+                chunks.append(host(out[0]))
+                token, finished, state = out[1], host(out[2]), list(out[3:])
                 calls, steps = calls + 1, steps + (stop - start)
                 if bool(finished.all()):
                     break
         self.last_calls, self.last_steps = calls, steps
-        done = torch.cat(chunks, 1) if chunks else token.new_empty((token.shape[0], 0))
+        done = torch.cat(chunks, 1) if chunks else host(token).new_empty((token.shape[0], 0))
         return (loops.pad(done, head + p["max_len"], p["eos_id"]),)
+
+    # a piece's output as a torch tensor: unchanged here; PiecewiseDecode's pieces may return device arrays
+    _host = staticmethod(lambda value: value)
+
+    def _start(self, memory: list) -> tuple:
+        """``loops.start`` on encode's flat outputs, converting to torch only what it reads: the first token
+        when encode emits it, else nothing (a stand-in of the batch size, so memory on a device stays there)."""
+        p = self.plan
+        tensors = [m for m in memory if not isinstance(m, (bool, int, float, type(None)))]
+        if p.get("first_token") is None:
+            return loops.start([torch.empty(tuple(tensors[0].shape[:1]) if tensors else ())], p["bos_id"],
+                               p["eos_id"], None)
+        return loops.start([self._host(tensors[p["first_token"]])], p["bos_id"], p["eos_id"], 0)
 
     def write_partitions(self, directory: str) -> list[dict]:
         """Write ``graph.json`` + ``graph.safetensors``; returns one manifest entry per piece."""
@@ -192,33 +206,6 @@ class PiecewiseDecode(DecodeCompiled):
         self._init = runner(self.pieces[INIT])
         self._step = runner(self.pieces[STEP]) if STEP in self.pieces else None
         self._parts = [runner(self.pieces[n]) for n in names[2:]] if self.plan["variant"] == "partitioned" else []
-
-    def run_flat(self, flat_inputs: list) -> tuple:
-        """Decode with early stop, as :class:`DecodeCompiled` does, over the pieces; returns ``(tokens,)``."""
-        p = self.plan
-        if p["variant"] != "partitioned":
-            return super().run_flat(flat_inputs)
-        memory = list(_as_tuple(self._encode(*flat_inputs)))
-        state = list(_as_tuple(self._init(*memory)))
-        host = self._host
-        tensors = [m for m in memory if not isinstance(m, (bool, int, float, type(None)))]
-        if p.get("first_token") is None:   # only the batch size is read: a stand-in, not the memory itself
-            batch = torch.empty((int(tensors[0].shape[0]), 0))
-            token, finished, chunks = loops.start([batch], p["bos_id"], p["eos_id"], None)
-        else:
-            token, finished, chunks = loops.start([host(tensors[p["first_token"]])], p["bos_id"], p["eos_id"], 0)
-        head, calls, steps = len(chunks), 2, 0
-        if not bool(finished.all()):
-            for (start, stop), part in zip(p["parts"], self._parts):
-                out = _as_tuple(part(token, finished, *state, *memory))
-                chunks.append(host(out[0]))
-                token, finished, state = out[1], host(out[2]), list(out[3:])
-                calls, steps = calls + 1, steps + (stop - start)
-                if bool(finished.all()):
-                    break
-        self.last_calls, self.last_steps = calls, steps
-        done = torch.cat(chunks, 1) if chunks else torch.empty((host(token).shape[0], 0), dtype=torch.long)
-        return (loops.pad(done, head + p["max_len"], p["eos_id"]),)
 
     def write_partitions(self, directory: str) -> list[dict]:
         """Every piece's partition entries (files written into ``directory``), each tagged with its piece."""
