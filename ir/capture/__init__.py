@@ -257,22 +257,18 @@ def _capture_generation(model: Any, inputs: Any, kwargs: dict | None, decode: An
                         dynamic_shapes: Any) -> Program:
     """Capture ``model``'s greedy generation under ``decode`` as a decode-loop Program (see
     :mod:`fxopt.ir.capture.generation`); its region records the resolved settings as ``generation``."""
-    from fxopt.ir.capture import decoder, generation   # local: decoder imports this module
+    from fxopt.ir.capture import generation   # local: generation is only wanted with decode=
 
     if not isinstance(model, torch.nn.Module):
         raise InputError(f"{name}: decode= needs an nn.Module (a Hugging Face generation model)")
     if kwargs:
         inputs = tuple(_as_tuple(inputs or ())) + tuple(kwargs[k] for k in ("input_ids", "input_features",
                                                                             "attention_mask") if k in kwargs)
-    if dynamic_shapes not in (None, "batch"):
-        raise InputError(f"{name}: decode= takes dynamic_shapes None or 'batch', got {dynamic_shapes!r}")
+    _check_decode_shapes(dynamic_shapes, name)
     inputs = _as_tuple(inputs)
     loop = generation.generation_loop(model, inputs, decode, name)
-    source = os.fspath(spec) if isinstance(spec, (str, os.PathLike)) else name
-    program = decoder.capture_decoder(loop, inputs, name=name, source=source,
-                                      dynamic_batch=dynamic_shapes == "batch")
+    program = _capture_loop_module(loop, inputs, name, spec, dynamic_shapes)
     loops.decode_region(program)["generation"] = dict(loop.settings)
-    provenance.mark_unowned(program.graph, "capture")
     return program
 
 
@@ -280,19 +276,31 @@ def _capture_loop_spec(model: Any, inputs: Any, decode: Any, name: str, spec: An
     """Capture a model whose forward runs its own greedy loop, from the pieces ``decode`` (a LoopSpec) names
     (see :mod:`fxopt.ir.capture.loop_spec`); the captured loop must emit the tokens the model's forward
     emits on the example inputs (InputError otherwise)."""
-    from fxopt.ir.capture import decoder, loop_spec   # local: decoder imports this module
+    from fxopt.ir.capture import loop_spec   # local: loop_spec is only wanted with decode=
 
-    if dynamic_shapes not in (None, "batch"):
-        raise InputError(f"{name}: decode= takes dynamic_shapes None or 'batch', got {dynamic_shapes!r}")
+    _check_decode_shapes(dynamic_shapes, name)
     inputs = _as_tuple(inputs)
     loop = loop_spec.loop_module(model, decode, name)
-    source = os.fspath(spec) if isinstance(spec, (str, os.PathLike)) else name
-    program = decoder.capture_decoder(loop, inputs, name=name, source=source,
-                                      dynamic_batch=dynamic_shapes == "batch")
+    program = _capture_loop_module(loop, inputs, name, spec, dynamic_shapes)
     tokens = program.run_flat(program.flat_example_inputs())[0]
     note = loop_spec.check_against_forward(model, loop, tokens, inputs, name)
     if note:
         program.notes.append(note)
+    return program
+
+
+def _check_decode_shapes(dynamic_shapes: Any, name: str) -> None:
+    if dynamic_shapes not in (None, "batch"):
+        raise InputError(f"{name}: decode= takes dynamic_shapes None or 'batch', got {dynamic_shapes!r}")
+
+
+def _capture_loop_module(loop: torch.nn.Module, inputs: tuple, name: str, spec: Any, dynamic_shapes: Any) -> Program:
+    """The decode-loop Program of ``loop``, a protocol module fxopt wrapped around the user's model."""
+    from fxopt.ir.capture import decoder   # local: decoder imports this module
+
+    source = os.fspath(spec) if isinstance(spec, (str, os.PathLike)) else name
+    program = decoder.capture_decoder(loop, inputs, name=name, source=source,
+                                      dynamic_batch=dynamic_shapes == "batch")
     provenance.mark_unowned(program.graph, "capture")
     return program
 
