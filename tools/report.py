@@ -9,6 +9,7 @@ from __future__ import annotations
 # local imports: commands import torch and the compiler only when they run, so `fxopt --help` and argument errors answer without them (startup cost)
 import dataclasses
 import inspect as _inspect
+import math
 import os
 from typing import Any, Iterable
 
@@ -191,12 +192,7 @@ def buckets_line(manifest: dict) -> str | None:
     bucketed = [s for s in sizes if any(len(v) > 1 for v in s)]
     if not bucketed:
         return None
-    total = 0
-    for per_symbol in sizes:
-        count = 1
-        for values in per_symbol:
-            count *= len(values)
-        total += count
+    total = sum(math.prod(len(values) for values in per_symbol) for per_symbol in sizes)
     shown = "; ".join(sorted({" x ".join("/".join(map(str, v)) for v in s) for s in bucketed}))
     return (f"buckets: {len(graphs)} graph{'s' if len(graphs) != 1 else ''}, {len(bucketed)} bucketed ({shown}): "
             f"{total} traces to compile")
